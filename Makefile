@@ -1,0 +1,40 @@
+# The two commands of the README: `make run` and `make test`. Both are idempotent.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test bench system-deps system-deps-test check-python clean
+
+run: system-deps $(VENV)/.installed
+	@mkdir -p var
+	$(BIN)/posedge run $(ARGS)
+
+test: system-deps-test $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: system-deps-test $(VENV)/.installed-test
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+check-python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "posedge needs Python 3.11 or newer; found " + sys.version.split()[0])'
+
+system-deps:
+	@tools/system-deps.sh run
+
+system-deps-test:
+	@tools/system-deps.sh test
+
+$(VENV)/bin/python: | check-python
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml setup.py | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml setup.py | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@ $(VENV)/.installed
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

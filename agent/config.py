@@ -1,0 +1,319 @@
+"""Typed configuration: TOML file (or embedded defaults) -> validated `Config`, or every error at once.
+
+Rules: unknown keys are errors (with a "did you mean"); each error names the file, the dotted key,
+what was found and what is allowed; secrets may come from the file, a `<key>_file`, or an
+environment variable `POSEDGE_<SECTION>_<KEY>`; driver tables (`[[scanners]]`, `[[printers]]`)
+are validated by the model their `type` registers (drivers/registry.py).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from posedge.drivers.registry import PRINTERS, SCANNERS, DriverConfig, DriverRegistry
+
+SAFE_ID = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class ConfigModel(BaseModel):
+    """Base of every config table: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret_file(path: str, key: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {key} from {path}: {exc.strerror or exc}") from None
+
+
+def resolve_secrets(section: str, keys: tuple[str, ...], data: Any) -> Any:
+    """Fill secret `key` from env POSEDGE_<SECTION>_<KEY>, else from `<key>_file`, else the file's value."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for key in keys:
+        env_name = f"POSEDGE_{section}_{key}".upper()
+        file_key = f"{key}_file"
+        if os.environ.get(env_name):
+            data[key] = os.environ[env_name]
+        elif data.get(file_key):
+            data[key] = _read_secret_file(str(data[file_key]), file_key)
+    return data
+
+
+class StoreConfig(ConfigModel):
+    tenant: str = Field("demo", pattern=SAFE_ID, description="the chain (tenant) this store belongs to")
+    id: str = Field("store-001", pattern=SAFE_ID, description="this store's id, as HQ knows it")
+    name: str = Field("posedge 演示门店", min_length=1, max_length=64, description="display name, heads receipts")
+    timezone: str = Field("Asia/Shanghai", description="IANA time zone of the store (receipt numbers, business day)")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; expected an IANA name like 'Asia/Shanghai'") from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class StorageConfig(ConfigModel):
+    path: Path = Field(Path("var/posedge.db"), description="SQLite file (relative paths: from the working directory)")
+    group_commit_max: int = Field(64, ge=1, le=1000, description="most sales that may share one durable commit")
+    busy_timeout_ms: int = Field(5000, ge=0, le=60000, description="how long a reader waits on a locked database")
+
+
+class ApiConfig(ConfigModel):
+    listen: str = Field("127.0.0.1:8765", description="host:port of the local API; keep it on loopback")
+    token_file: Path = Field(Path("var/api-token"), description="bearer token file, generated at first start (mode 0600)")
+    token: SecretStr | None = Field(None, description="bearer token; or env POSEDGE_API_TOKEN, or token_file")
+    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed to call the API")
+    allowed_hosts: list[str] = Field(default_factory=list, description="extra Host names accepted besides the listen address")
+    max_body_bytes: int = Field(262_144, ge=1024, le=16_777_216, description="largest request body accepted")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets(cls, data: Any) -> Any:
+        # token_file is where the token lives (and is generated); an env var may override it.
+        return resolve_secrets("api", ("token",), {k: v for k, v in data.items()} if isinstance(data, dict) else data)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, port = split_host_port(value)
+        if not host:
+            raise ValueError("expected host:port, like 127.0.0.1:8765")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+                raise ValueError(f"{origin!r} is not an origin; expected scheme://host[:port], like http://localhost:3000")
+        return [o.rstrip("/") for o in value]
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{value!r} is not host:port; expected like 127.0.0.1:8765")
+    host = host.strip("[]")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address or 'localhost'") from None
+    return host, int(port_text)
+
+
+class MqttConfig(ConfigModel):
+    url: str = Field("mqtt://127.0.0.1:1883", description="broker, mqtt://host:port or mqtts://host:port (TLS)")
+    enabled: bool = Field(True, description="false: never connect (the outbox still fills, for a later sync)")
+    username: str | None = Field(None, description="broker user name")
+    password: SecretStr | None = Field(None, description="broker password; or env POSEDGE_MQTT_PASSWORD, or password_file")
+    password_file: Path | None = Field(None, description="file holding the broker password")
+    client_id: str | None = Field(None, description="MQTT client id; default posedge-<tenant>-<store id>")
+    keepalive_s: int = Field(30, ge=5, le=600, description="MQTT keepalive in seconds")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets(cls, data: Any) -> Any:
+        return resolve_secrets("mqtt", ("password",), data)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"scheme must be mqtt or mqtts, found {parts.scheme or 'none'!r}")
+        if not parts.hostname:
+            raise ValueError("expected mqtt://host:port, the host is missing")
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError("the port is not a number from 1 to 65535") from None
+        return value
+
+
+def _default_scanners() -> list[dict[str, Any]]:
+    return [{"type": "stdin", "name": "terminal"}]
+
+
+class Config(ConfigModel):
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    # Driver tables are validated by their registered model (see load_config); here they are already typed.
+    scanners: list[Any] = Field(default_factory=_default_scanners, description="[[scanners]] tables, each with a type")
+    printers: list[Any] = Field(default_factory=list, description="[[printers]] tables, each with a type")
+
+    def scanner_configs(self) -> list[DriverConfig]:
+        return list(self.scanners)
+
+    def printer_configs(self) -> list[DriverConfig]:
+        return list(self.printers)
+
+
+DRIVER_TABLES: dict[str, DriverRegistry[Any]] = {"scanners": SCANNERS, "printers": PRINTERS}
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    file: str
+    key: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.problem}" if self.key else f"{self.file}: {self.problem}"
+
+
+class ConfigError(Exception):
+    code = "config_invalid"
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+def dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config model that holds the last key of `loc`, for "did you mean" suggestions."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) and issubclass(current, BaseModel) else None
+        if field is None:
+            return None
+        current = field.annotation
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
+    loc = tuple(error["loc"])
+    found = error.get("input")
+    if error["type"] == "extra_forbidden":
+        holder = _model_at(model, loc)
+        allowed = sorted(holder.model_fields) if holder else []
+        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean {guess[0]!r}?" if guess else ""
+        return f"unknown key{hint}; allowed keys: {', '.join(allowed)}"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return "required key is missing"
+    return f"found {found!r}: {message}"
+
+
+def _issues_from(exc: ValidationError, file: str, model: type[BaseModel], prefix: tuple[Any, ...] = ()) -> list[ConfigIssue]:
+    return [ConfigIssue(file, dotted(prefix + tuple(e["loc"])), _describe(e, model)) for e in exc.errors()]
+
+
+def _validate_driver_tables(raw: dict[str, Any], file: str) -> tuple[dict[str, Any], list[ConfigIssue]]:
+    issues: list[ConfigIssue] = []
+    raw = dict(raw)
+    for table, registry in DRIVER_TABLES.items():
+        if table not in raw:
+            continue
+        entries = raw[table]
+        if not isinstance(entries, list):
+            issues.append(ConfigIssue(file, table, f"found {entries!r}: expected [[{table}]] tables"))
+            continue
+        typed, names = [], set()
+        for index, entry in enumerate(entries):
+            driver, entry_issues = _validate_driver(entry, index, table, registry, file)
+            issues += entry_issues
+            if driver is not None:
+                if driver.name in names:
+                    issues.append(ConfigIssue(file, f"{table}[{index}].name", f"found {driver.name!r}: names must be unique"))
+                names.add(driver.name)
+                typed.append(driver)
+        raw[table] = typed
+    return raw, issues
+
+
+def _validate_driver(entry: Any, index: int, table: str, registry: DriverRegistry[Any], file: str):
+    key = f"{table}[{index}]"
+    if not isinstance(entry, dict):
+        return None, [ConfigIssue(file, key, f"found {entry!r}: expected a table")]
+    type_name = entry.get("type")
+    allowed = registry.types()
+    model = registry.config_model(type_name) if isinstance(type_name, str) else None
+    if model is None:
+        guess = difflib.get_close_matches(str(type_name), allowed, n=1)
+        hint = f"; did you mean {guess[0]!r}?" if guess else ""
+        found = "nothing" if type_name is None else repr(type_name)
+        return None, [ConfigIssue(file, f"{key}.type", f"found {found}{hint} allowed: {', '.join(allowed)}")]
+    data = dict(entry)
+    data.setdefault("name", f"{type_name}-{index}")
+    try:
+        return model.model_validate(data), []
+    except ValidationError as exc:
+        return None, _issues_from(exc, file, model, (table, index))
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load and validate; raises ConfigError listing every problem. No path: embedded defaults."""
+    if path is None:
+        return validate_config({}, "<embedded defaults>")
+    file = str(path)
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([ConfigIssue(file, "", "file not found")]) from None
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(file, "", f"cannot read: {exc.strerror or exc}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([ConfigIssue(file, "", f"not valid TOML: {exc}")]) from None
+    return validate_config(raw, file)
+
+
+def validate_config(raw: dict[str, Any], file: str = "<config>") -> Config:
+    raw = dict(raw)
+    raw.setdefault("scanners", _default_scanners())
+    raw, issues = _validate_driver_tables(raw, file)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        issues += [i for i in _issues_from(exc, file, Config) if not i.key.startswith(tuple(DRIVER_TABLES))]
+        config = None
+    if issues:
+        raise ConfigError(issues)
+    assert config is not None
+    return config.model_copy(update={k: v for k, v in raw.items() if k in DRIVER_TABLES})

@@ -1,0 +1,3 @@
+from posedge.agent.cli import main
+
+raise SystemExit(main())
