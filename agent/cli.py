@@ -1,1 +1,160 @@
-def main(): print("hi"); return 0
+"""`posedge`: run the agent, check a config, show status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from posedge import __version__
+from posedge.agent.config import Config, ConfigError, load_config
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+Command = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    def register(fn: Command) -> Command:
+        COMMANDS[name] = fn
+        return fn
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="posedge",
+        description="posedge store agent: scanners, receipts, offline sales and HQ sync for one store PC.",
+        epilog="Run 'posedge COMMAND --help' for a command's options. Docs: README.md and docs/.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent in the foreground (Ctrl-C or SIGTERM stops it)",
+                         description="Run the agent. Without --config it runs on embedded defaults: state in ./var/, "
+                                     "API on 127.0.0.1:8765, a scanner reading lines typed in this terminal, "
+                                     "receipts rendered to ./var/receipts/, MQTT optional.")
+    run.add_argument("--config", "-c", metavar="PATH", help="TOML config file (see config.example.toml)")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 if not",
+                           description="Validate a config file and print every problem with the file, the key, "
+                                       "what was found and what is allowed. Exit 0 valid, 2 invalid.")
+    check.add_argument("path", metavar="PATH")
+
+    status = sub.add_parser("status", help="show the agent's status (from the running agent, or the database if stopped)",
+                            description="Ask the running agent for its status; if it is not running, read the database "
+                                        "directly (read-only) and show the outbox and storage.")
+    status.add_argument("--config", "-c", metavar="PATH", help="the config the agent runs with")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    sub.add_parser("version", help="print the version")
+    for extend in PARSER_EXTENSIONS:
+        extend(sub)
+    return parser
+
+
+# Features add their subcommands here: each is called with the subparsers object.
+PARSER_EXTENSIONS: list[Callable[[Any], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_CONFIG
+    return COMMANDS[args.command](args)
+
+
+def _load(path: str | None) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"posedge: the configuration is not valid ({len(exc.issues)} problem(s)):", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return None
+
+
+@command("version")
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"posedge {__version__}")
+    return EXIT_OK
+
+
+@command("check-config")
+def cmd_check_config(args: argparse.Namespace) -> int:
+    if _load(args.path) is None:
+        return EXIT_CONFIG
+    print(f"{args.path}: valid")
+    return EXIT_OK
+
+
+@command("run")
+def cmd_run(args: argparse.Namespace) -> int:
+    from posedge.agent.logs import setup_logging
+    from posedge.agent.runner import run_agent
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    setup_logging(args.log_level)
+    try:
+        sock = bind_listen_socket(config.api.host, config.api.port)
+    except OSError as exc:
+        print(f"posedge: cannot listen on {config.api.listen}: {exc.strerror or exc} "
+              "(is another posedge running? change [api] listen)", file=sys.stderr)
+        return EXIT_FAILURE
+    return asyncio.run(run_agent(config, sock))
+
+
+def bind_listen_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+@command("status")
+def cmd_status(args: argparse.Namespace) -> int:
+    from posedge.agent.status_cli import read_status
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    status = read_status(config)
+    if args.json:
+        print(json.dumps(status, ensure_ascii=False, indent=2))
+    else:
+        print(format_status(status))
+    return EXIT_OK if status.get("running") else EXIT_FAILURE
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [f"agent: {'running' if status.get('running') else 'not running'}"]
+    if status.get("note"):
+        lines.append(f"  ({status['note']})")
+    storage = status.get("storage", {})
+    lines.append(f"storage: {storage.get('path')} state={storage.get('state')}"
+                 + (f" error={storage['error']}" if storage.get("error") else ""))
+    box = status.get("outbox", {})
+    lines.append(f"outbox: {box.get('depth')} pending, oldest {box.get('oldest_pending_age_s')} s")
+    for device in status.get("devices", []):
+        lines.append(f"{device['kind']} {device['name']} ({device['type']}): {device['state']}"
+                     + (f" - {device['last_error']}" if device.get("last_error") else ""))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""The agent: composes the store, the devices and the API, and starts and stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from posedge import __version__
+from posedge.agent.config import Config
+from posedge.agent.errors import StorageError
+from posedge.agent.sales import SaleService
+from posedge.agent.store.reader import StoreReader
+from posedge.agent.store.writer import StoreWriter
+from posedge.agent.token import load_or_create_token
+from posedge.drivers.registry import SCANNERS
+from posedge.drivers.scanners.base import Scan
+from posedge.sync import outbox
+
+log = logging.getLogger("posedge.agent")
+
+StatusProvider = Callable[[], dict[str, Any]]
+
+
+class LoggingScanSink:
+    """Until the scan pipeline is wired, a scan is logged by length only (it may be a payment code)."""
+
+    def scan(self, scan: Scan) -> None:
+        log.info("event=scan scanner=%s length=%d", scan.scanner, len(scan.text))
+
+    def rejected(self, scanner: str, reason: str, detail: str) -> None:
+        log.warning("event=scan_rejected scanner=%s reason=%s detail=%r", scanner, reason, detail)
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        storage = config.storage
+        self.writer = StoreWriter(storage.path, group_commit_max=storage.group_commit_max, busy_timeout_ms=storage.busy_timeout_ms)
+        self.reader = StoreReader(storage.path, busy_timeout_ms=storage.busy_timeout_ms)
+        self.sales = SaleService(self.writer, self.reader, config.store)
+        self.token = load_or_create_token(config.api.token_file, _secret(config.api.token))
+        self.scan_sink: Any = LoggingScanSink()
+        self.devices: list[Any] = []  # drivers with .status() -> DeviceStatus and .stop()
+        self.status_providers: dict[str, StatusProvider] = {}
+        self.started_at = datetime.now(timezone.utc)
+        self._started_mono = time.monotonic()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        failure = await asyncio.to_thread(self.writer.start)
+        if failure is not None:
+            log.error("event=agent_degraded reason=%s message=%r", failure.code, failure.message)
+        self._start_scanners()
+        log.info("event=agent_started version=%s store=%s/%s", __version__, self.config.store.tenant, self.config.store.id)
+
+    async def stop(self) -> None:
+        for device in reversed(self.devices):
+            await asyncio.to_thread(device.stop)
+        await asyncio.to_thread(self.writer.stop)
+        self.reader.close()
+        log.info("event=agent_stopped")
+
+    def _start_scanners(self) -> None:
+        for config in self.config.scanner_configs():
+            entry = SCANNERS.get(config.type)
+            usable, reason = entry.usable()
+            if not usable:
+                log.warning("event=scanner_disabled scanner=%s reason=%r", config.name, reason)
+                continue
+            driver = SCANNERS.create(config, self.scan_sink)
+            driver.start()
+            self.devices.append(driver)
+
+    # -- health and status -----------------------------------------------------------------
+    def storage_failure(self) -> StorageError | None:
+        return self.writer.failure
+
+    def health(self) -> dict[str, Any]:
+        failure = self.storage_failure()
+        if failure is None:
+            return {"status": "ok", "version": __version__}
+        return {"status": "degraded", "version": __version__, "problems": [failure.body()]}
+
+    def status(self) -> dict[str, Any]:
+        """Everything `GET /v1/status` and `posedge status` show. Reads the database: call off the loop."""
+        status = {
+            "agent": {
+                "version": __version__,
+                "started_at": self.started_at.isoformat(),
+                "uptime_s": round(time.monotonic() - self._started_mono, 1),
+                "tenant": self.config.store.tenant,
+                "store_id": self.config.store.id,
+            },
+            "storage": storage_status(self),
+            "outbox": outbox_status(self.reader),
+            "devices": [device.status().as_dict() for device in self.devices],
+        }
+        for name, provider in self.status_providers.items():
+            try:
+                status[name] = provider()
+            except Exception as exc:  # one broken section must not hide the others
+                log.exception("event=status_provider_failed section=%s", name)
+                status[name] = {"error": f"{exc.__class__.__name__}: {exc}"}
+        return status
+
+
+def storage_status(agent: Agent) -> dict[str, Any]:
+    path = agent.config.storage.path
+    failure = agent.storage_failure()
+    info: dict[str, Any] = {"path": str(path), "state": "ok" if failure is None else failure.code}
+    if failure is not None:
+        info["error"] = failure.message
+    for suffix, key in (("", "size_bytes"), ("-wal", "wal_bytes")):
+        try:
+            info[key] = (path.parent / (path.name + suffix)).stat().st_size
+        except OSError:
+            info[key] = None
+    try:
+        info["free_bytes"] = shutil.disk_usage(path.parent).free
+    except OSError:
+        info["free_bytes"] = None
+    return info
+
+
+def outbox_status(reader: StoreReader) -> dict[str, Any]:
+    try:
+        stats = reader.read_sync(outbox.stats)
+    except StorageError as exc:
+        return {"depth": None, "error": exc.message}
+    age = stats.oldest_age_s()
+    return {
+        "depth": stats.depth,
+        "oldest_pending_at": stats.oldest_created_at.isoformat() if stats.oldest_created_at else None,
+        "oldest_pending_age_s": round(age, 1) if age is not None else None,
+    }
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None

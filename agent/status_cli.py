@@ -1,0 +1,55 @@
+"""`posedge status`: ask the running agent; if it does not answer, read the database read-only."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from posedge.agent.config import Config
+from posedge.agent.errors import StorageError
+from posedge.agent.store.reader import StoreReader
+from posedge.sync import outbox
+
+
+def read_status(config: Config) -> dict[str, Any]:
+    live = _from_agent(config)
+    if live is not None:
+        return {"running": True, **live}
+    return {"running": False, "note": f"no agent answered on {config.api.listen}; read the database directly",
+            **_from_database(config)}
+
+
+def _from_agent(config: Config) -> dict[str, Any] | None:
+    api = config.api
+    try:
+        token = api.token.get_secret_value() if api.token else api.token_file.read_text().strip()
+    except OSError:
+        token = ""
+    host = f"[{api.host}]" if ":" in api.host else api.host
+    request = urllib.request.Request(f"http://{host}:{api.port}/v1/status", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=3) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        return {"error": f"the agent answered {exc.code}: {exc.read().decode(errors='replace')[:200]}"}
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _from_database(config: Config) -> dict[str, Any]:
+    path = config.storage.path
+    storage: dict[str, Any] = {"path": str(path)}
+    if not path.exists():
+        return {"storage": {**storage, "state": "missing"}, "outbox": {"depth": None}}
+    reader = StoreReader(path)
+    try:
+        stats = reader.read_sync(outbox.stats)
+        age = stats.oldest_age_s()
+        return {"storage": {**storage, "state": "ok", "size_bytes": path.stat().st_size},
+                "outbox": {"depth": stats.depth, "oldest_pending_age_s": round(age, 1) if age is not None else None}}
+    except StorageError as exc:
+        return {"storage": {**storage, "state": exc.code, "error": exc.message}, "outbox": {"depth": None}}
+    finally:
+        reader.close()

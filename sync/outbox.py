@@ -1,0 +1,85 @@
+"""The outbox: up-events for HQ, appended in the same transaction as the change they describe.
+
+Each event has a UUIDv7 `event_id` that HQ deduplicates on, so resending after any failure is safe
+(exactly once in effect). The drainer that publishes them over MQTT comes with the sync link; this
+module owns the table's semantics: append, what is pending, marking sent and acked.
+Table `outbox` (created by the agent's schema migration 0001):
+seq, event_id, kind, key, payload (JSON), created_at, sent_at, acked_at, attempts.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from posedge.sync.ids import uuid7
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    seq: int
+    event_id: str
+    kind: str
+    key: str
+    payload: dict[str, Any]
+    created_at: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    depth: int
+    oldest_created_at: datetime | None
+
+    def oldest_age_s(self, now: datetime | None = None) -> float | None:
+        if self.oldest_created_at is None:
+            return None
+        now = now or datetime.now(timezone.utc)
+        return max(0.0, (now - self.oldest_created_at).total_seconds())
+
+
+def append_event(conn: sqlite3.Connection, kind: str, key: str, payload: dict[str, Any], *, event_id: str | None = None) -> str:
+    """Append in the caller's transaction; returns the event id."""
+    event_id = event_id or str(uuid7())
+    conn.execute(
+        "INSERT INTO outbox (event_id, kind, key, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+        (event_id, kind, key, json.dumps(payload, ensure_ascii=False, separators=(",", ":")), _now()),
+    )
+    return event_id
+
+
+def pending(conn: sqlite3.Connection, limit: int = 100, after_seq: int = 0) -> list[OutboxEvent]:
+    rows = conn.execute(
+        "SELECT seq, event_id, kind, key, payload, created_at, attempts FROM outbox "
+        "WHERE acked_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
+        (after_seq, limit),
+    ).fetchall()
+    return [OutboxEvent(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
+
+
+def mark_sent(conn: sqlite3.Connection, event_ids: Iterable[str]) -> None:
+    now = _now()
+    conn.executemany(
+        "UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE event_id = ? AND acked_at IS NULL",
+        [(now, e) for e in event_ids],
+    )
+
+
+def mark_acked(conn: sqlite3.Connection, event_ids: Iterable[str]) -> int:
+    now = _now()
+    cur = conn.executemany(
+        "UPDATE outbox SET acked_at = ? WHERE event_id = ? AND acked_at IS NULL", [(now, e) for e in event_ids]
+    )
+    return cur.rowcount
+
+
+def stats(conn: sqlite3.Connection) -> OutboxStats:
+    depth, oldest = conn.execute("SELECT count(*), min(created_at) FROM outbox WHERE acked_at IS NULL").fetchone()
+    return OutboxStats(depth, datetime.fromisoformat(oldest) if oldest else None)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
