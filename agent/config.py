@@ -90,8 +90,11 @@ class ApiConfig(ConfigModel):
     @model_validator(mode="before")
     @classmethod
     def _secrets(cls, data: Any) -> Any:
-        # token_file is where the token lives (and is generated); an env var may override it.
-        return resolve_secrets("api", ("token",), {k: v for k, v in data.items()} if isinstance(data, dict) else data)
+        # token_file is where the token lives (and is generated at first start), so only the
+        # environment may override it here; the file is read by agent/token.py.
+        if isinstance(data, dict) and os.environ.get("POSEDGE_API_TOKEN"):
+            data = {**data, "token": os.environ["POSEDGE_API_TOKEN"]}
+        return data
 
     @field_validator("listen")
     @classmethod

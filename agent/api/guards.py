@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any, Awaitable, Callable
 
+from posedge.agent.errors import AgentError
+
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -28,8 +30,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(AgentError):
+    """Raised from receive() when a streamed body passes the limit; the app's error mapping answers it."""
+
+    code = "body_too_large"
+    status = 413
+    message = "request body is over the limit ([api] max_body_bytes)"
 
 
 class RequestGuard:
@@ -74,7 +80,8 @@ class RequestGuard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
-                    raise BodyTooLarge()
+                    raise BodyTooLarge(f"request body is over the limit of {self.max_body_bytes} bytes "
+                                       "([api] max_body_bytes)", limit_bytes=self.max_body_bytes)
             return message
 
         async def tracking_send(message: dict[str, Any]) -> None:

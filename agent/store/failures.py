@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -19,7 +20,9 @@ def classify(exc: BaseException, path: Path) -> StorageError:
             "This request was not recorded; acknowledged sales are safe. Retry after freeing space.",
             file=str(path),
         )
-    if name.startswith("SQLITE_READONLY") or "readonly database" in text:
+    if name.startswith("SQLITE_READONLY") or "readonly database" in text or (
+        name.startswith("SQLITE_CANTOPEN") and _read_only(path)
+    ):
         return StorageReadOnly(
             f"{path} (or its folder) is read-only for the agent's user; check the owner and mode of the file, "
             "its -wal/-shm files and the folder, and that the disk is not mounted read-only.",
@@ -44,3 +47,14 @@ def classify(exc: BaseException, path: Path) -> StorageError:
     if isinstance(exc, OSError):
         return StorageError(f"cannot use {path}: {exc.strerror or exc}", file=str(path))
     return StorageError(f"storage error on {path}: {text}", file=str(path))
+
+
+def _read_only(path: Path) -> bool:
+    """Is the file or its folder not writable (mode, owner, or a read-only mount)?"""
+    folder = path.parent
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        return False
+    return not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK))

@@ -1,0 +1,159 @@
+"""Shared fixtures: real agent processes on free ports, real SQLite files, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+SLOW = os.environ.get("POSEDGE_SLOW") == "1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_config(home: Path, port: int, extra: str = "", storage: Path | None = None) -> Path:
+    """A config for a test agent living in `home`: no terminal scanner, no broker connection."""
+    storage = storage or home / "var" / "posedge.db"
+    config = home / "posedge.toml"
+    config.write_text(
+        f"""scanners = []
+
+[store]
+tenant = "test"
+id = "store-1"
+
+[storage]
+path = "{storage}"
+
+[api]
+listen = "127.0.0.1:{port}"
+token_file = "{home / 'var' / 'api-token'}"
+cors_origins = ["http://pos.local:3000"]
+
+[mqtt]
+enabled = false
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+class AgentProcess:
+    """`posedge run` as a real process, with the controls tests need (start, kill -9, stop)."""
+
+    def __init__(self, home: Path, extra_config: str = "", storage: Path | None = None) -> None:
+        self.home = home
+        self.port = free_port()
+        self.config = write_config(home, self.port, extra_config, storage)
+        self.proc: subprocess.Popen | None = None
+        self.log = home / "agent.log"
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, deadline_s: float = 30.0) -> "AgentProcess":
+        handle = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "posedge", "run", "--config", str(self.config)],
+            cwd=self.home, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+        )
+        handle.close()
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                httpx.get(f"{self.url}/v1/health", timeout=1.0)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise AssertionError(f"agent did not answer within {deadline_s} s:\n{self.log_text()}")
+
+    @property
+    def token(self) -> str:
+        return (self.home / "var" / "api-token").read_text().strip()
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        headers.update(kwargs.pop("headers", {}))
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10.0, **kwargs)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError(f"agent did not stop on SIGTERM:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[AgentProcess] = []
+
+    def make(extra_config: str = "", storage: Path | None = None, home: Path | None = None) -> AgentProcess:
+        agent_home = home or tmp_path / f"agent{len(started)}"
+        agent_home.mkdir(parents=True, exist_ok=True)
+        agent = AgentProcess(agent_home, extra_config, storage)
+        started.append(agent)
+        return agent
+
+    yield make
+    for agent in started:
+        agent.stop()
+
+
+@pytest.fixture(scope="module")
+def running_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    home = tmp_path_factory.mktemp("agent")
+    agent = AgentProcess(home).start()
+    yield agent
+    agent.stop()
+
+
+def sale_body(sale_id: str | None = None, amount: int = 300, **extra: Any) -> dict[str, Any]:
+    """A valid one-line cash sale of `amount` fen."""
+    body: dict[str, Any] = {
+        "lines": [{"sku": "6901234567892", "name": "矿泉水 550ml", "qty": 1, "unit_price_fen": amount}],
+        "payments": [{"method": "cash", "amount_fen": amount}],
+    }
+    if sale_id is not None:
+        body["sale_id"] = sale_id
+    body.update(extra)
+    return body
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real, small filesystem (tmpfs, 2 MiB) that fills up: ENOSPC as a full disk gives it."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
