@@ -39,7 +39,7 @@ def _read_secret_file(path: str, key: str) -> str:
 
 
 def resolve_secrets(section: str, keys: tuple[str, ...], data: Any) -> Any:
-    """Fill secret `key` from env POSEDGE_<SECTION>_<KEY>, else from `<key>_file`, else the file's value."""
+    """Fill secret `key`: env POSEDGE_<SECTION>_<KEY> wins, then the key itself, then `<key>_file`."""
     if not isinstance(data, dict):
         return data
     data = dict(data)
@@ -48,7 +48,7 @@ def resolve_secrets(section: str, keys: tuple[str, ...], data: Any) -> Any:
         file_key = f"{key}_file"
         if os.environ.get(env_name):
             data[key] = os.environ[env_name]
-        elif data.get(file_key):
+        elif data.get(file_key) and not data.get(key):
             data[key] = _read_secret_file(str(data[file_key]), file_key)
     return data
 
@@ -240,6 +240,8 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return "required key is missing"
+    if isinstance(found, (dict, list)) and error["type"] == "value_error":
+        return message  # a rule about the whole table: the message names the keys
     return f"found {found!r}: {message}"
 
 
