@@ -82,11 +82,14 @@ class SaleService:
                 raise SaleConflict(sale_id=sale_id, receipt_no=existing[2])
             return SaleOutcome(created=False, body=json.loads(existing[1]))
         recorded = self._recorded_sale(conn, sale, sale_id, totals)
-        _insert_sale(conn, recorded, body_hash)
         body = _answer(recorded)
+        _insert_sale(conn, recorded, body_hash, _json(body))
+        extra: dict[str, Any] = {}
         for participant in self.participants:
-            body.update(participant.record(conn, recorded))
-        conn.execute("UPDATE sales SET response = ? WHERE sale_id = ?", (_json(body), sale_id))
+            extra.update(participant.record(conn, recorded))
+        if extra:
+            body.update(extra)
+            conn.execute("UPDATE sales SET response = ? WHERE sale_id = ?", (_json(body), sale_id))
         append_event(conn, "sale", sale_id, _sale_event(recorded, self.store))
         return SaleOutcome(created=True, body=body)
 
@@ -111,13 +114,13 @@ def _next_receipt_seq(conn: sqlite3.Connection, day: str) -> int:
     ).fetchone()[0]
 
 
-def _insert_sale(conn: sqlite3.Connection, r: RecordedSale, body_hash: str) -> None:
+def _insert_sale(conn: sqlite3.Connection, r: RecordedSale, body_hash: str, response: str) -> None:
     s, t = r.sale, r.totals
     conn.execute(
         "INSERT INTO sales (sale_id, receipt_no, body_sha256, business_day, occurred_at, recorded_at, till, cashier,"
-        " member_id, gross_fen, discount_fen, total_fen, paid_fen, response) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'')",
+        " member_id, gross_fen, discount_fen, total_fen, paid_fen, response) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (r.sale_id, r.receipt_no, body_hash, r.business_day, r.occurred_at.isoformat(), r.recorded_at.isoformat(),
-         s.till, s.cashier, s.member_id, t.gross_fen, t.discount_fen, t.total_fen, t.paid_fen),
+         s.till, s.cashier, s.member_id, t.gross_fen, t.discount_fen, t.total_fen, t.paid_fen, response),
     )
     conn.executemany(
         "INSERT INTO sale_lines (sale_id, line_no, sku, name, qty, unit, unit_price_fen, discount_fen, amount_fen)"

@@ -157,6 +157,16 @@ class StoreWriter:
 
     def _execute(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[tuple[bool, object]]:
         conn.execute("BEGIN IMMEDIATE")
+        if len(jobs) == 1:  # alone in the transaction: no savepoint needed, a failure rolls back all
+            try:
+                return [(True, jobs[0].work(conn))]
+            except Exception as exc:
+                if isinstance(exc, sqlite3.Error) and _is_storage_failure(exc):
+                    raise
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")  # an empty transaction for the caller's COMMIT
+                return [(False, exc)]
         outcomes: list[tuple[bool, object]] = []
         for job in jobs:
             conn.execute("SAVEPOINT work")
