@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import socket
 import sys
+from typing import Iterator
 
 import uvicorn
 
@@ -15,6 +18,21 @@ from posedge.agent.service import Agent
 log = logging.getLogger("posedge.agent")
 
 
+class AgentServer(uvicorn.Server):
+    """uvicorn, but a stop signal ends `serve()` normally so the agent can stop in order and the
+    process exits 0 (uvicorn itself re-raises the signal after shutdown, which would kill the
+    process before the agent's own shutdown ran)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 async def run_agent(config: Config, sock: socket.socket) -> int:
     try:
         agent = Agent(config)
@@ -22,7 +40,7 @@ async def run_agent(config: Config, sock: socket.socket) -> int:
         print(f"posedge: cannot start: {exc}", file=sys.stderr)
         return 1
     await agent.start()
-    server = uvicorn.Server(uvicorn.Config(
+    server = AgentServer(uvicorn.Config(
         build_app(agent), log_level="warning", access_log=False, lifespan="off",
         timeout_graceful_shutdown=3, server_header=False,
     ))
