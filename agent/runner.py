@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -19,12 +20,17 @@ log = logging.getLogger("posedge.agent")
 
 
 class AgentServer(uvicorn.Server):
-    """uvicorn, but a stop signal ends `serve()` normally so the agent can stop in order and the
-    process exits 0 (uvicorn itself re-raises the signal after shutdown, which would kill the
-    process before the agent's own shutdown ran)."""
+    """uvicorn, but stop signals are ours: they are caught from the very start of `posedge run`
+    (not only once the server listens), `serve()` then returns normally, the agent stops in order
+    and the process exits 0. (uvicorn itself re-raises the signal after its shutdown, which would
+    kill the process before the agent's own shutdown ran.)"""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
+        yield  # handlers are installed by catch_stop_signals() for the whole run
+
+    @contextlib.contextmanager
+    def catch_stop_signals(self) -> Iterator[None]:
         previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
@@ -39,17 +45,25 @@ async def run_agent(config: Config, sock: socket.socket) -> int:
     except (OSError, ValueError) as exc:
         print(f"posedge: cannot start: {exc}", file=sys.stderr)
         return 1
-    await agent.start()
     server = AgentServer(uvicorn.Config(
         build_app(agent), log_level="warning", access_log=False, lifespan="off",
         timeout_graceful_shutdown=3, server_header=False,
     ))
-    _banner(config)
-    try:
-        await server.serve(sockets=[sock])
-    finally:
-        await agent.stop()
+    with server.catch_stop_signals():
+        await agent.start()
+        banner = asyncio.create_task(_banner_when_listening(server, config))
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            banner.cancel()
+            await agent.stop()
     return 0
+
+
+async def _banner_when_listening(server: uvicorn.Server, config: Config) -> None:
+    while not server.started:
+        await asyncio.sleep(0.01)
+    _banner(config)
 
 
 def _banner(config: Config) -> None:
