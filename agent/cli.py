@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from posedge import __version__
+from posedge.agent import db_cli
 from posedge.agent.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     sub.add_parser("version", help="print the version")
+    db_cli.register(sub)
     for extend in PARSER_EXTENSIONS:
         extend(sub)
     return parser
@@ -156,6 +158,14 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"{device['kind']} {device['name']} ({device['type']}): {device['state']}"
                      + (f" - {device['last_error']}" if device.get("last_error") else ""))
     return "\n".join(lines)
+
+
+@command("db")
+def cmd_db(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    return db_cli.run(args, config.storage.path)
 
 
 if __name__ == "__main__":

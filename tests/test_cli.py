@@ -72,3 +72,32 @@ def test_run_on_embedded_defaults_prints_api_token_and_how_to_stop(tmp_path: Pat
     assert (tmp_path / "var" / "posedge.db").exists()
     assert oct((tmp_path / "var" / "api-token").stat().st_mode & 0o777) == "0o600"
     assert proc.returncode == 0
+
+
+def test_db_info_check_and_backup_while_the_agent_runs(agent_factory) -> None:
+    agent: AgentProcess = agent_factory().start()
+    with agent.client() as client:
+        for n in range(3):
+            client.post("/v1/sales", json=sale_body(f"db-{n}", 100))
+    info = posedge("db", "--config", str(agent.config), "info", cwd=agent.home)
+    check = posedge("db", "--config", str(agent.config), "check", cwd=agent.home)
+    copy = agent.home / "backup.db"
+    backup = posedge("db", "--config", str(agent.config), "backup", str(copy), cwd=agent.home)
+    assert info.returncode == 0 and "sales" in info.stdout and "3 rows" in info.stdout
+    assert check.returncode == 0 and check.stdout.strip().endswith("ok")
+    assert backup.returncode == 0
+    import sqlite3
+
+    assert sqlite3.connect(copy).execute("SELECT count(*) FROM sales").fetchone()[0] == 3
+    again = posedge("db", "--config", str(agent.config), "backup", str(copy), cwd=agent.home)
+    assert again.returncode == 1 and "exists" in again.stdout
+
+
+def test_db_check_reports_a_damaged_file(tmp_path: Path) -> None:
+    db = tmp_path / "damaged.db"
+    db.write_bytes(b"SQLite format 3\x00" + b"\xff" * 8192)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[storage]\npath = "{db}"\n')
+    result = posedge("db", "--config", str(config), "check", cwd=tmp_path)
+    assert result.returncode == 1
+    assert str(db) in result.stdout

@@ -1,0 +1,87 @@
+"""`posedge db info|check|backup`: look at and copy the database, safely while the agent runs.
+
+Reads use a read-only connection (WAL lets them run beside the writer); the backup uses SQLite's
+online backup API, so the copy is consistent without stopping the agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from posedge.agent.store.schema import current_version, latest_version
+
+
+def register(sub: Any) -> None:
+    db = sub.add_parser("db", help="inspect, check or back up the database (safe while the agent runs)",
+                        description="Inspect, check or back up the agent's SQLite database. Safe while the agent runs.")
+    db.add_argument("--config", "-c", metavar="PATH", help="the config the agent runs with")
+    verbs = db.add_subparsers(dest="db_command", metavar="VERB", required=True)
+    verbs.add_parser("info", help="schema version, tables and row counts")
+    verbs.add_parser("check", help="run SQLite's integrity check; exit 1 if the file is damaged")
+    backup = verbs.add_parser("backup", help="write a consistent copy of the database to a file")
+    backup.add_argument("target", metavar="FILE")
+
+
+def read_only(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise FileNotFoundError(f"no database at {path}")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def info(path: Path) -> dict[str, Any]:
+    conn = read_only(path)
+    try:
+        db = sqlite_utils.Database(conn)
+        return {
+            "path": str(path),
+            "schema_version": current_version(conn),
+            "schema_latest": latest_version(),
+            "tables": {name: db[name].count for name in db.table_names() if not name.startswith("sqlite_")},
+        }
+    finally:
+        conn.close()
+
+
+def check(path: Path) -> list[str]:
+    conn = read_only(path)
+    try:
+        return [row[0] for row in conn.execute("PRAGMA integrity_check")]
+    finally:
+        conn.close()
+
+
+def backup(path: Path, target: Path) -> None:
+    if target.exists():
+        raise FileExistsError(f"{target} exists; choose a new file name")
+    source = read_only(path)
+    copy = sqlite3.connect(target)
+    try:
+        source.backup(copy)
+    finally:
+        copy.close()
+        source.close()
+
+
+def run(args: argparse.Namespace, path: Path) -> int:
+    try:
+        if args.db_command == "info":
+            facts = info(path)
+            print(f"{facts['path']}: schema {facts['schema_version']} (this posedge: {facts['schema_latest']})")
+            for name, count in sorted(facts["tables"].items()):
+                print(f"  {name:<24} {count:>10} rows")
+            return 0
+        if args.db_command == "check":
+            problems = check(path)
+            print(f"{path}: " + ("ok" if problems == ["ok"] else "DAMAGED\n  " + "\n  ".join(problems)))
+            return 0 if problems == ["ok"] else 1
+        backup(path, Path(args.target))
+        print(f"{path} -> {args.target}: consistent copy written")
+        return 0
+    except (OSError, sqlite3.Error) as exc:
+        print(f"posedge db {args.db_command}: {path}: {exc}")
+        return 1
