@@ -31,6 +31,10 @@ class ConfigModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Feature tables living in their own modules import ConfigModel from here, so they come after it.
+from posedge.agent.receipts.config import ReceiptConfig  # noqa: E402
+
+
 def _read_secret_file(path: str, key: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8").strip()
@@ -176,6 +180,7 @@ class Config(ConfigModel):
     # Driver tables are validated by their registered model (see load_config); here they are already typed.
     scanners: list[Any] = Field(default_factory=_default_scanners, description="[[scanners]] tables, each with a type")
     printers: list[Any] = Field(default_factory=list, description="[[printers]] tables, each with a type")
+    receipt: ReceiptConfig = Field(default_factory=ReceiptConfig)
 
     def scanner_configs(self) -> list[DriverConfig]:
         return list(self.scanners)

@@ -1,0 +1,149 @@
+"""The store's own signing key and the claim codes it signs (compact JWS, EdDSA/Ed25519, RFC 8037).
+
+A claim code rides in the receipt QR: HQ verifies it with the store's public key (reported once
+through the outbox event "store_key" and shown in `GET /v1/status`), without a look-up, and honours
+each sale id once. Ed25519 signatures are deterministic, so a reprint carries the same token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from posedge.agent.errors import AgentError
+
+log = logging.getLogger("posedge.agent.claims")
+
+ALGORITHM = "EdDSA"
+
+
+class ClaimKeyError(AgentError):
+    code = "claim_key_unavailable"
+    status = 503
+    message = "the store signing key cannot be read or created"
+
+
+@dataclass(frozen=True)
+class ClaimFacts:
+    """What a claim code says about one sale. Amounts in fen, times timezone-aware."""
+
+    sale_id: str
+    store_id: str
+    tenant: str
+    amount_fen: int
+    points: int
+    sold_at: datetime
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    """Read the PEM private key at `path`; create it (mode 0600, atomically) when absent."""
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # never replaces: if another process won the race, its key stays
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise ClaimKeyError(f"cannot create the store key {path}: {exc.strerror or exc}", path=str(path)) from None
+    log.info("event=store_key_created path=%s", path)
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ClaimKeyError(f"cannot read the store key {path}: {exc.strerror or exc}", path=str(path)) from None
+    try:
+        key = serialization.load_pem_private_key(raw, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ClaimKeyError(f"the store key {path} is not a PEM private key: {exc}", path=str(path)) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ClaimKeyError(f"the store key {path} is not an Ed25519 key", path=str(path))
+    return key
+
+
+def public_jwk(public: Ed25519PublicKey) -> dict[str, str]:
+    """RFC 8037 JWK of the public key, with a kid derived from it (RFC 7638 thumbprint)."""
+    x = _b64url(public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"), sort_keys=True)
+    kid = _b64url(hashlib.sha256(canonical.encode()).digest())[:16]
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": ALGORITHM, "use": "sig"}
+
+
+class ClaimSigner:
+    """Signs claim codes with the store key. Thread-safe (the key object is immutable)."""
+
+    def __init__(self, key: Ed25519PrivateKey, expiry: timedelta = timedelta(days=30)) -> None:
+        self._key = key
+        self.expiry = expiry
+        self.jwk = public_jwk(key.public_key())
+
+    @classmethod
+    def from_file(cls, path: Path, expiry: timedelta = timedelta(days=30)) -> "ClaimSigner":
+        return cls(load_or_create_key(path), expiry)
+
+    @property
+    def kid(self) -> str:
+        return self.jwk["kid"]
+
+    @property
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    def claims(self, facts: ClaimFacts) -> dict[str, Any]:
+        # Expiry counts from the sale time, not from now: a reprint signs the very same token.
+        sold_at = facts.sold_at.astimezone(timezone.utc)
+        return {
+            "iss": f"{facts.tenant}/{facts.store_id}",
+            "sub": facts.sale_id,
+            "amt": facts.amount_fen,
+            "pts": facts.points,
+            "iat": int(sold_at.timestamp()),
+            "exp": int((sold_at + self.expiry).timestamp()),
+        }
+
+    def sign(self, facts: ClaimFacts) -> str:
+        return jwt.encode(self.claims(facts), self._key, algorithm=ALGORITHM, headers={"kid": self.kid, "typ": "JWT"})
+
+
+def verify_claim(token: str, public: Ed25519PublicKey, now: datetime | None = None) -> dict[str, Any]:
+    """Check signature and expiry; returns the claims (raises jwt.InvalidTokenError otherwise)."""
+    options = {"require": ["iss", "sub", "exp", "amt", "pts"]}
+    if now is not None:
+        claims = jwt.decode(token, public, algorithms=[ALGORITHM], options={**options, "verify_exp": False})
+        if claims["exp"] < now.timestamp():
+            raise jwt.ExpiredSignatureError("Signature has expired")
+        return claims
+    return jwt.decode(token, public, algorithms=[ALGORITHM], options=options)
