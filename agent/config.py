@@ -172,6 +172,11 @@ def _default_scanners() -> list[dict[str, Any]]:
     return [{"type": "stdin", "name": "terminal"}]
 
 
+def _default_printers() -> list[dict[str, Any]]:
+    # No printer configured: receipts land as files (ESC/POS bytes + PNG preview) in var/receipts.
+    return [{"type": "file", "name": "receipts", "path": "var/receipts"}]
+
+
 class Config(ConfigModel):
     store: StoreConfig = Field(default_factory=StoreConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -179,7 +184,7 @@ class Config(ConfigModel):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     # Driver tables are validated by their registered model (see load_config); here they are already typed.
     scanners: list[Any] = Field(default_factory=_default_scanners, description="[[scanners]] tables, each with a type")
-    printers: list[Any] = Field(default_factory=list, description="[[printers]] tables, each with a type")
+    printers: list[Any] = Field(default_factory=_default_printers, description="[[printers]] tables, each with a type")
     receipt: ReceiptConfig = Field(default_factory=ReceiptConfig)
 
     def scanner_configs(self) -> list[DriverConfig]:
@@ -317,6 +322,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 def validate_config(raw: dict[str, Any], file: str = "<config>") -> Config:
     raw = dict(raw)
     raw.setdefault("scanners", _default_scanners())
+    raw.setdefault("printers", _default_printers())
     raw, issues = _validate_driver_tables(raw, file)
     try:
         config = Config.model_validate(raw)

@@ -28,7 +28,6 @@ class ReceiptConfig(ConfigModel):
     member: bool = Field(True, description="print the member's masked phone and points")
     payments: bool = Field(True, description="print payments with masked references")
     cashier: bool = Field(True, description="print the cashier and till")
-    preview_dir: Path = Field(Path("var/receipts"), description="where the default file printer writes <receipt_no>.bin and .png")
 
     @field_validator("code_page")
     @classmethod

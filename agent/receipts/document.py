@@ -88,8 +88,8 @@ class ReceiptDocument:
     extra_text: tuple[str, ...] = field(default_factory=tuple)
 
 
-COPY_MARK = "*** 重印 COPY ***"
-DUPLICATE_MARK = "*** 可能重复打印 POSSIBLY DUPLICATED ***"
+COPY_MARK = "** 重印 COPY **"
+DUPLICATE_MARK = "** 可能重复打印 DUPLICATE? **"
 
 
 def build_receipt(

@@ -1,0 +1,78 @@
+"""`network`: a printer on raw TCP port 9100, through python-escpos's Network connection."""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from typing import Literal
+
+from pydantic import Field
+
+from posedge.drivers.printers.base import PrinterConfig, PrinterConnection, PrinterUnavailable
+from posedge.drivers.registry import PRINTERS
+
+
+class NetworkPrinterConfig(PrinterConfig):
+    type: Literal["network"] = "network"
+    host: str = Field(..., min_length=1, max_length=253, description="printer IP address or host name")
+    port: int = Field(9100, ge=1, le=65535, description="raw printing port")
+    status: bool = Field(True, description="ask DLE EOT status before and after each job (false for printers that never answer)")
+
+
+@PRINTERS.register("network", NetworkPrinterConfig)
+class NetworkPrinter(PrinterConnection):
+    def __init__(self, config: NetworkPrinterConfig) -> None:
+        super().__init__(config)
+        self.can_read_status = config.status
+        self._escpos = None
+
+    def _open(self) -> None:
+        from escpos.printer import Network
+
+        conn = Network(self.config.host, self.config.port, timeout=self.config.timeout_s)
+        try:
+            conn.open(raise_not_found=True)
+        except Exception as exc:
+            conn._device = False  # nothing to close; keeps python-escpos's __del__ quiet
+            raise PrinterUnavailable(f"{self.config.host}:{self.config.port}: {_cause(exc)}") from None
+        self._escpos = conn
+
+    @property
+    def _sock(self) -> socket.socket:
+        assert self._escpos is not None
+        return self._escpos.device
+
+    def _send(self, data: bytes, label: str) -> None:
+        self._escpos._raw(data)
+
+    def _read(self, size: int, deadline: float) -> bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return b""
+        ready, _, _ = select.select([self._sock], [], [], remaining)
+        if not ready:
+            return b""
+        data = self._sock.recv(size)
+        if not data:
+            raise ConnectionResetError("printer closed the connection")
+        return data
+
+    def _drain(self) -> None:
+        while select.select([self._sock], [], [], 0)[0]:
+            if not self._sock.recv(4096):
+                raise ConnectionResetError("printer closed the connection")
+
+    def _close(self) -> None:
+        conn, self._escpos = self._escpos, None
+        if conn is not None:
+            conn.close()
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "address": f"{self.config.host}:{self.config.port}"}
+
+
+def _cause(exc: BaseException) -> str:
+    # python-escpos puts the OS error on the second line of its message.
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else exc.__class__.__name__

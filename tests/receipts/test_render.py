@@ -1,0 +1,153 @@
+"""ESC/POS bytes and PNG previews, read back with an independent ESC/POS reader."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import jwt
+import pytest
+from PIL import Image
+
+from posedge.agent.claims import ClaimSigner, verify_claim
+from posedge.agent.receipts.document import build_receipt
+from posedge.agent.receipts.escpos import EscposRenderer, PrinterTraits
+from posedge.agent.receipts.layout import ReceiptLayout
+from posedge.agent.receipts.png import PngRenderer
+from posedge.agent.receipts.text import Charset
+
+from .conftest import CLAIM_URL, SHANGHAI, sample_facts
+from .escpos_reader import read_paper
+from .test_layout import EXPECTED_58MM
+
+GB = Charset.named("GB18030")
+
+
+def render(facts, config, signer, traits=PrinterTraits(), charset=GB, **kw):
+    doc = build_receipt(facts, "posedge 演示门店", SHANGHAI, config, signer, **kw)
+    layout = ReceiptLayout(config.columns, charset).lay_out(doc)
+    return EscposRenderer(charset, traits).render(layout), layout
+
+
+def test_gb18030_text_qr_barcode_cut_and_cash_drawer(receipt_config, signer):
+    data, _ = render(sample_facts(), receipt_config, signer)
+    paper = read_paper(data)
+    assert paper.text_lines() == EXPECTED_58MM
+    assert paper.chinese_mode and paper.cuts == 1 and paper.drawer_pulses == [2]
+    assert paper.barcodes == ["S001-20261123-0042"]
+    assert paper.bold_lines[0].strip() == "posedge 演示门店"
+    [qr] = paper.qr_codes
+    assert qr.startswith(CLAIM_URL)
+    claims = verify_claim(qr[len(CLAIM_URL):], signer.public_key)
+    assert (claims["sub"], claims["amt"], claims["pts"], claims["iss"]) == ("sale-1", 2150, 21, "demo/store-001")
+
+
+def test_no_drawer_pulse_without_cash_or_on_a_copy(receipt_config, signer):
+    card, _ = render(sample_facts(cash=False), receipt_config, signer)
+    copy, _ = render(sample_facts(), receipt_config, signer, copy=True)
+    assert read_paper(card).drawer_pulses == []
+    copy_paper = read_paper(copy)
+    assert copy_paper.drawer_pulses == [] and "** 重印 COPY **" in [l.strip() for l in copy_paper.lines]
+
+
+def test_drawer_pin_5_from_printer_config(receipt_config, signer):
+    data, _ = render(sample_facts(), receipt_config, signer, PrinterTraits(drawer_pin=5))
+    assert read_paper(data).drawer_pulses == [5]
+
+
+def test_raster_qr_fallback_sends_an_image_not_gs_k(receipt_config, signer):
+    data, _ = render(sample_facts(), receipt_config, signer, PrinterTraits(qr="raster"))
+    paper = read_paper(data)
+    assert paper.qr_codes == [] and paper.images == 1
+    assert paper.text_lines() == EXPECTED_58MM
+
+
+def test_profile_without_qr_support_falls_back_to_raster(receipt_config, signer):
+    data, _ = render(sample_facts(), receipt_config, signer, PrinterTraits(profile="simple"))
+    paper = read_paper(data)
+    assert paper.qr_codes == [] and paper.images == 1
+
+
+def test_single_byte_code_page(signer):
+    from posedge.agent.receipts.config import ReceiptConfig
+
+    config = ReceiptConfig(code_page="CP437", claim_url=CLAIM_URL, footer=["Thank you, café"])
+    charset = Charset.named("CP437")
+    data, _ = render(sample_facts(), config, signer, charset=charset)
+    paper = read_paper(data)
+    assert not paper.chinese_mode
+    assert paper.text_lines()[-1].strip() == "Thank you, café"
+    assert paper.text_lines()[0].strip() == "posedge ????"
+
+
+def test_logo_printed_as_image(tmp_path, signer):
+    from posedge.agent.receipts.config import ReceiptConfig
+
+    logo = tmp_path / "logo.png"
+    Image.new("L", (800, 100), 0).save(logo)
+    data, _ = render(sample_facts(), ReceiptConfig(logo=logo), signer)
+    assert read_paper(data).images == 1
+
+
+def test_unreadable_logo_costs_only_the_logo(tmp_path, signer):
+    from posedge.agent.receipts.config import ReceiptConfig
+
+    bad = tmp_path / "logo.png"
+    bad.write_bytes(b"not an image")
+    data, _ = render(sample_facts(), ReceiptConfig(logo=bad), signer)
+    assert read_paper(data).text_lines() [-1].strip() == "谢谢惠顾，欢迎再次光临"
+
+
+def test_png_preview_draws_the_same_layout(receipt_config, signer):
+    _, layout = render(sample_facts(), receipt_config, signer)
+    renderer = PngRenderer(GB)
+    assert renderer.has_cjk, "fonts-noto-cjk missing: run tools/system-deps.sh"
+    png = renderer.render(layout)
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG" and image.width == 32 * 12 + 32
+    assert image.height > 40 * 30  # every text line, the QR and the barcode
+    # Ink in the QR region: the preview is not blank.
+    assert image.convert("L").getextrema()[0] == 0
+
+
+def test_png_without_cjk_font_still_renders_and_says_so(receipt_config, signer, tmp_path):
+    _, layout = render(sample_facts(), receipt_config, signer)
+    renderer = PngRenderer(GB, font_path=tmp_path / "missing.ttc")
+    assert not renderer.has_cjk
+    image = Image.open(io.BytesIO(renderer.render(layout)))
+    assert image.height > 40 * 30
+
+
+def test_claim_key_is_private_and_stable(tmp_path):
+    path = tmp_path / "store-key.pem"
+    first = ClaimSigner.from_file(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = ClaimSigner.from_file(path)
+    assert first.jwk == again.jwk and first.jwk["kty"] == "OKP" and first.jwk["crv"] == "Ed25519"
+
+
+def test_claim_token_is_deterministic_and_tamper_evident(signer, tmp_path):
+    from posedge.agent.claims import ClaimFacts
+
+    facts = ClaimFacts("sale-9", "store-001", "demo", 990, 9, datetime.now(timezone.utc))
+    token = signer.sign(facts)
+    assert token == signer.sign(facts)  # a reprint carries the same code
+    header, payload, sig = token.split(".")
+    forged = ".".join([header, payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1], sig])
+    with pytest.raises(jwt.InvalidTokenError):
+        verify_claim(forged, signer.public_key)
+    other = ClaimSigner.from_file(tmp_path / "other.pem")
+    with pytest.raises(jwt.InvalidSignatureError):
+        verify_claim(token, other.public_key)
+    with pytest.raises(jwt.ExpiredSignatureError):
+        verify_claim(token, signer.public_key, now=datetime.now(timezone.utc) + timedelta(days=31))
+
+
+def test_corrupt_key_file_is_a_clear_error(tmp_path):
+    from posedge.agent.claims import ClaimKeyError
+
+    path = tmp_path / "store-key.pem"
+    path.write_text("garbage")
+    with pytest.raises(ClaimKeyError, match="not a PEM private key"):
+        ClaimSigner.from_file(path)
