@@ -12,6 +12,7 @@ from typing import Any, Callable
 from posedge import __version__
 from posedge.agent.config import Config
 from posedge.agent.errors import StorageError
+from posedge.agent.receipts.feature import Receipts
 from posedge.agent.sales import SaleService
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
@@ -49,6 +50,9 @@ class Agent:
         self.started_at = datetime.now(timezone.utc)
         self._started_mono = time.monotonic()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.receipts = Receipts(config, self.writer.submit, self.reader)
+        self.sales.participants.append(self.receipts.participant)
+        self.status_providers["receipts"] = self.receipts.status
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -57,11 +61,13 @@ class Agent:
         if failure is not None:
             log.error("event=agent_degraded reason=%s message=%r", failure.code, failure.message)
         self._start_scanners()
+        await asyncio.to_thread(self.receipts.start)
         log.info("event=agent_started version=%s store=%s/%s", __version__, self.config.store.tenant, self.config.store.id)
 
     async def stop(self) -> None:
         for device in reversed(self.devices):
             await asyncio.to_thread(device.stop)
+        await asyncio.to_thread(self.receipts.stop)
         await asyncio.to_thread(self.writer.stop)
         self.reader.close()
         log.info("event=agent_stopped")

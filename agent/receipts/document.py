@@ -11,6 +11,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from posedge.agent.claims import ClaimFacts, ClaimSigner
+from posedge.agent.domain.money import format_yuan
 from posedge.agent.receipts.config import ReceiptConfig
 from posedge.agent.receipts.facts import SaleFacts
 
@@ -23,15 +24,6 @@ PAYMENT_LABELS = {
     "points": "积分抵扣",
     "member_balance": "会员余额",
 }
-
-
-def format_yuan(fen: int) -> str:
-    """Integer fen -> yuan with two decimals: 1200 -> "12.00", -5 -> "-0.05". The only money formatter."""
-    if isinstance(fen, bool) or not isinstance(fen, int):
-        raise TypeError(f"amounts are integer fen, got {type(fen).__name__}")
-    sign = "-" if fen < 0 else ""
-    yuan, cents = divmod(abs(fen), 100)
-    return f"{sign}{yuan}.{cents:02d}"
 
 
 def mask_phone(phone: str) -> str:
@@ -62,7 +54,7 @@ class Row:
 @dataclass(frozen=True)
 class Item:
     name: str
-    qty: int
+    qty: str
     unit_price: str
     amount: str
     discount: str = ""
@@ -136,7 +128,7 @@ def _local_time(at: datetime, zone: ZoneInfo) -> str:
 def _item(line) -> Item:
     return Item(
         name=line.name,
-        qty=line.qty,
+        qty=line.qty_text,
         unit_price=format_yuan(line.unit_price_fen),
         amount=format_yuan(line.amount_fen),
         discount=format_yuan(-line.discount_fen) if line.discount_fen else "",

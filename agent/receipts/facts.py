@@ -20,6 +20,11 @@ class LineFacts:
     amount_fen: int  # qty x unit price, before line discounts
     discount_fen: int = 0  # reduction on this line (positive)
     sku: str = ""
+    unit: str = "pcs"  # pcs: qty is a count; g / ml: qty is grams / millilitres
+
+    @property
+    def qty_text(self) -> str:
+        return str(self.qty) if self.unit == "pcs" else f"{self.qty}{self.unit}"
 
 
 @dataclass(frozen=True)

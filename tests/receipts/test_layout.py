@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wcwidth import wcswidth
 
-from posedge.agent.receipts.document import build_receipt, format_yuan, mask_phone, mask_reference
+from posedge.agent.domain.money import format_yuan
+from posedge.agent.receipts.document import build_receipt, mask_phone, mask_reference
 from posedge.agent.receipts.facts import LineFacts, SaleFacts
 from posedge.agent.receipts.layout import Barcode, Qr, ReceiptLayout
 from posedge.agent.receipts.text import Charset, wrap

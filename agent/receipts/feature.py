@@ -1,0 +1,220 @@
+"""Receipts as one feature of the agent: the sale participant, the print workers, reprint, drawer, preview."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from typing import Any, Callable
+
+from posedge.agent.claims import ClaimKeyError, ClaimSigner
+from posedge.agent.config import Config
+from posedge.agent.domain.sales import mask_reference
+from posedge.agent.errors import AgentError, NotFound
+from posedge.agent.receipts.facts import LineFacts, PaymentFacts, SaleFacts
+from posedge.agent.receipts.queue import (
+    EventCallback,
+    PrinterWorker,
+    insert_job,
+    queue_depths,
+    receipt_facts,
+    recover_interrupted,
+    sale_facts,
+)
+from posedge.agent.receipts.render import ReceiptRenderer
+from posedge.drivers.printers.base import PrinterFault
+from posedge.drivers.registry import PRINTERS
+from posedge.sync.outbox import append_event
+
+log = logging.getLogger("posedge.agent.receipts")
+
+# Other features add to a receipt's facts in the sale's transaction (members: phone, points; coupons):
+# each returns fields of SaleFacts ("member", "discounts", ...) to merge.
+FactsContributor = Callable[[sqlite3.Connection, Any], dict[str, Any]]
+
+
+class PrinterUnavailableError(AgentError):
+    code = "printer_unavailable"
+    status = 503
+    message = "the receipt printer cannot do that now"
+
+
+class NoPrinter(AgentError):
+    code = "no_printer"
+    status = 503
+    message = "no receipt printer is configured"
+
+
+def facts_from_sale(sale: Any, config: Config) -> SaleFacts:
+    """SaleFacts from a RecordedSale (agent/sales.py). Payment references are stored masked only."""
+    s = sale.sale
+    return SaleFacts(
+        sale_id=sale.sale_id,
+        receipt_no=sale.receipt_no,
+        tenant=config.store.tenant,
+        store_id=config.store.id,
+        sold_at=sale.occurred_at,
+        total_fen=sale.totals.total_fen,
+        lines=tuple(
+            LineFacts(line.name or line.sku, line.qty, line.unit_price_fen, line.gross_fen, line.discount_fen, line.sku, line.unit)
+            for line in s.lines
+        ),
+        payments=tuple(PaymentFacts(p.method, p.amount_fen, mask_reference(p.reference) or "") for p in s.payments),
+        cashier=s.cashier or "",
+        till=s.till or "",
+    )
+
+
+class ReceiptParticipant:
+    """In the sale's transaction: one print job holding the receipt's facts. Never touches the printer."""
+
+    def __init__(self, receipts: "Receipts") -> None:
+        self.receipts = receipts
+        self.contributors: list[FactsContributor] = []
+
+    def record(self, conn: sqlite3.Connection, sale: Any) -> dict[str, Any]:
+        facts = facts_from_sale(sale, self.receipts.config)
+        for contribute in self.contributors:
+            facts = SaleFacts.from_dict({**facts.to_dict(), **_jsonable(contribute(conn, sale))})
+        printer = self.receipts.receipt_printer
+        if printer is None:
+            return {"receipt": {"receipt_no": sale.receipt_no, "print_job_id": None}}
+        job_id = insert_job(conn, facts, printer)
+        self.receipts.notify(printer)
+        return {"receipt": {"receipt_no": sale.receipt_no, "print_job_id": job_id, "printer": printer}}
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    import dataclasses
+
+    return {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in data.items()}
+
+
+class Receipts:
+    def __init__(self, config: Config, submit: Callable, reader: Any) -> None:
+        self.config = config
+        self.submit = submit
+        self.reader = reader
+        self.signer = self._signer()
+        self.renderer = ReceiptRenderer(config.store.name, config.store.zone, config.receipt, self.signer)
+        self.participant = ReceiptParticipant(self)
+        self.listeners: list[EventCallback] = []
+        self.workers: dict[str, PrinterWorker] = {}
+        self.disabled: dict[str, str] = {}
+        configs = config.printer_configs()
+        self.receipt_printer: str | None = configs[0].name if configs else None
+
+    def _signer(self) -> ClaimSigner | None:
+        receipt = self.config.receipt
+        path = receipt.key_file(self.config.storage.path)
+        try:
+            return ClaimSigner.from_file(path, receipt.claim_expiry)
+        except ClaimKeyError as exc:
+            log.error("event=store_key_unavailable path=%s error=%r consequence=%r", path, exc.message, "receipts print without claim QR")
+            return None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Blocking (call in a thread): recover crash-interrupted jobs, report the key, start workers."""
+        try:
+            recovered = self.submit(recover_interrupted).result(timeout=30)
+            if recovered:
+                log.warning("event=print_jobs_recovered count=%d note=%r", recovered, "re-sent marked possibly duplicated")
+            if self.signer is not None:
+                self.submit(self._report_key).result(timeout=30)
+        except Exception as exc:  # storage down: the workers still start and retry reading
+            log.error("event=receipts_start_degraded error=%r", str(exc))
+        for printer_config in self.config.printer_configs():
+            entry = PRINTERS.get(printer_config.type)
+            usable, reason = entry.usable()
+            if not usable:
+                self.disabled[printer_config.name] = reason
+                log.warning("event=printer_disabled printer=%s reason=%r", printer_config.name, reason)
+                continue
+            worker = PrinterWorker(PRINTERS.create(printer_config), self.renderer, self.submit, self.config.storage.path, self._emit)
+            self.workers[printer_config.name] = worker
+            worker.start()
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+
+    def _report_key(self, conn: sqlite3.Connection) -> None:
+        kid = self.signer.kid
+        if conn.execute("SELECT 1 FROM outbox WHERE kind = 'store_key' AND key = ?", (kid,)).fetchone():
+            return
+        append_event(conn, "store_key", kid, {"tenant": self.config.store.tenant, "store_id": self.config.store.id, "jwk": self.signer.jwk})
+
+    def notify(self, printer: str) -> None:
+        worker = self.workers.get(printer)
+        if worker is not None:
+            worker.notify()
+
+    def _emit(self, kind: str, payload: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(kind, payload)
+            except Exception:  # a listener's bug must not stop printing
+                log.exception("event=receipt_listener_failed kind=%s", kind)
+
+    # -- operations for the API and CLI --------------------------------------------------------
+    async def reprint(self, receipt_no: str) -> dict[str, Any]:
+        printer = self.receipt_printer
+        if printer is None:
+            raise NoPrinter()
+
+        def work(conn: sqlite3.Connection) -> int:
+            facts = receipt_facts(conn, receipt_no)
+            if facts is None:
+                raise NotFound(f"no receipt {receipt_no!r}", receipt_no=receipt_no)
+            return insert_job(conn, facts, printer, kind="reprint", copy=True)
+
+        job_id = await asyncio.wrap_future(self.submit(work))
+        self.notify(printer)
+        return {"receipt_no": receipt_no, "print_job_id": job_id, "printer": printer, "copy": True}
+
+    async def open_drawer(self, timeout: float = 10.0) -> dict[str, Any]:
+        worker = self.workers.get(self.receipt_printer or "")
+        if worker is None:
+            raise NoPrinter()
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(worker.request_drawer()), timeout)
+        except PrinterFault as fault:
+            raise PrinterUnavailableError(str(fault), printer=worker.printer.name, reason=fault.code) from None
+        except asyncio.TimeoutError:
+            raise PrinterUnavailableError("the printer is busy or not answering", printer=worker.printer.name) from None
+        return {"opened": True, "printer": worker.printer.name}
+
+    async def preview_png(self, receipt_no: str) -> bytes:
+        facts = await self.reader.read(lambda conn: receipt_facts(conn, receipt_no))
+        if facts is None:
+            raise NotFound(f"no receipt {receipt_no!r}", receipt_no=receipt_no)
+        return await asyncio.to_thread(self.renderer.png, facts)
+
+    def status(self) -> dict[str, Any]:
+        try:
+            depths = self.reader.read_sync(queue_depths)
+        except Exception as exc:
+            depths = {}
+            log.warning("event=print_queue_status_failed error=%r", str(exc))
+        printers = [{**w.snapshot(), "queued": depths.get(name, 0)} for name, w in self.workers.items()]
+        printers += [{"name": name, "state": "disabled", "reason": reason} for name, reason in self.disabled.items()]
+        return {
+            "receipt_printer": self.receipt_printer,
+            "printers": printers,
+            "store_key": self.signer.jwk if self.signer else None,
+        }
+
+
+def preview_sale(config: Config, sale_id: str) -> bytes:
+    """For `posedge receipt preview SALE_ID`: read the database read-only, render, no agent needed."""
+    path = config.storage.path
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        facts = sale_facts(conn, sale_id)
+    finally:
+        conn.close()
+    if facts is None:
+        raise NotFound(f"no receipt for sale {sale_id!r} in {path}", sale_id=sale_id)
+    signer = ClaimSigner.from_file(config.receipt.key_file(path), config.receipt.claim_expiry)
+    return ReceiptRenderer(config.store.name, config.store.zone, config.receipt, signer).png(facts)

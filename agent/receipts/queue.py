@@ -1,0 +1,293 @@
+"""The durable print queue: jobs in SQLite, one worker thread per printer, sending in job order.
+
+A job is `pending` until its bytes were written and (where the printer can tell) the printer
+reports no error; then `done`. Before sending, the job is durably marked `sending`: a job found
+`sending` at start was interrupted by a crash and is sent again, marked "possibly duplicated".
+Any retry after bytes may have reached the printer is marked the same way. Checkout never waits:
+the sale only inserts a row; the worker does the rest. Drawer kicks are not queued (a drawer
+opening minutes late is worse than not at all): they go out now or answer an error.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from posedge.agent.receipts.facts import SaleFacts
+from posedge.agent.receipts.render import ReceiptRenderer
+from posedge.drivers.base import Backoff
+from posedge.drivers.printers.base import PrinterConnection, PrinterFault, PrinterNotReady, PrinterUnavailable
+
+log = logging.getLogger("posedge.agent.receipts")
+
+EventCallback = Callable[[str, dict[str, Any]], None]
+Submit = Callable[[Callable[[sqlite3.Connection], Any]], "concurrent.futures.Future[Any]"]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+# -- rows ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrintJob:
+    job_id: int
+    kind: str
+    receipt_no: str
+    sale_id: str
+    printer: str
+    facts: SaleFacts
+    copy: bool
+    possibly_duplicated: bool
+    attempts: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row | tuple) -> "PrintJob":
+        job_id, kind, receipt_no, sale_id, printer, facts, copy, dup, attempts = tuple(row)
+        return cls(job_id, kind, receipt_no, sale_id, printer, SaleFacts.from_dict(json.loads(facts)), bool(copy), bool(dup), attempts)
+
+
+JOB_COLUMNS = "job_id, kind, receipt_no, sale_id, printer, facts, copy, possibly_duplicated, attempts"
+
+
+def insert_job(conn: sqlite3.Connection, facts: SaleFacts, printer: str, kind: str = "receipt", copy: bool = False) -> int:
+    cursor = conn.execute(
+        "INSERT INTO print_jobs (kind, receipt_no, sale_id, printer, facts, copy, created_at) VALUES (?,?,?,?,?,?,?)",
+        (kind, facts.receipt_no, facts.sale_id, printer, json.dumps(facts.to_dict(), ensure_ascii=False), int(copy), _now()),
+    )
+    return int(cursor.lastrowid)
+
+
+def next_job(conn: sqlite3.Connection, printer: str) -> PrintJob | None:
+    row = conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM print_jobs WHERE printer = ? AND state IN ('pending', 'sending') ORDER BY job_id LIMIT 1",
+        (printer,),
+    ).fetchone()
+    return PrintJob.from_row(row) if row else None
+
+
+def receipt_facts(conn: sqlite3.Connection, receipt_no: str) -> SaleFacts | None:
+    """The facts of the receipt's original job (the snapshot taken in the sale's transaction)."""
+    row = conn.execute("SELECT facts FROM print_jobs WHERE receipt_no = ? ORDER BY job_id LIMIT 1", (receipt_no,)).fetchone()
+    return SaleFacts.from_dict(json.loads(row[0])) if row else None
+
+
+def sale_facts(conn: sqlite3.Connection, sale_id: str) -> SaleFacts | None:
+    row = conn.execute("SELECT facts FROM print_jobs WHERE sale_id = ? ORDER BY job_id LIMIT 1", (sale_id,)).fetchone()
+    return SaleFacts.from_dict(json.loads(row[0])) if row else None
+
+
+def queue_depths(conn: sqlite3.Connection) -> dict[str, int]:
+    rows = conn.execute("SELECT printer, count(*) FROM print_jobs WHERE state IN ('pending', 'sending') GROUP BY printer")
+    return {printer: count for printer, count in rows}
+
+
+def recover_interrupted(conn: sqlite3.Connection) -> int:
+    """Jobs left `sending` by a crash: their bytes may have printed. Send again, marked as such."""
+    return conn.execute(
+        "UPDATE print_jobs SET state = 'pending', possibly_duplicated = 1 WHERE state = 'sending'"
+    ).rowcount
+
+
+# -- the worker ------------------------------------------------------------------------------------
+
+
+class PrinterWorker(threading.Thread):
+    """Sends one printer's jobs in order; waits and retries with backoff while the printer cannot print."""
+
+    def __init__(
+        self,
+        printer: PrinterConnection,
+        renderer: ReceiptRenderer,
+        submit: Submit,
+        db_path: Path,
+        on_event: EventCallback,
+        backoff: Backoff | None = None,
+        poll_s: float = 2.0,
+    ) -> None:
+        super().__init__(name=f"printer-{printer.name}", daemon=True)
+        self.printer = printer
+        self.renderer = renderer
+        self.traits = renderer.traits_for(printer.config)
+        self.submit = submit
+        self.db_path = db_path
+        self.on_event = on_event
+        self.backoff = backoff or Backoff(first=0.2, cap=10.0)
+        self.poll_s = poll_s
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.state = "idle"
+        self.problem: str | None = None
+        self.last_error: str | None = None
+        self.printed = 0
+        self._expect_until = 0.0
+        self._drawer: list[concurrent.futures.Future] = []
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    # -- control from other threads --------------------------------------------------------
+    def notify(self) -> None:
+        """A job was (or is about to be) committed: look soon, and keep looking for a moment."""
+        self._expect_until = time.monotonic() + 2.0
+        self.wake.set()
+
+    def request_drawer(self) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            self._drawer.append(future)
+        self.wake.set()
+        return future
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stopping.set()
+        self.wake.set()
+        if self.is_alive():
+            self.join(timeout)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.printer.name,
+            "type": self.printer.config.type,
+            "state": self.state,
+            "problem": self.problem,
+            "last_error": self.last_error,
+            "printed": self.printed,
+        }
+
+    # -- the thread ------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                self._serve_drawer()
+                job = self._next_job()
+                if job is None:
+                    self._idle_wait()
+                    continue
+                if not self._print(job):
+                    self.stopping.wait(self.backoff.next_delay())
+        finally:
+            self.printer.close()
+            if self._conn is not None:
+                self._conn.close()
+
+    def _idle_wait(self) -> None:
+        expecting = time.monotonic() < self._expect_until
+        self.wake.wait(0.02 if expecting else self.poll_s)
+        self.wake.clear()
+
+    def _next_job(self) -> PrintJob | None:
+        try:
+            if self._conn is None:
+                self._conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, check_same_thread=False)
+                self._conn.execute("PRAGMA busy_timeout = 5000")
+            return next_job(self._conn, self.printer.name)
+        except sqlite3.Error as exc:
+            log.warning("event=print_queue_read_failed printer=%s error=%r", self.printer.name, str(exc))
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            return None
+
+    def _print(self, job: PrintJob) -> bool:
+        """Send one job; True when done (or set aside as unprintable), False to retry later."""
+        try:
+            data = self.renderer.escpos(job.facts, self.traits, copy=job.copy, possibly_duplicated=job.possibly_duplicated)
+        except Exception as exc:  # a receipt that cannot be rendered will not render next time either
+            log.exception("event=print_job_render_failed job=%s receipt=%s", job.job_id, job.receipt_no)
+            self._write(lambda c: c.execute(
+                "UPDATE print_jobs SET state = 'failed', last_error = ? WHERE job_id = ?", (f"render: {exc}", job.job_id)))
+            self._event("print_failed", job, error=f"render: {exc}")
+            return True
+        sent = False
+        try:
+            self._ready_or_raise()
+            self._write(lambda c: c.execute(
+                "UPDATE print_jobs SET state = 'sending', attempts = attempts + 1 WHERE job_id = ?", (job.job_id,)))
+            try:
+                self.printer.write(data, job.receipt_no)
+            finally:
+                sent = True
+            self._after_write(job)
+            self._ready_or_raise()
+        except PrinterFault as fault:
+            # Nothing left this machine only when the connection could not even be opened.
+            self._failed(job, fault, maybe_sent=sent and not isinstance(fault, PrinterUnavailable))
+            return False
+        self._write(lambda c: c.execute(
+            "UPDATE print_jobs SET state = 'done', done_at = ?, last_error = NULL WHERE job_id = ?", (_now(), job.job_id)))
+        self.printed += 1
+        self.backoff.reset()
+        self._set_state("ready", None)
+        self._event("printed", job)
+        return True
+
+    def _ready_or_raise(self) -> None:
+        health = self.printer.status()
+        problem = health.problem() if health is not None else None
+        if problem is not None:
+            raise PrinterNotReady(problem)
+
+    def _after_write(self, job: PrintJob) -> None:
+        """Directory printers keep a PNG preview next to each receipt's bytes."""
+        job_path = getattr(self.printer, "job_path", None)
+        if job_path is None or not getattr(self.printer.config, "preview", False):
+            return
+        target = job_path(job.receipt_no + ("-copy" if job.copy else ""), ".png")
+        if target is None:
+            return
+        try:
+            from posedge.drivers.printers.file import write_whole
+
+            write_whole(target, self.renderer.png(job.facts, copy=job.copy))
+        except Exception as exc:  # a missing preview never holds up a receipt
+            log.warning("event=receipt_preview_failed receipt=%s error=%r", job.receipt_no, str(exc))
+
+    def _failed(self, job: PrintJob, fault: PrinterFault, maybe_sent: bool) -> None:
+        self._write(lambda c: c.execute(
+            "UPDATE print_jobs SET state = 'pending', last_error = ?,"
+            " possibly_duplicated = possibly_duplicated | ? WHERE job_id = ?",
+            (str(fault), int(maybe_sent), job.job_id)))
+        problem = fault.detail if isinstance(fault, PrinterNotReady) else fault.code
+        self.last_error = str(fault)
+        if self._set_state("waiting", problem):
+            log.info("event=printer_waiting printer=%s problem=%s error=%r", self.printer.name, problem, str(fault))
+        self._event("print_waiting", job, problem=problem, error=str(fault))
+
+    def _serve_drawer(self) -> None:
+        with self._lock:
+            requests, self._drawer = self._drawer, []
+        for future in requests:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                self._ready_or_raise()
+                self.printer.write(self.renderer.drawer_pulse(self.traits), "drawer")
+                future.set_result(True)
+            except PrinterFault as fault:
+                future.set_exception(fault)
+
+    def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        return self.submit(work).result(timeout=30)
+
+    def _set_state(self, state: str, problem: str | None) -> bool:
+        changed = (state, problem) != (self.state, self.problem)
+        self.state, self.problem = state, problem
+        if changed:
+            self.on_event("printer_state", {"printer": self.printer.name, "state": state, "problem": problem})
+        return changed
+
+    def _event(self, kind: str, job: PrintJob, **extra: Any) -> None:
+        self.on_event(kind, {
+            "printer": self.printer.name, "job_id": job.job_id, "receipt_no": job.receipt_no,
+            "copy": job.copy, "possibly_duplicated": job.possibly_duplicated, **extra,
+        })
