@@ -168,5 +168,42 @@ def cmd_db(args: argparse.Namespace) -> int:
     return db_cli.run(args, config.storage.path)
 
 
+def _receipt_parser(sub: Any) -> None:
+    receipt = sub.add_parser("receipt", help="receipts: preview a sale's receipt as a PNG",
+                             description="Work with receipts from the database (the agent need not run).")
+    actions = receipt.add_subparsers(dest="receipt_action", metavar="ACTION", required=True)
+    preview = actions.add_parser("preview", help="draw a sale's receipt to a PNG file",
+                                 description="Draw the receipt of SALE_ID, from the facts kept with its print job, to a PNG.")
+    preview.add_argument("sale_id", metavar="SALE_ID")
+    preview.add_argument("-o", "--output", required=True, metavar="FILE.png")
+    preview.add_argument("--config", "-c", metavar="PATH", help="the config the agent runs with")
+
+
+PARSER_EXTENSIONS.append(_receipt_parser)
+
+
+@command("receipt")
+def cmd_receipt(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from posedge.agent.errors import AgentError
+    from posedge.agent.receipts.feature import preview_sale
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        png = preview_sale(config, args.sale_id)
+        Path(args.output).write_bytes(png)
+    except AgentError as exc:
+        print(f"posedge: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (OSError, sqlite3.Error) as exc:
+        print(f"posedge: cannot preview the receipt: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{args.output}: receipt of sale {args.sale_id}")
+    return EXIT_OK
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -122,7 +122,7 @@ class PrinterWorker(threading.Thread):
         self.submit = submit
         self.db_path = db_path
         self.on_event = on_event
-        self.backoff = backoff or Backoff(first=0.2, cap=10.0)
+        self.backoff = backoff or Backoff(first=0.2, cap=5.0)
         self.poll_s = poll_s
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -215,13 +215,16 @@ class PrinterWorker(threading.Thread):
                 "UPDATE print_jobs SET state = 'sending', attempts = attempts + 1 WHERE job_id = ?", (job.job_id,)))
             try:
                 self.printer.write(data, job.receipt_no)
-            finally:
+            except PrinterUnavailable:
+                raise  # the connection could not even be opened: nothing left this machine
+            except PrinterFault:
                 sent = True
+                raise
+            sent = True
             self._after_write(job)
             self._ready_or_raise()
         except PrinterFault as fault:
-            # Nothing left this machine only when the connection could not even be opened.
-            self._failed(job, fault, maybe_sent=sent and not isinstance(fault, PrinterUnavailable))
+            self._failed(job, fault, maybe_sent=sent)
             return False
         self._write(lambda c: c.execute(
             "UPDATE print_jobs SET state = 'done', done_at = ?, last_error = NULL WHERE job_id = ?", (_now(), job.job_id)))
