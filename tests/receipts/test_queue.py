@@ -205,7 +205,7 @@ def test_default_file_printer_keeps_bytes_and_png_and_previews_work(agent_factor
         paper = read_paper(bin_path.read_bytes())
         assert receipt_no_of(paper) == number and paper.cuts == 1
         item = paper.lines.index("品名       数量    单价     金额") + 1
-        assert paper.lines[item] == "?超长商品    1    9.90     9.90"
+        assert paper.lines[item] == "?超长商品     1    9.90     9.90"
         printed = "".join(line.strip() for line in paper.lines[item : item + 30])
         assert "名称?超长" in printed and printed.count("?evil") == 1 and "\u202e" not in printed
         png = client.get(f"/v1/receipts/{number}.png")
