@@ -109,6 +109,11 @@ def test_png_preview_draws_the_same_layout(receipt_config, signer):
     assert image.height > 40 * 30  # every text line, the QR and the barcode
     # Ink in the QR region: the preview is not blank.
     assert image.convert("L").getextrema()[0] == 0
+    import zxingcpp
+
+    found = {(r.format.name, r.text) for r in zxingcpp.read_barcodes(image)}
+    assert ("QRCode", [b for b in layout.blocks if type(b).__name__ == "Qr"][0].data) in found
+    assert ("Code128", "S001-20261123-0042") in found
 
 
 def test_png_without_cjk_font_still_renders_and_says_so(receipt_config, signer, tmp_path):

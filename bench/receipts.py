@@ -1,0 +1,91 @@
+"""Receipt rendering time: a typical 20-line receipt to ESC/POS bytes and to PNG, p50/p99.
+
+Baseline in the same run: python-escpos's own `Dummy` printer printing the same text lines with
+no layout at all (`text()` per line, then `cut()`): what "just send the text" costs. The ratio says
+what our layout, GB18030 Chinese mode, claim signing, QR and barcode cost on top of that.
+
+Run: .venv/bin/python bench/receipts.py   (POSEDGE_BENCH_N to change the sample count)
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from posedge.agent.claims import ClaimSigner
+from posedge.agent.receipts.config import ReceiptConfig
+from posedge.agent.receipts.escpos import PrinterTraits
+from posedge.agent.receipts.facts import DiscountFacts, LineFacts, MemberFacts, PaymentFacts, SaleFacts
+from posedge.agent.receipts.render import ReceiptRenderer
+
+N = int(os.environ.get("POSEDGE_BENCH_N", "300"))
+NAMES = ["可口可乐 500ml", "农夫山泉 550ml", "康师傅红烧牛肉面", "旺旺雪饼 84g", "蒙牛纯牛奶 250ml", "Oreo 奥利奥饼干",
+         "三只松鼠 每日坚果", "青岛啤酒 330ml", "洽洽香瓜子 260g", "德芙巧克力 43g"]
+
+
+def typical_sale() -> SaleFacts:
+    lines = tuple(LineFacts(NAMES[i % len(NAMES)], 1 + i % 3, 350 + 100 * i, (1 + i % 3) * (350 + 100 * i)) for i in range(20))
+    total = sum(line.amount_fen for line in lines) - 500
+    return SaleFacts(
+        sale_id="bench-1", receipt_no="20261123-0042", tenant="demo", store_id="store-001",
+        sold_at=datetime(2026, 11, 23, 3, 4, 5, tzinfo=timezone.utc), total_fen=total, lines=lines,
+        discounts=(DiscountFacts("满减券", 500, "coupon", "CPN123456789"),),
+        payments=(PaymentFacts("wechat", total, "4200001234567890"),),
+        member=MemberFacts("13812345678", total // 100, 5000), cashier="王芳", till="01",
+    )
+
+
+def timed(fn, n: int) -> list[float]:
+    fn()  # warm up (imports, caches)
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def main() -> int:
+    from escpos.printer import Dummy
+
+    key_dir = Path(tempfile.mkdtemp())
+    signer = ClaimSigner.from_file(key_dir / "store-key.pem")
+    renderer = ReceiptRenderer("posedge 演示门店", ZoneInfo("Asia/Shanghai"),
+                               ReceiptConfig(claim_url="https://mp.example.cn/c?t="), signer)
+    facts = typical_sale()
+    traits = PrinterTraits()
+    text_lines = renderer.lay_out(facts).text_lines()
+
+    def baseline() -> bytes:
+        printer = Dummy()
+        for line in text_lines:
+            printer.text(line + "\n")
+        printer.cut()
+        return printer.output
+
+    results = {
+        "python-escpos Dummy, same text, no layout (baseline)": timed(baseline, N),
+        "posedge receipt -> ESC/POS bytes": timed(lambda: renderer.escpos(facts, traits), N),
+        "posedge receipt -> PNG preview": timed(lambda: renderer.png(facts), max(20, N // 10)),
+    }
+    base = statistics.median(results["python-escpos Dummy, same text, no layout (baseline)"])
+    print(f"receipt: {len(facts.lines)} item lines, {len(text_lines)} printed text lines, 58 mm; samples: {N}")
+    for name, samples in results.items():
+        ratio = statistics.median(samples) / base
+        print(f"{name:55s} p50 {pct(samples, 0.5):8.3f} ms  p99 {pct(samples, 0.99):8.3f} ms  ratio {ratio:6.2f}x baseline")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The print worker in-process: a serial printer on a pty, a real SQLite store, the events it publishes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from posedge.agent.receipts.config import ReceiptConfig
+from posedge.agent.receipts.queue import PrinterWorker, insert_job
+from posedge.agent.receipts.render import ReceiptRenderer
+from posedge.agent.store.writer import StoreWriter
+from posedge.drivers.base import Backoff
+from posedge.drivers.printers.serial import SerialPrinter, SerialPrinterConfig
+
+from .conftest import CLAIM_URL, SHANGHAI, sample_facts
+from .escpos_reader import read_paper, split_jobs
+from .test_printers import PtyPrinter
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_serial_worker_waits_on_paper_out_publishes_state_and_prints_in_order(tmp_path, signer):
+    db = tmp_path / "posedge.db"
+    writer = StoreWriter(db)
+    assert writer.start() is None
+    pty = PtyPrinter()
+    pty.paper_out = True
+    events: list[tuple[str, dict]] = []
+    lock = threading.Lock()
+
+    def on_event(kind, payload):
+        with lock:
+            events.append((kind, payload))
+
+    renderer = ReceiptRenderer("posedge 演示门店", SHANGHAI, ReceiptConfig(claim_url=CLAIM_URL), signer)
+    printer = SerialPrinter(SerialPrinterConfig(name="till", port=pty.path, timeout_s=0.5))
+    worker = PrinterWorker(printer, renderer, writer.submit, db, on_event, backoff=Backoff(0.05, 0.2), poll_s=0.1)
+    try:
+        numbers = [f"20261123-{i:04d}" for i in range(1, 6)]
+        for i, number in enumerate(numbers):
+            facts = sample_facts(sale_id=f"s-{i}", receipt_no=number)
+            writer.submit(lambda c, f=facts: insert_job(c, f, "till")).result(5)
+        worker.start()
+        wait_for(lambda: worker.problem == "paper_out", what="paper_out state")
+        assert pty.received == bytearray()
+        pty.paper_out = False
+        wait_for(lambda: worker.printed == 5, what="five receipts")
+        papers = [read_paper(job) for job in split_jobs(bytes(pty.received))]
+        assert [next(l.split()[-1] for l in p.lines if l.startswith("单号")) for p in papers] == numbers
+        with lock:
+            states = [(p["state"], p["problem"]) for kind, p in events if kind == "printer_state"]
+            printed = [p["receipt_no"] for kind, p in events if kind == "printed"]
+        assert states[0] == ("waiting", "paper_out") and states[-1] == ("ready", None)
+        assert printed == numbers
+    finally:
+        worker.stop()
+        writer.stop()
+        pty.close()
