@@ -34,7 +34,8 @@ def test_status_asks_the_running_agent(agent_factory) -> None:
     result = posedge("status", "--config", str(agent.config), "--json", cwd=agent.home)
     status = json.loads(result.stdout)
     assert result.returncode == 0
-    assert status["running"] is True and status["outbox"]["depth"] == 1
+    # The sale, and the store's public key reported once at first start (receipts' "store_key").
+    assert status["running"] is True and status["outbox"]["depth"] == 2
 
 
 def test_status_reads_the_database_when_stopped(agent_factory) -> None:
@@ -46,7 +47,7 @@ def test_status_reads_the_database_when_stopped(agent_factory) -> None:
     result = posedge("status", "--config", str(agent.config), cwd=agent.home)
     assert result.returncode == 1
     assert "agent: not running" in result.stdout
-    assert "outbox: 2 pending" in result.stdout
+    assert "outbox: 3 pending" in result.stdout  # two sales and the "store_key" event
 
 
 def test_run_on_embedded_defaults_prints_api_token_and_how_to_stop(tmp_path: Path) -> None:
