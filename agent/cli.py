@@ -157,6 +157,11 @@ def format_status(status: dict[str, Any]) -> str:
     for device in status.get("devices", []):
         lines.append(f"{device['kind']} {device['name']} ({device['type']}): {device['state']}"
                      + (f" - {device['last_error']}" if device.get("last_error") else ""))
+    for printer in status.get("receipts", {}).get("printers", []):
+        lines.append(f"printer {printer['name']} ({printer.get('type', '?')}): {printer['state']}"
+                     + (f" {printer['problem']}" if printer.get("problem") else "")
+                     + (f", {printer['queued']} queued" if printer.get("queued") else "")
+                     + (f" - {printer['reason']}" if printer.get("reason") else ""))
     return "\n".join(lines)
 
 

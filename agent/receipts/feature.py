@@ -100,7 +100,7 @@ class Receipts:
         self.participant = ReceiptParticipant(self)
         self.listeners: list[EventCallback] = []
         self.workers: dict[str, PrinterWorker] = {}
-        self.disabled: dict[str, str] = {}
+        self.disabled: dict[str, tuple[str, str]] = {}  # name -> (type, reason)
         configs = config.printer_configs()
         self.receipt_printer: str | None = configs[0].name if configs else None
 
@@ -128,7 +128,7 @@ class Receipts:
             entry = PRINTERS.get(printer_config.type)
             usable, reason = entry.usable()
             if not usable:
-                self.disabled[printer_config.name] = reason
+                self.disabled[printer_config.name] = (printer_config.type, reason)
                 log.warning("event=printer_disabled printer=%s reason=%r", printer_config.name, reason)
                 continue
             worker = PrinterWorker(PRINTERS.create(printer_config), self.renderer, self.submit, self.config.storage.path, self._emit)
@@ -181,6 +181,11 @@ class Receipts:
             await asyncio.wait_for(asyncio.wrap_future(worker.request_drawer()), timeout)
         except PrinterFault as fault:
             raise PrinterUnavailableError(str(fault), printer=worker.printer.name, reason=fault.code) from None
+        except AgentError:
+            raise
+        except Exception as exc:
+            log.error("event=drawer_open_failed printer=%s error=%r", worker.printer.name, str(exc))
+            raise PrinterUnavailableError(f"drawer kick failed: {exc}", printer=worker.printer.name) from None
         except asyncio.TimeoutError:
             raise PrinterUnavailableError("the printer is busy or not answering", printer=worker.printer.name) from None
         return {"opened": True, "printer": worker.printer.name}
@@ -198,7 +203,8 @@ class Receipts:
             depths = {}
             log.warning("event=print_queue_status_failed error=%r", str(exc))
         printers = [{**w.snapshot(), "queued": depths.get(name, 0)} for name, w in self.workers.items()]
-        printers += [{"name": name, "state": "disabled", "reason": reason} for name, reason in self.disabled.items()]
+        printers += [{"name": name, "type": type_, "state": "disabled", "reason": reason}
+                     for name, (type_, reason) in self.disabled.items()]
         return {
             "receipt_printer": self.receipt_printer,
             "printers": printers,

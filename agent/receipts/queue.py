@@ -53,11 +53,13 @@ class PrintJob:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row | tuple) -> "PrintJob":
-        job_id, kind, receipt_no, sale_id, printer, facts, copy, dup, attempts = tuple(row)
-        return cls(job_id, kind, receipt_no, sale_id, printer, SaleFacts.from_dict(json.loads(facts)), bool(copy), bool(dup), attempts)
+        job_id, kind, receipt_no, sale_id, printer, facts, copy, dup, attempts, state = tuple(row)
+        # Still `sending`: this process sent it and could not record the outcome (storage trouble).
+        dup = bool(dup) or state == "sending"
+        return cls(job_id, kind, receipt_no, sale_id, printer, SaleFacts.from_dict(json.loads(facts)), bool(copy), dup, attempts)
 
 
-JOB_COLUMNS = "job_id, kind, receipt_no, sale_id, printer, facts, copy, possibly_duplicated, attempts"
+JOB_COLUMNS = "job_id, kind, receipt_no, sale_id, printer, facts, copy, possibly_duplicated, attempts, state"
 
 
 def insert_job(conn: sqlite3.Connection, facts: SaleFacts, printer: str, kind: str = "receipt", copy: bool = False) -> int:
@@ -132,6 +134,7 @@ class PrinterWorker(threading.Thread):
         self.printed = 0
         self._expect_until = 0.0
         self._drawer: list[concurrent.futures.Future] = []
+        self._drawer_wanted = threading.Event()
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
 
@@ -145,12 +148,14 @@ class PrinterWorker(threading.Thread):
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             self._drawer.append(future)
+        self._drawer_wanted.set()
         self.wake.set()
         return future
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stopping.set()
         self.wake.set()
+        self._drawer_wanted.set()
         if self.is_alive():
             self.join(timeout)
 
@@ -168,17 +173,29 @@ class PrinterWorker(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stopping.is_set():
-                self._serve_drawer()
-                job = self._next_job()
-                if job is None:
-                    self._idle_wait()
-                    continue
-                if not self._print(job):
-                    self.stopping.wait(self.backoff.next_delay())
+                try:
+                    self._step()
+                except Exception as exc:  # storage down, a bug: never let the printer's thread die
+                    log.exception("event=print_worker_error printer=%s", self.printer.name)
+                    self._set_state("waiting", "internal_error")
+                    self.last_error = f"{exc.__class__.__name__}: {exc}"
+                    self._pause(self.backoff.next_delay())
         finally:
             self.printer.close()
             if self._conn is not None:
                 self._conn.close()
+
+    def _step(self) -> None:
+        self._serve_drawer()
+        job = self._next_job()
+        if job is None:
+            self._idle_wait()
+        elif not self._print(job):
+            self._pause(self.backoff.next_delay())
+
+    def _pause(self, delay: float) -> None:
+        """Back off, but a drawer request or stop() ends the pause at once."""
+        self._drawer_wanted.wait(delay)
 
     def _idle_wait(self) -> None:
         expecting = time.monotonic() < self._expect_until
@@ -269,6 +286,7 @@ class PrinterWorker(threading.Thread):
     def _serve_drawer(self) -> None:
         with self._lock:
             requests, self._drawer = self._drawer, []
+            self._drawer_wanted.clear()
         for future in requests:
             if not future.set_running_or_notify_cancel():
                 continue
@@ -276,8 +294,8 @@ class PrinterWorker(threading.Thread):
                 self._ready_or_raise()
                 self.printer.write(self.renderer.drawer_pulse(self.traits), "drawer")
                 future.set_result(True)
-            except PrinterFault as fault:
-                future.set_exception(fault)
+            except Exception as exc:  # PrinterFault, or a bug: the caller gets an answer either way
+                future.set_exception(exc)
 
     def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         return self.submit(work).result(timeout=30)

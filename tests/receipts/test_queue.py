@@ -125,6 +125,9 @@ def test_paper_out_waits_and_prints_when_paper_is_back(agent_factory, tcp_printe
         client.post("/v1/sales", json=sale_body("p-1", 300))
         status = wait_until(lambda: printer_status(client)["problem"] == "paper_out" and printer_status(client), what="paper_out")
         assert status["queued"] == 1 and tcp_printer.data() == b""
+        cli = subprocess.run([sys.executable, "-m", "posedge", "status", "--config", str(agent.config)],
+                             cwd=agent.home, capture_output=True, text=True, timeout=60)
+        assert "printer front (network): waiting paper_out, 1 queued" in cli.stdout
         tcp_printer.paper_out = False
         [paper] = receipts(tcp_printer.wait_for(cut_count(1)))
         assert DUPLICATE not in [l.strip() for l in paper.lines]
@@ -224,3 +227,20 @@ def test_default_file_printer_keeps_bytes_and_png_and_previews_work(agent_factor
         cwd=agent.home, capture_output=True, text=True, timeout=60,
     )
     assert missing.returncode == 1 and "no receipt for sale 'nope'" in missing.stderr
+
+
+def test_usb_printer_without_pyusb_is_off_with_a_reason_and_sales_go_on(agent_factory):
+    try:
+        import usb  # noqa: F401
+        have_pyusb = True
+    except ImportError:
+        have_pyusb = False
+    agent = agent_factory('[[printers]]\ntype = "usb"\nname = "till-usb"\nvendor_id = 0x0416\nproduct_id = 0x5011\n').start()
+    with agent.client() as client:
+        answer = client.post("/v1/sales", json=sale_body("usb-1", 300))
+        assert answer.status_code == 201 and answer.json()["receipt"]["printer"] == "till-usb"
+        [printer] = client.get("/v1/status").json()["receipts"]["printers"]
+    if have_pyusb:
+        assert printer["state"] != "disabled"
+    else:
+        assert printer["state"] == "disabled" and "pyusb" in printer["reason"]

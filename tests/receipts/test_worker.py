@@ -61,3 +61,39 @@ def test_serial_worker_waits_on_paper_out_publishes_state_and_prints_in_order(tm
         worker.stop()
         writer.stop()
         pty.close()
+
+
+def test_outcome_not_recorded_means_resent_marked_possibly_duplicated(tmp_path, signer):
+    """GIVEN the store fails right when a printed job is to be marked done
+    WHEN the worker carries on THEN it survives and prints the job again, marked possibly duplicated."""
+    from posedge.agent.errors import StorageError
+    from posedge.drivers.printers.file import FilePrinter, FilePrinterConfig
+
+    db = tmp_path / "posedge.db"
+    writer = StoreWriter(db)
+    assert writer.start() is None
+    calls = {"n": 0}
+
+    def flaky_submit(work):
+        calls["n"] += 1
+        if calls["n"] == 3:  # 1: insert, 2: mark sending, 3: mark done
+            raise StorageError("the disk went away for a moment")
+        return writer.submit(work)
+
+    out = tmp_path / "lp0"
+    out.write_bytes(b"")
+    renderer = ReceiptRenderer("posedge 演示门店", SHANGHAI, ReceiptConfig(), signer)
+    worker = PrinterWorker(FilePrinter(FilePrinterConfig(name="lp", path=out)), renderer, flaky_submit, db,
+                           lambda kind, payload: None, backoff=Backoff(0.05, 0.1), poll_s=0.1)
+    try:
+        flaky_submit(lambda c: insert_job(c, sample_facts(), "lp")).result(5)
+        worker.start()
+        wait_for(lambda: worker.printed == 1, what="the job done")
+        papers = [read_paper(job) for job in split_jobs(out.read_bytes())]
+        assert len(papers) == 2
+        assert "** 可能重复打印 DUPLICATE? **" not in [l.strip() for l in papers[0].lines]
+        assert "** 可能重复打印 DUPLICATE? **" in [l.strip() for l in papers[1].lines]
+        assert worker.is_alive()
+    finally:
+        worker.stop()
+        writer.stop()
