@@ -203,7 +203,7 @@ class Receipts:
             depths = {}
             log.warning("event=print_queue_status_failed error=%r", str(exc))
         printers = [{**w.snapshot(), "queued": depths.get(name, 0)} for name, w in self.workers.items()]
-        printers += [{"name": name, "type": type_, "state": "disabled", "reason": reason}
+        printers += [{"name": name, "type": type_, "state": "disabled", "reason": reason, "queued": depths.get(name, 0)}
                      for name, (type_, reason) in self.disabled.items()]
         return {
             "receipt_printer": self.receipt_printer,
