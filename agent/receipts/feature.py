@@ -222,5 +222,7 @@ def preview_sale(config: Config, sale_id: str) -> bytes:
         conn.close()
     if facts is None:
         raise NotFound(f"no receipt for sale {sale_id!r} in {path}", sale_id=sale_id)
-    signer = ClaimSigner.from_file(config.receipt.key_file(path), config.receipt.claim_expiry)
+    key = config.receipt.key_file(path)
+    # Never create a key here: a preview must show the QR the store printed, or none.
+    signer = ClaimSigner.from_file(key, config.receipt.claim_expiry) if key.exists() else None
     return ReceiptRenderer(config.store.name, config.store.zone, config.receipt, signer).png(facts)

@@ -244,3 +244,16 @@ def test_usb_printer_without_pyusb_is_off_with_a_reason_and_sales_go_on(agent_fa
         assert printer["state"] != "disabled"
     else:
         assert printer["state"] == "disabled" and "pyusb" in printer["reason"]
+
+
+def test_silent_printer_holds_the_job_until_it_answers_again(agent_factory, tcp_printer):
+    tcp_printer.silent = True
+    agent = agent_factory(printer_config(tcp_printer.port, timeout=0.3)).start()
+    with agent.client() as client:
+        answer = client.post("/v1/sales", json=sale_body("s-1", 300)).json()
+        wait_until(lambda: printer_status(client)["problem"] == "printer_status_timeout", what="status timeout")
+        assert tcp_printer.data() == b""  # nothing is sent to a printer that does not answer
+        tcp_printer.silent = False
+        [paper] = receipts(tcp_printer.wait_for(cut_count(1)))
+    assert receipt_no_of(paper) == answer["receipt_no"]
+    assert DUPLICATE not in [l.strip() for l in paper.lines]

@@ -156,3 +156,28 @@ def test_corrupt_key_file_is_a_clear_error(tmp_path):
     path.write_text("garbage")
     with pytest.raises(ClaimKeyError, match="not a PEM private key"):
         ClaimSigner.from_file(path)
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from posedge.agent.receipts.facts import LineFacts  # noqa: E402
+
+names = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80)
+lines = st.lists(st.tuples(names, st.integers(1, 999), st.integers(0, 10**9)), min_size=1, max_size=8)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines)
+def test_any_names_and_amounts_render_to_clean_escpos(receipt_config, signer, items):
+    """GIVEN arbitrary Unicode names and amounts WHEN rendered THEN the reader decodes every line at paper width."""
+    facts = sample_facts(
+        lines=tuple(LineFacts(name, qty, price, qty * price) for name, qty, price in items),
+        total_fen=sum(qty * price for _, qty, price in items), discounts=(),
+    )
+    data, layout = render(facts, receipt_config, signer)
+    paper = read_paper(data)
+    printed = [line for line in paper.lines if line.strip()]
+    assert printed == [line.rstrip() for line in layout.text_lines() if line.strip()]
+    assert all(GB.width(GB.clean(line)) <= 32 for line in printed)
+    assert paper.cuts == 1 and len(paper.qr_codes) == 1
