@@ -51,6 +51,11 @@ class PrintJob:
     possibly_duplicated: bool
     attempts: int
 
+    @property
+    def label(self) -> str:
+        """How the job is named on a file printer: the receipt number; copies get their own name."""
+        return f"{self.receipt_no}-copy-{self.job_id}" if self.copy else self.receipt_no
+
     @classmethod
     def from_row(cls, row: sqlite3.Row | tuple) -> "PrintJob":
         job_id, kind, receipt_no, sale_id, printer, facts, copy, dup, attempts, state = tuple(row)
@@ -231,7 +236,7 @@ class PrinterWorker(threading.Thread):
             self._write(lambda c: c.execute(
                 "UPDATE print_jobs SET state = 'sending', attempts = attempts + 1 WHERE job_id = ?", (job.job_id,)))
             try:
-                self.printer.write(data, job.receipt_no)
+                self.printer.write(data, job.label)
             except PrinterUnavailable:
                 raise  # the connection could not even be opened: nothing left this machine
             except PrinterFault:
@@ -262,7 +267,7 @@ class PrinterWorker(threading.Thread):
         job_path = getattr(self.printer, "job_path", None)
         if job_path is None or not getattr(self.printer.config, "preview", False):
             return
-        target = job_path(job.receipt_no + ("-copy" if job.copy else ""), ".png")
+        target = job_path(job.label, ".png")
         if target is None:
             return
         try:

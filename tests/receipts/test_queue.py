@@ -215,6 +215,11 @@ def test_default_file_printer_keeps_bytes_and_png_and_previews_work(agent_factor
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         assert png.content.startswith(b"\x89PNG")
         assert client.get("/v1/receipts/20990101-0001.png").status_code == 404
+        job = client.post(f"/v1/receipts/{number}/reprint").json()["print_job_id"]
+        copy_path = bin_path.with_name(f"{number}-copy-{job}.bin")
+        wait_until(copy_path.exists, what="the copy's file")
+        assert "** 重印 COPY **" in [l.strip() for l in read_paper(copy_path.read_bytes()).lines]
+        assert read_paper(bin_path.read_bytes()).cuts == 1  # the original stays as it was
     out = agent.home / "preview.png"
     cli = subprocess.run(
         [sys.executable, "-m", "posedge", "receipt", "preview", "f-1", "-o", str(out), "--config", str(agent.config)],
