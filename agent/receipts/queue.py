@@ -228,7 +228,7 @@ class PrinterWorker(threading.Thread):
             log.exception("event=print_job_render_failed job=%s receipt=%s", job.job_id, job.receipt_no)
             self._write(lambda c: c.execute(
                 "UPDATE print_jobs SET state = 'failed', last_error = ? WHERE job_id = ?", (f"render: {exc}", job.job_id)))
-            self._event("print_failed", job, error=f"render: {exc}")
+            self._event("receipt_failed", job, error=f"render: {exc}")
             return True
         sent = False
         try:
@@ -253,7 +253,7 @@ class PrinterWorker(threading.Thread):
         self.printed += 1
         self.backoff.reset()
         self._set_state("ready", None)
-        self._event("printed", job)
+        self._event("receipt_printed", job)
         return True
 
     def _ready_or_raise(self) -> None:
@@ -284,9 +284,8 @@ class PrinterWorker(threading.Thread):
             (str(fault), int(maybe_sent), job.job_id)))
         problem = fault.detail if isinstance(fault, PrinterNotReady) else fault.code
         self.last_error = str(fault)
-        if self._set_state("waiting", problem):
+        if self._set_state("waiting", problem, waiting_receipt=job.receipt_no, error=str(fault)):
             log.info("event=printer_waiting printer=%s problem=%s error=%r", self.printer.name, problem, str(fault))
-        self._event("print_waiting", job, problem=problem, error=str(fault))
 
     def _serve_drawer(self) -> None:
         with self._lock:
@@ -305,11 +304,12 @@ class PrinterWorker(threading.Thread):
     def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         return self.submit(work).result(timeout=30)
 
-    def _set_state(self, state: str, problem: str | None) -> bool:
+    def _set_state(self, state: str, problem: str | None, **extra: Any) -> bool:
+        """Record the printer's state; publishes a "printer" event when it changed (not on every retry)."""
         changed = (state, problem) != (self.state, self.problem)
         self.state, self.problem = state, problem
         if changed:
-            self.on_event("printer_state", {"printer": self.printer.name, "state": state, "problem": problem})
+            self.on_event("printer", {"printer": self.printer.name, "state": state, "problem": problem, **extra})
         return changed
 
     def _event(self, kind: str, job: PrintJob, **extra: Any) -> None:

@@ -53,8 +53,8 @@ def test_serial_worker_waits_on_paper_out_publishes_state_and_prints_in_order(tm
         papers = [read_paper(job) for job in split_jobs(bytes(pty.received))]
         assert [next(l.split()[-1] for l in p.lines if l.startswith("单号")) for p in papers] == numbers
         with lock:
-            states = [(p["state"], p["problem"]) for kind, p in events if kind == "printer_state"]
-            printed = [p["receipt_no"] for kind, p in events if kind == "printed"]
+            states = [(p["state"], p["problem"]) for kind, p in events if kind == "printer"]
+            printed = [p["receipt_no"] for kind, p in events if kind == "receipt_printed"]
         assert states[0] == ("waiting", "paper_out") and states[-1] == ("ready", None)
         assert printed == numbers
     finally:
