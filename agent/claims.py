@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -136,6 +136,14 @@ class ClaimSigner:
 
     def sign(self, facts: ClaimFacts) -> str:
         return jwt.encode(self.claims(facts), self._key, algorithm=ALGORITHM, headers={"kid": self.kid, "typ": "JWT"})
+
+    def for_store(self, tenant: str, store_id: str) -> Callable[[str, int, int, datetime], str]:
+        """`(sale_id, amount_fen, points, at) -> token` for features that only know the sale (the till)."""
+
+        def sign_sale(sale_id: str, amount_fen: int, points: int, at: datetime) -> str:
+            return self.sign(ClaimFacts(sale_id, store_id, tenant, amount_fen, points, at))
+
+        return sign_sale
 
 
 def verify_claim(token: str, public: Ed25519PublicKey, now: datetime | None = None) -> dict[str, Any]:

@@ -173,8 +173,11 @@ def _member(facts: SaleFacts) -> tuple[Row, ...]:
 
 
 def _claim_payload(facts: SaleFacts, config: ReceiptConfig, signer: ClaimSigner | None) -> str | None:
-    if not (config.claim_qr and config.claim_url and signer):
+    if not (config.claim_qr and config.claim_url):
         return None
-    points = facts.member.points_earned if facts.member else 0
-    token = signer.sign(ClaimFacts(facts.sale_id, facts.store_id, facts.tenant, facts.total_fen, points, facts.sold_at))
-    return config.claim_url + token
+    # A claim already signed in the sale's transaction (the till's pending claim) is the one to print.
+    token = facts.extra.get("claim_code")
+    if not token and signer is not None:
+        points = facts.member.points_earned if facts.member else 0
+        token = signer.sign(ClaimFacts(facts.sale_id, facts.store_id, facts.tenant, facts.total_fen, points, facts.sold_at))
+    return config.claim_url + token if token else None

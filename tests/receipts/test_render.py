@@ -22,6 +22,7 @@ from .escpos_reader import read_paper
 from .test_layout import EXPECTED_58MM
 
 GB = Charset.named("GB18030")
+SOLD_AT = sample_facts().sold_at  # claims are checked as of the sale: the fixed date must not expire the tests
 
 
 def render(facts, config, signer, traits=PrinterTraits(), charset=GB, **kw):
@@ -39,7 +40,7 @@ def test_gb18030_text_qr_barcode_cut_and_cash_drawer(receipt_config, signer):
     assert paper.bold_lines[0].strip() == "posedge 演示门店"
     [qr] = paper.qr_codes
     assert qr.startswith(CLAIM_URL)
-    claims = verify_claim(qr[len(CLAIM_URL):], signer.public_key)
+    claims = verify_claim(qr[len(CLAIM_URL):], signer.public_key, now=SOLD_AT)
     assert (claims["sub"], claims["amt"], claims["pts"], claims["iss"]) == ("sale-1", 2150, 21, "demo/store-001")
 
 
@@ -181,3 +182,12 @@ def test_any_names_and_amounts_render_to_clean_escpos(receipt_config, signer, it
     assert printed == [line.rstrip() for line in layout.text_lines() if line.strip()]
     assert all(GB.width(GB.clean(line)) <= 32 for line in printed)
     assert paper.cuts == 1 and len(paper.qr_codes) == 1
+
+
+def test_a_claim_signed_in_the_sale_is_the_one_printed(receipt_config, signer):
+    """GIVEN the till signed the sale's claim (its pending claim) WHEN the receipt prints THEN the QR carries that token."""
+    sign_sale = signer.for_store("demo", "store-001")
+    token = sign_sale("sale-1", 2150, 21, datetime(2026, 11, 23, 3, 4, 6, tzinfo=timezone.utc))
+    data, _ = render(sample_facts(extra={"claim_code": token}), receipt_config, signer)
+    assert read_paper(data).qr_codes == [CLAIM_URL + token]
+    assert verify_claim(token, signer.public_key, now=SOLD_AT)["sub"] == "sale-1"
