@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from posedge.agent.receipts.layout import Barcode, Feed, Layout, Logo, Qr, Text
 from posedge.agent.receipts.text import Charset
+from posedge.drivers.printers.base import prepare_escpos
 
 log = logging.getLogger("posedge.agent.receipts")
 
@@ -62,6 +63,7 @@ class EscposRenderer:
         return printer.output
 
     def _printer(self):
+        prepare_escpos()
         from escpos.printer import Dummy  # heavy (loads the capability database): only when printing
 
         printer = Dummy(profile=self.traits.profile)

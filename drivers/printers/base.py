@@ -8,7 +8,10 @@ real-time status (DLE EOT n) with a deadline, for the transports that can read.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +33,23 @@ class PrinterConfig(DriverConfig):
     cut: Literal["full", "partial", "none"] = Field("full", description="paper cut after each receipt")
     drawer_pin: Literal[2, 5] = Field(2, description="cash drawer kick pin")
     timeout_s: float = Field(3.0, gt=0, le=60, description="connect, write and status deadline in seconds")
+
+
+def prepare_escpos() -> None:
+    """python-escpos caches its parsed capability file in a new temporary directory per process
+    unless told where; one stable directory avoids littering /tmp on every agent start."""
+    if "ESCPOS_CAPABILITIES_PICKLE_DIR" in os.environ:
+        return
+    cache = Path(tempfile.gettempdir()) / f"posedge-escpos-{os.getuid()}"
+    try:
+        cache.mkdir(mode=0o700, exist_ok=True)
+        info = cache.lstat()
+    except OSError:
+        return
+    # python-escpos loads a pickle from there: only a directory that is ours alone will do.
+    if info.st_uid != os.getuid() or info.st_mode & 0o077 or not cache.is_dir() or cache.is_symlink():
+        return
+    os.environ["ESCPOS_CAPABILITIES_PICKLE_DIR"] = str(cache)
 
 
 # -- errors: one tree, a code and a message per class ---------------------------------------------

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from posedge.drivers.printers.base import PrinterConfig, PrinterConnection, PrinterUnavailable
+from posedge.drivers.printers.base import PrinterConfig, PrinterConnection, PrinterUnavailable, prepare_escpos
 from posedge.drivers.registry import PRINTERS
 
 
@@ -28,6 +28,7 @@ class NetworkPrinter(PrinterConnection):
         self._escpos = None
 
     def _open(self) -> None:
+        prepare_escpos()
         from escpos.printer import Network
 
         conn = Network(self.config.host, self.config.port, timeout=self.config.timeout_s)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from posedge.drivers.printers.base import PrinterConfig, PrinterConnection, PrinterUnavailable
+from posedge.drivers.printers.base import PrinterConfig, PrinterConnection, PrinterUnavailable, prepare_escpos
 from posedge.drivers.registry import PRINTERS
 
 
@@ -27,6 +27,7 @@ class SerialPrinter(PrinterConnection):
         self._escpos = None
 
     def _open(self) -> None:
+        prepare_escpos()
         from escpos.printer import Serial
 
         cfg = self.config

@@ -225,3 +225,20 @@ def test_usb_driver_off_without_pyusb_says_why():
         assert not ok and "pyusb" in reason
     else:
         assert ok
+
+
+def test_escpos_cache_dir_is_used_only_when_private(tmp_path, monkeypatch):
+    import os as _os
+
+    from posedge.drivers.printers import base
+
+    monkeypatch.delenv("ESCPOS_CAPABILITIES_PICKLE_DIR", raising=False)
+    monkeypatch.setattr(base.tempfile, "gettempdir", lambda: str(tmp_path))
+    shared = tmp_path / f"posedge-escpos-{_os.getuid()}"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # someone else could plant a pickle here
+    base.prepare_escpos()
+    assert "ESCPOS_CAPABILITIES_PICKLE_DIR" not in _os.environ
+    shared.chmod(0o700)
+    base.prepare_escpos()
+    assert _os.environ["ESCPOS_CAPABILITIES_PICKLE_DIR"] == str(shared)
