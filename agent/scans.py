@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from posedge.agent import gs1
 from posedge.agent.errors import AgentError, InvalidInput, NotFound
 from posedge.agent.events import Event, EventHub
-from posedge.drivers.scanners.base import Scan
+from posedge.drivers.scanners.base import Scan, ScanLimits
 from posedge.drivers.scanners.framing import Line, check_line
 
 log = logging.getLogger("posedge.agent.scans")
@@ -370,3 +370,23 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
+
+
+# -- composition helpers (agent/service.py) ---------------------------------------------------
+
+
+def pipeline_from_config(config: Any, hub: EventHub) -> ScanPipeline:
+    scan = config.scan
+    patterns = [NamedPattern(p.name, re.compile(p.regex)) for p in scan.patterns]
+    return ScanPipeline(hub, Classifier(patterns), scan.dedup_ms, scan.max_line_bytes, scan.payment_claim_s)
+
+
+def scan_limits(config: Any) -> ScanLimits:
+    return ScanLimits(max_line_bytes=config.scan.max_line_bytes, max_scans_per_s=config.scan.max_scans_per_s)
+
+
+def scanners_status(devices: Iterable[Any], disabled: dict[str, str]) -> list[dict[str, Any]]:
+    """Each scanner's state, last error and counters; scanners turned off say why."""
+    out = [d.status().as_dict() for d in devices if getattr(d, "kind", "") == "scanner"]
+    out += [{"name": name, "state": "disabled", "last_error": reason} for name, reason in disabled.items()]
+    return out
