@@ -126,3 +126,67 @@ def pty(tmp_path: Path) -> Iterator[Pty]:
     pair = Pty(tmp_path / "serial-by-id")
     yield pair
     pair.unplug()
+
+
+class SseReader:
+    """A real SSE client on its own thread: parses `id:`/`data:` frames and comment lines into a queue."""
+
+    def __init__(self, client: Any, last_event_id: str | None = None) -> None:
+        import json
+        import queue
+
+        self._json = json
+        self.events: "queue.Queue[dict]" = queue.Queue()
+        self.comments: list[str] = []
+        self.status: int | None = None
+        self._client = client
+        self._headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
+        self._stop = threading.Event()
+        self._opened = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._opened.wait(DEADLINE_S):
+            raise AssertionError("the SSE stream did not open")
+
+    def _run(self) -> None:
+        try:
+            with self._client.stream("GET", "/v1/events", headers=self._headers) as response:
+                self.status = response.status_code
+                self._opened.set()
+                frame: dict[str, str] = {}
+                for line in response.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    if line.startswith(":"):
+                        self.comments.append(line)
+                    elif line.startswith("id:"):
+                        frame["id"] = line[3:].strip()
+                    elif line.startswith("data:"):
+                        frame["data"] = line[5:].strip()
+                    elif line == "" and "data" in frame:
+                        event = self._json.loads(frame["data"])
+                        event["_sse_id"] = frame.get("id")
+                        self.events.put(event)
+                        frame = {}
+        except BaseException as exc:  # reported to the test through .error
+            self.error = exc
+            self._opened.set()
+
+    def next(self, what: str = "an event", deadline_s: float = DEADLINE_S) -> dict:
+        import queue
+
+        try:
+            return self.events.get(timeout=deadline_s)
+        except queue.Empty:
+            raise AssertionError(f"no SSE event ({what}) within {deadline_s} s; error={self.error!r}") from None
+
+    def next_of(self, type_: str, deadline_s: float = DEADLINE_S) -> dict:
+        end = time.monotonic() + deadline_s
+        while True:
+            event = self.next(type_, max(0.01, end - time.monotonic()))
+            if event["type"] == type_:
+                return event
+
+    def close(self) -> None:
+        self._stop.set()

@@ -1,0 +1,151 @@
+"""The camera scanner on real video files the tests write with OpenCV's VideoWriter.
+
+Codes are rendered by `qrcode` and `python-barcode` (not by the decoders under test), placed on a
+phone-screen-like panel, rotated, tilted, blurred, noised and JPEG-compressed, between empty frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from posedge.drivers.base import DeviceState
+from posedge.drivers.scanners import synthetic
+from posedge.drivers.scanners.camera import CameraScanner, CameraScannerConfig, FrameSlot
+from posedge.drivers.scanners.decoders import FrameDecoder, build_chain
+
+from .conftest import wait_state
+
+FPS = 30
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = FPS) -> Path:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (640, 480))
+    assert writer.isOpened(), "OpenCV cannot write MJPG/AVI here"
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR) if frame.ndim == 2 else frame)
+    writer.release()
+    return path
+
+
+def held(code: np.ndarray, degradation: str, n: int, linear: bool, seed: int = 0) -> list[np.ndarray]:
+    """A code held in front of the camera for n frames, moving a little."""
+    return [synthetic.scene(code, degradation, seed * 100 + i, linear) for i in range(n)]
+
+
+def empties(n: int, seed: int = 0) -> list[np.ndarray]:
+    return [synthetic.empty_frame(seed + i) for i in range(n)]
+
+
+MEMBER_QR = "https://m.example.cn/q/7Hk2pQ9x"
+EAN = synthetic.ean13_full("690123456789")
+
+
+@pytest.fixture(scope="module")
+def shop_video(tmp_path_factory) -> Path:
+    frames = (empties(8) + held(synthetic.render_qr(MEMBER_QR, 5), "noise", 12, False, 1) + empties(30, 50)
+              + held(synthetic.render_linear(EAN, "ean13", 3), "rotation", 12, True, 2) + empties(8, 90)
+              + held(synthetic.render_qr(MEMBER_QR, 5), "jpeg", 10, False, 3) + empties(20, 120))
+    return write_video(tmp_path_factory.mktemp("video") / "counter.avi", frames)
+
+
+def start(drivers, sink, **config) -> CameraScanner:
+    driver = CameraScanner(CameraScannerConfig(name="cam", **config), sink)
+    driver.start()
+    drivers.append(driver)
+    return driver
+
+
+def test_codes_held_in_view_are_one_scan_each_and_rotated_1d_is_read(shop_video, sink, drivers) -> None:
+    """GIVEN a QR held 12 frames, a 1D code rotated 20-45 degrees, the QR again after a pause
+    WHEN the camera plays them THEN exactly three scans, in order, each once."""
+    start(drivers, sink, source=str(shop_video))
+    texts = sink.wait_texts(3, deadline_s=20)
+    assert texts[:3] == [MEMBER_QR, EAN, MEMBER_QR]
+    assert sink.scans[1].symbology == "]E0"
+    assert not sink.rejections
+
+
+def test_empty_frames_give_no_scan_and_file_end_is_reported(tmp_path, sink, drivers) -> None:
+    video = write_video(tmp_path / "empty.avi", empties(20))
+    driver = start(drivers, sink, source=str(video))
+    wait_state(driver, DeviceState.CONNECTED)
+    wait_state(driver, DeviceState.DISCONNECTED)
+    assert "ended" in driver.status().last_error
+    assert driver.status().counters["frames"] >= 1
+    assert sink.scans == []
+
+
+def test_frames_are_dropped_not_queued_when_decoding_falls_behind(tmp_path, sink, drivers) -> None:
+    video = write_video(tmp_path / "fast.avi", empties(120))
+    driver = start(drivers, sink, source=str(video), realtime=False, max_fps=20)
+    wait_state(driver, DeviceState.DISCONNECTED)
+    counters = driver.status().counters
+    assert counters["frames_dropped"] > 0
+    assert counters["frames"] + counters["frames_dropped"] <= 120
+
+
+def test_frame_slot_keeps_only_the_newest() -> None:
+    slot = FrameSlot()
+    for i in range(3):
+        slot.put(i)
+    assert slot.take(0.1) == 2 and slot.dropped == 2
+    assert slot.take(0.01) is None
+    slot.end("gone")
+    assert slot.take(1.0) is None and slot.ended == "gone"
+
+
+def test_missing_source_waits_then_resumes_when_it_appears(tmp_path, sink, drivers) -> None:
+    path = tmp_path / "later.avi"
+    driver = start(drivers, sink, source=str(path))
+    wait_state(driver, DeviceState.DISCONNECTED)
+    assert "does not exist" in driver.status().last_error
+    write_video(tmp_path / "tmp.avi", held(synthetic.render_qr("PICKUP-42", 6), "clean", 6, False) + empties(4)).rename(path)
+    assert sink.wait_texts(1, deadline_s=20)[0] == "PICKUP-42"
+
+
+def test_a_file_that_is_not_a_video_is_an_error_not_a_crash(tmp_path, sink, drivers) -> None:
+    bogus = tmp_path / "not-video.avi"
+    bogus.write_bytes(b"\x00garbage" * 1000)
+    driver = start(drivers, sink, source=str(bogus))
+    wait_state(driver, DeviceState.DISCONNECTED)
+    assert "cannot open" in driver.status().last_error or "ended" in driver.status().last_error
+    assert driver.is_alive()
+
+
+def test_a_frame_that_is_not_an_image_is_a_counted_rejection(sink) -> None:
+    driver = CameraScanner(CameraScannerConfig(name="cam", source=0), sink)
+    decoder = driver._decoder()
+    for bad in (np.zeros((0, 0), np.uint8), np.zeros((4, 4, 2), np.uint8), np.zeros((4, 4), np.float32), "frame"):
+        driver._decode(decoder, bad)
+    assert sink.reasons() == ["bad_frame"] * 4
+    assert driver.status().counters["rejected"] == 4
+
+
+@pytest.mark.parametrize("degradation", synthetic.DEGRADATIONS)
+def test_pipeline_reads_degraded_codes_and_nothing_on_empty_frames(degradation) -> None:
+    chain, problems = build_chain(("zxing", "pyzbar"), ("qr", "ean13", "code128"))
+    assert not problems
+    decoder = FrameDecoder(chain, ("qr", "ean13", "code128"))
+    read = 0
+    for seed in range(4):
+        qr_text, ean = f"C{seed:04d}-coupon", synthetic.ean13_full(f"69{seed:010d}")
+        read += any(d.text == qr_text for d in decoder.decode(synthetic.scene(synthetic.render_qr(qr_text, 5), degradation, seed, False)))
+        read += any(d.text == ean for d in decoder.decode(synthetic.scene(synthetic.render_linear(ean, "ean13", 3), degradation, seed, True)))
+    assert read >= 6, f"{degradation}: read {read} of 8"
+    assert all(decoder.decode(synthetic.empty_frame(seed)) == [] for seed in range(5))
+
+
+def test_config_accepts_index_path_and_url_sources() -> None:
+    assert CameraScannerConfig(name="c", source="2").source == 2
+    assert CameraScannerConfig(name="c", source="rtsp://10.0.0.5/stream").source == "rtsp://10.0.0.5/stream"
+    with pytest.raises(ValueError):
+        CameraScannerConfig(name="c", source=99)
+    with pytest.raises(ValueError):
+        CameraScannerConfig(name="c", decoder=[])
+    with pytest.raises(ValueError):
+        CameraScannerConfig(name="c", decoder=["wechat"])
