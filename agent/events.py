@@ -44,8 +44,7 @@ class Subscription:
     def __init__(self, hub: "EventHub", backlog: list[Event]) -> None:
         self._hub = hub
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
-        for event in backlog[-SUBSCRIBER_QUEUE:]:
-            self._queue.put_nowait(event)
+        self._backlog = deque(backlog)  # replayed before live events; bounded by the ring
         self.lagged = False
         self._last_id = 0  # an event both replayed and fanned out (published mid-subscribe) goes out once
 
@@ -61,6 +60,11 @@ class Subscription:
 
     async def next(self, timeout: float) -> Event | None:
         """The next event, or None after `timeout` seconds of quiet. Raises EOFError when cut off."""
+        while self._backlog:
+            event = self._backlog.popleft()
+            if event.id > self._last_id:
+                self._last_id = event.id
+                return event
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             remaining = deadline - asyncio.get_running_loop().time()

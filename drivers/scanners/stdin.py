@@ -7,6 +7,7 @@ from typing import Literal
 
 from posedge.drivers.registry import SCANNERS, DriverConfig
 from posedge.drivers.scanners.base import ScannerDriver
+from posedge.drivers.scanners.framing import check_line
 
 
 class StdinScannerConfig(DriverConfig):
@@ -23,8 +24,8 @@ class StdinScanner(ScannerDriver):
         for line in stream:
             if self.stopping.is_set():
                 return
-            text = line.rstrip("\r\n")
-            if text:
-                self.emit(text, text.encode("utf-8", "replace"))
+            raw = line.rstrip("\r\n").encode("utf-8", "surrogateescape")
+            if raw:  # checked like any device input: length cap, control characters, AIM id
+                self.emit_frames([check_line(raw, b"", self.limits.max_line_bytes)])
         # End of input (Ctrl-D, or no terminal under a service): nothing more will come.
         self.stopping.wait()
