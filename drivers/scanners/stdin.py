@@ -21,10 +21,12 @@ class StdinScanner(ScannerDriver):
         if stream is None or stream.closed:
             raise OSError("no standard input")
         self.connected()
-        for line in stream:
+        # bytes, not text: invalid UTF-8 is a counted rejection, not an exception in the reader
+        for line in getattr(stream, "buffer", stream):
             if self.stopping.is_set():
                 return
-            raw = line.rstrip("\r\n").encode("utf-8", "surrogateescape")
+            raw = line if isinstance(line, bytes) else line.encode("utf-8", "surrogateescape")
+            raw = raw.rstrip(b"\r\n")
             if raw:  # checked like any device input: length cap, control characters, AIM id
                 self.emit_frames([check_line(raw, b"", self.limits.max_line_bytes)])
         # End of input (Ctrl-D, or no terminal under a service): nothing more will come.
