@@ -168,5 +168,24 @@ def cmd_db(args: argparse.Namespace) -> int:
     return db_cli.run(args, config.storage.path)
 
 
+def _scan_test_parser(sub: Any) -> None:
+    from posedge.agent.scan_test import add_parser
+
+    add_parser(sub)
+
+
+PARSER_EXTENSIONS.append(_scan_test_parser)
+
+
+@command("scan-test")
+def cmd_scan_test(args: argparse.Namespace) -> int:
+    from posedge.agent.scan_test import run_scan_test
+
+    config = _load(args.config) if args.config else None
+    if args.config and config is None:
+        return EXIT_CONFIG
+    return run_scan_test(args, config.scanner_configs() if config else [])
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

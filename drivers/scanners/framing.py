@@ -157,14 +157,21 @@ class LineFramer:
         if self._skipping:
             self._skipping = False
             return
-        frame = _trim_line_noise(frame, self.suffix)
-        if frame:
-            frames.append(check_line(frame, self.prefix, self.max_bytes, self.parse_aim))
+        trimmed = _trim_line_noise(frame, self.suffix)
+        if not trimmed:
+            return
+        checked = check_line(trimmed, self.prefix, self.max_bytes, self.parse_aim)
+        if isinstance(checked, Line) and trimmed != frame:
+            checked = Line(checked.text, frame, checked.symbology)  # raw as received: shows the real suffix
+        frames.append(checked)
 
 
 def _trim_line_noise(frame: bytes, suffix: str) -> bytes:
     # A scanner set to CRLF read with suffix "cr" leaves an LF at the start of the next frame (and the
-    # other way round): tolerate the other half of a CRLF pair rather than reject every scan.
+    # other way round): tolerate the other half of a CRLF pair rather than reject every scan. Without a
+    # suffix, a terminator the scanner sends anyway is tolerated at the end.
     if suffix in ("cr", "lf", "crlf"):
         return frame.strip(b"\r\n")
+    if suffix == "none":
+        return frame.rstrip(b"\r\n\t")
     return frame
