@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +47,7 @@ class CameraScannerConfig(DriverConfig):
     extra_effort: bool = Field(True, description="straighten and sharpen barcode-like regions the decoders missed")
     budget_ms: int = Field(30, ge=5, le=1000, description="time per frame for the extra effort")
     repeat_gap_ms: int = Field(600, ge=0, le=60000, description="a code must be out of sight this long to be read again")
+    confirm_1d_frames: int = Field(2, ge=1, le=10, description="1D codes (weak checksums) must be read in this many frames")
     frame_timeout_s: float = Field(5.0, gt=0, le=120, description="no frame for this long: the camera is lost, reopen it")
     realtime: bool = Field(True, description="video files: play at their own frame rate, as a camera would")
 
@@ -68,6 +70,13 @@ class CameraScannerConfig(DriverConfig):
         if not value:
             raise ValueError("list at least one")
         return list(dict.fromkeys(value))
+
+
+@dataclass
+class Sighting:
+    last_ns: int = 0
+    frames: int = 0
+    emitted: bool = False
 
 
 class FrameSlot:
@@ -101,6 +110,11 @@ class FrameSlot:
             return frame
 
 
+def is_linear(symbology: str | None) -> bool:
+    """AIM ids of 1D symbologies: ]A Code 39, ]C Code 128, ]E EAN/UPC, ]F Codabar, ]G Code 93, ]I ITF, ]e DataBar."""
+    return bool(symbology) and symbology[:2] in ("]A", "]C", "]E", "]F", "]G", "]I", "]e")
+
+
 @SCANNERS.register("camera", CameraScannerConfig, _usable)
 class CameraScanner(ScannerDriver):
     config: CameraScannerConfig
@@ -108,7 +122,7 @@ class CameraScanner(ScannerDriver):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._capture: Any = None
-        self._seen: dict[str, int] = {}  # text -> monotonic ns of the last frame it was in
+        self._seen: dict[str, Sighting] = {}  # text -> its current viewing
         self.decoder: FrameDecoder | None = None
         self.decoder_problems: list[str] = []
 
@@ -163,19 +177,34 @@ class CameraScanner(ScannerDriver):
             self.reject("bad_frame", str(exc))
             return
         now = time.monotonic_ns()
-        gap_ns = self.config.repeat_gap_ms * 1_000_000
         for item in found:
-            last = self._seen.get(item.text)
-            self._seen[item.text] = now
-            if last is not None and now - last <= gap_ns:
-                continue  # the same code still in view
-            line = check_line(item.raw or item.text.encode("utf-8"), b"", self.limits.max_line_bytes, parse_aim=False)
-            if isinstance(line, Line):
-                self.emit(item.text, item.raw, item.symbology)
-            else:
-                self.emit_frames([line])
+            if self._sighted(item, now):
+                line = check_line(item.raw or item.text.encode("utf-8"), b"", self.limits.max_line_bytes, parse_aim=False)
+                if isinstance(line, Line):
+                    self.emit(item.text, item.raw, item.symbology)
+                else:
+                    self.emit_frames([line])
         if len(self._seen) > 256:
-            self._seen = {t: at for t, at in self._seen.items() if now - at <= gap_ns}
+            gap_ns = self.config.repeat_gap_ms * 1_000_000
+            self._seen = {t: s for t, s in self._seen.items() if now - s.last_ns <= gap_ns}
+
+    def _sighted(self, item: Any, now: int) -> bool:
+        """True once per viewing of a code: when it has been read in enough frames.
+
+        A viewing ends when the code is out of sight for repeat_gap_ms. 2D codes carry error
+        correction, so one frame is enough; a 1D misread passes its check digit now and then
+        (JPEG blocks, tiny modules), the same text in `confirm_1d_frames` frames does not.
+        """
+        sighting = self._seen.get(item.text)
+        if sighting is None or now - sighting.last_ns > self.config.repeat_gap_ms * 1_000_000:
+            sighting = self._seen[item.text] = Sighting()
+        sighting.last_ns = now
+        sighting.frames += 1
+        needed = self.config.confirm_1d_frames if is_linear(item.symbology) else 1
+        if sighting.emitted or sighting.frames < needed:
+            return False
+        sighting.emitted = True
+        return True
 
     # -- capture ---------------------------------------------------------------------------
     def _open(self) -> Any:

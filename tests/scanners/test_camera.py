@@ -149,3 +149,16 @@ def test_config_accepts_index_path_and_url_sources() -> None:
         CameraScannerConfig(name="c", decoder=[])
     with pytest.raises(ValueError):
         CameraScannerConfig(name="c", decoder=["wechat"])
+
+
+def test_1d_reads_need_two_frames_2d_one_and_each_viewing_emits_once(sink) -> None:
+    from posedge.drivers.scanners.decoders import Decoded
+
+    driver = CameraScanner(CameraScannerConfig(name="cam", source=0, repeat_gap_ms=500), sink)
+    ean, misread, qr = (Decoded("6901234567892", b"6901234567892", "]E0", "zxing"),
+                        Decoded("0966600060021", b"0966600060021", "]E0", "zxing"),
+                        Decoded("MEMBER-1", b"MEMBER-1", "]Q1", "zxing"))
+    ms = 1_000_000
+    frames = [(0, [ean, misread, qr]), (33, [ean, qr]), (66, [ean, qr]), (100, [qr]), (1000, [ean]), (1033, [ean])]
+    emitted = [(t, item.text) for t, items in frames for item in items if driver._sighted(item, t * ms)]
+    assert emitted == [(0, "MEMBER-1"), (33, "6901234567892"), (1033, "6901234567892")]
