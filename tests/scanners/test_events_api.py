@@ -154,7 +154,7 @@ def test_payment_codes_are_masked_claimed_once_and_never_logged_or_stored(pty_ag
             "lines": [{"sku": "6901234567892", "name": "水", "qty": 1, "unit_price_fen": 300}],
             "payments": [{"method": "wechat", "amount_fen": 300}]})
         assert sale.status_code in (200, 201), sale.text
-    agent.stop()
+    assert agent.stop() == 0
     log_text = agent.log_text()
     assert "event=scan " in log_text
     storage = Path(re.search(r'path = "(.+posedge\.db)"', agent.config.read_text())[1])
