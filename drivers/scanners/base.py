@@ -153,3 +153,40 @@ class ScannerDriver(threading.Thread):
     def _lost(self, error: str) -> None:
         if self.status_cell.set(DeviceState.DISCONNECTED, error):
             log.info("event=scanner_disconnected scanner=%s error=%r", self.config.name, error)
+
+
+class FdScannerDriver(ScannerDriver):
+    """A driver that reads a device node (or FIFO) through a raw file descriptor: hid, hidpos."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._fd: int | None = None
+
+    def open_fd(self, path: str) -> int:
+        import os
+
+        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return self._fd
+
+    def read_ready(self, fd: int, size: int, timeout: float) -> bytes | None:
+        """Up to `size` bytes, None when nothing came within `timeout`; b"" or OSError when the device went away."""
+        import os
+        import select
+
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return None
+        try:
+            return os.read(fd, size)
+        except BlockingIOError:
+            return None
+
+    def close_device(self) -> None:
+        import os
+
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

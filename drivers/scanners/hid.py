@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import os
 import re
-import select
 import struct
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ from pydantic import Field, model_validator
 
 from posedge.drivers.registry import SCANNERS, DriverConfig
 from posedge.drivers.scanners import keymap
-from posedge.drivers.scanners.base import ScannerDriver, log
+from posedge.drivers.scanners.base import FdScannerDriver, log
 from posedge.drivers.scanners.framing import LineFramer
 
 # struct input_event { struct timeval time; __u16 type; __u16 code; __s32 value; } (native long size)
@@ -148,27 +146,22 @@ def grab(fd: int) -> None:
 
 
 @SCANNERS.register("hid", HidScannerConfig)
-class HidScanner(ScannerDriver):
+class HidScanner(FdScannerDriver):
     config: HidScannerConfig
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._fd: int | None = None
         self.grabbed = False
 
     def read_device(self) -> None:
         cfg = self.config
         path = cfg.path or find_event_device(cfg.device_name, cfg.usb_id)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        self._fd = fd
+        fd = self.open_fd(path)
         try:
             self._grab(fd, path)
             self._read_events(fd)
         finally:
-            self._close()
-
-    def close_device(self) -> None:
-        self._close()
+            self.close_device()
 
     def _grab(self, fd: int, path: str) -> None:
         self.grabbed = False
@@ -195,14 +188,10 @@ class HidScanner(ScannerDriver):
         self.connected()
         try:
             while not self.stopping.is_set():
-                ready, _, _ = select.select([fd], [], [], 0.1)
+                data = self.read_ready(fd, EVENT.size * 64, 0.1)
                 now = time.monotonic()
-                if not ready:
+                if data is None:
                     self.emit_frames(framer.poll(now))
-                    continue
-                try:
-                    data = os.read(fd, EVENT.size * 64)
-                except BlockingIOError:
                     continue
                 if not data:
                     raise ConnectionResetError("the input device closed (unplugged?)")
@@ -226,12 +215,3 @@ class HidScanner(ScannerDriver):
             if type_ == EV_KEY:
                 out += decoder.key(code, value)
         return bytes(out)
-
-    def _close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-

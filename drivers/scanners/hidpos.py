@@ -12,17 +12,14 @@ the one HID-POS scanners use for their "scanned data" report (Honeywell, Zebra, 
 
 from __future__ import annotations
 
-import os
 import re
-import select
-import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from posedge.drivers.registry import SCANNERS, DriverConfig
-from posedge.drivers.scanners.base import ScannerDriver
+from posedge.drivers.scanners.base import FdScannerDriver
 from posedge.drivers.scanners.framing import AIM_ID, check_line
 
 SYSFS_HIDRAW = Path("/sys/class/hidraw")
@@ -110,26 +107,18 @@ class ReportAssembler:
 
 
 @SCANNERS.register("hidpos", HidPosScannerConfig)
-class HidPosScanner(ScannerDriver):
+class HidPosScanner(FdScannerDriver):
     config: HidPosScannerConfig
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._fd: int | None = None
 
     def read_device(self) -> None:
         path = self.config.path or self._discover()
-        self._fd = fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        fd = self.open_fd(path)
         assembler = ReportAssembler(self.config.report_id, self.limits.max_line_bytes)
         self.connected()
         try:
             while not self.stopping.is_set():
-                ready, _, _ = select.select([fd], [], [], 0.2)
-                if not ready:
-                    continue
-                try:
-                    report = os.read(fd, REPORT_MAX)
-                except BlockingIOError:
+                report = self.read_ready(fd, REPORT_MAX, 0.2)
+                if report is None:
                     continue
                 if not report:
                     raise ConnectionResetError("the hidraw device closed (unplugged?)")
@@ -138,7 +127,7 @@ class HidPosScanner(ScannerDriver):
             if not self.stopping.is_set():
                 raise
         finally:
-            self._close()
+            self.close_device()
 
     def _report(self, assembler: ReportAssembler, report: bytes) -> None:
         complete = assembler.feed(report)
@@ -162,14 +151,3 @@ class HidPosScanner(ScannerDriver):
                 return path
         raise FileNotFoundError("no HID-POS scanner (usage page 0x8C) found" + (f" with USB id {wanted}" if wanted else "")
                                 + "; is the scanner in HID-POS mode and plugged in?")
-
-    def close_device(self) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass

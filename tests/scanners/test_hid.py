@@ -7,7 +7,6 @@ writes to /dev/input/event* (struct input_event) or /dev/hidraw* (input reports)
 from __future__ import annotations
 
 import os
-import struct
 import time
 from pathlib import Path
 
