@@ -92,8 +92,7 @@ class ReportAssembler:
         length = min(report[1], len(report) - 6)
         sym = report[2:5]
         if not self._data and sym.strip(b"\x00"):
-            text = sym.decode("ascii", "replace")
-            self._symbology = text if AIM_ID.match(text) else "]" + text.lstrip("]")[:2]
+            self._symbology = _symbology(sym)
         if not self.overflowed:
             self._data += report[5: 5 + length]
             if len(self._data) > self.max_bytes:
@@ -104,6 +103,14 @@ class ReportAssembler:
         data, symbology = bytes(self._data), self._symbology
         self._data, self._symbology = bytearray(), None
         return data, symbology
+
+
+def _symbology(sym: bytes) -> str | None:
+    """The report's 3 symbology bytes as an AIM id (some scanners omit the "]"); None if not one."""
+    text = sym.rstrip(b"\x00").decode("ascii", "replace")
+    if not text.startswith("]"):
+        text = "]" + text
+    return text[:3] if AIM_ID.match(text) else None
 
 
 @SCANNERS.register("hidpos", HidPosScannerConfig)

@@ -210,3 +210,20 @@ def test_usage_page_0x8c_is_found_in_report_descriptors() -> None:
     assert has_pos_usage_page(pos) and has_pos_usage_page(pos_long)
     assert not has_pos_usage_page(keyboard)
     assert not has_pos_usage_page(b"\xfe")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=EVENT.size * 40))
+def test_arbitrary_event_bytes_never_crash_the_key_decoder(data: bytes) -> None:
+    usable = len(data) - len(data) % EVENT.size
+    typed_bytes = HidScanner._typed(KeyDecoder(), data[:usable])
+    assert isinstance(typed_bytes, bytes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=20))
+def test_arbitrary_reports_never_crash_the_hidpos_assembler(reports: list[bytes]) -> None:
+    assembler = ReportAssembler(max_bytes=128)
+    for raw in reports:
+        result = assembler.feed(raw)
+        assert result is None or (isinstance(result[0], bytes) and len(result[0]) <= 128)
