@@ -162,3 +162,68 @@ def test_1d_reads_need_two_frames_2d_one_and_each_viewing_emits_once(sink) -> No
     frames = [(0, [ean, misread, qr]), (33, [ean, qr]), (66, [ean, qr]), (100, [qr]), (1000, [ean]), (1033, [ean])]
     emitted = [(t, item.text) for t, items in frames for item in items if driver._sighted(item, t * ms)]
     assert emitted == [(0, "MEMBER-1"), (33, "6901234567892"), (1033, "6901234567892")]
+
+
+class MjpegCamera:
+    """An IP camera on a real socket: HTTP multipart MJPEG. The first connection sends a few frames of
+    one code, then stalls (a camera that stops delivering); later connections show another code."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        import cv2
+
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.connections = 0
+        self.frames = [cv2.imencode(".jpg", synthetic.place(synthetic.render_qr(text, 5)))[1].tobytes()
+                       for text in ("IPCAM-1", "IPCAM-2")]
+        self.stop = threading.Event()
+        self.peers: list = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stop.is_set():
+            try:
+                peer, _ = self.server.accept()
+            except OSError:
+                return
+            self.peers.append(peer)
+            self.connections += 1
+            threading.Thread(target=self._stream, args=(peer, self.connections), daemon=True).start()
+
+    def _stream(self, peer, n: int) -> None:
+        try:
+            peer.recv(4096)
+            peer.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n")
+            jpg = self.frames[0 if n == 1 else 1]
+            for _ in range(8 if n == 1 else 10_000):
+                if self.stop.is_set():
+                    return
+                peer.sendall(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg) + jpg + b"\r\n")
+                self.stop.wait(0.03)
+            self.stop.wait()  # stalls with the connection open, like a hung camera
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.stop.set()
+        for sock in [self.server, *self.peers]:
+            sock.close()
+
+
+def test_a_camera_that_stops_delivering_frames_is_reopened(sink, drivers) -> None:
+    camera = MjpegCamera()
+    try:
+        driver = start(drivers, sink, source=f"http://127.0.0.1:{camera.port}/stream.mjpg", frame_timeout_s=1.0)
+        sink.wait_texts(1)
+        wait_state(driver, DeviceState.DISCONNECTED)
+        assert "no frame for 1 s" in driver.status().last_error
+        assert sink.wait_texts(2, deadline_s=20) == ["IPCAM-1", "IPCAM-2"]
+        wait_state(driver, DeviceState.CONNECTED)
+        assert camera.connections >= 2
+    finally:
+        camera.close()
