@@ -124,3 +124,28 @@ def test_bad_port_values_are_config_errors(port) -> None:
 
 def test_driver_reports_usable() -> None:
     assert serial_driver._usable() == (True, "")
+
+
+@pytest.mark.slow
+def test_soak_random_garbage_between_codes_never_stops_the_reader(pty, sink, drivers) -> None:
+    """Random bytes (any value but CR) between good codes: every good code arrives, in order, and every
+    other frame is either a scan or a counted rejection. POSEDGE_SLOW=1 runs 20x longer."""
+    import os
+    import random
+
+    rounds = 2000 if os.environ.get("POSEDGE_SLOW") == "1" else 100
+    rng = random.Random(4)
+    driver = start(drivers, sink, limits=ScanLimits(max_line_bytes=256, max_scans_per_s=1e6), port=str(pty.link))
+    wait_state(driver, DeviceState.CONNECTED)
+    good = []
+    for i in range(rounds):
+        garbage = bytes(rng.choice([b for b in range(256) if b != 13]) for _ in range(rng.randint(1, 400)))
+        code = b"%013d" % i
+        good.append(code.decode())
+        pty.write(garbage + b"\r" + code + b"\r")
+    sink.wait_for(lambda s: good[-1] in s.texts(), "the last good code", deadline_s=30)
+    texts = sink.texts()
+    assert [t for t in texts if t in set(good)] == good
+    counters = driver.status().counters
+    assert driver.status().state == DeviceState.CONNECTED
+    assert counters["scans"] + counters["rejected"] >= 2 * rounds - 5  # garbage made of only CR/LF frames nothing
