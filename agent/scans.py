@@ -171,16 +171,18 @@ class RejectLog:
         self._last: dict[tuple[str, str], float] = {}
         self._suppressed: Counter[tuple[str, str]] = Counter()
 
-    def log(self, scanner: str, reason: str, detail: str) -> None:
+    def log(self, scanner: str, reason: str, detail: str) -> int | None:
+        """Logs and returns how many were suppressed since the last line, or None when this one is suppressed."""
         key = (scanner, reason)
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self.every_s:
             self._suppressed[key] += 1
-            return
+            return None
         self._last[key] = now
         suppressed = self._suppressed.pop(key, 0)
         log.warning("event=scan_rejected scanner=%s reason=%s detail=%r suppressed=%d", scanner, reason, detail, suppressed)
+        return suppressed
 
 
 class ScanPipeline:
@@ -242,8 +244,10 @@ class ScanPipeline:
 
     def _rejected(self, scanner: str, reason: str, detail: str) -> None:
         self.rejections[reason] += 1
-        self._rejects.log(scanner, reason, detail)
-        self.hub.publish("scan_rejected", {"scanner": scanner, "reason": reason, "detail": detail})
+        suppressed = self._rejects.log(scanner, reason, detail)
+        if suppressed is not None:  # a flood gives one event per reason every 10 s, not one per line
+            self.hub.publish("scan_rejected", {"scanner": scanner, "reason": reason, "detail": detail,
+                                               "suppressed": suppressed})
 
     # -- the POS (loop) --------------------------------------------------------------------
     async def submit_text(self, text: str, scanner: str = "pos") -> Event | None:

@@ -127,3 +127,23 @@ def test_events_published_from_other_threads_arrive_in_order() -> None:
     got = run(main())
     assert [e.data["n"] for e in got] == list(range(100))
     assert all(a.id < b.id for a, b in zip(got, got[1:]))
+
+
+def test_a_flood_of_rejections_gives_one_event_and_one_log_line_per_reason() -> None:
+    async def main():
+        hub = EventHub()
+        pipeline = ScanPipeline(hub)
+        pipeline.start()
+        sub, _ = hub.subscribe()
+        flood = threading.Thread(target=lambda: [pipeline.rejected("door", "invalid_utf8", "bad") for _ in range(500)])
+        flood.start()
+        flood.join()
+        pipeline.rejected("door", "too_long", "long")
+        events = [await sub.next(5), await sub.next(5)]
+        assert await sub.next(0.2) is None
+        await pipeline.stop()
+        return events, pipeline
+
+    events, pipeline = run(main())
+    assert sorted((e.data["reason"], e.data["suppressed"]) for e in events) == [("invalid_utf8", 0), ("too_long", 0)]
+    assert pipeline.rejections["invalid_utf8"] == 500
