@@ -4,7 +4,7 @@
    real `posedge run` process, p50/p99, next to raw pyserial reading the same pty in the same run.
 2. Camera: frames per second through the decoder pipeline at 640x480 on one core, decode time of an
    empty frame, and the read rate per degradation for pyzbar, zxing-cpp and OpenCV's QR detector
-   side by side with the agent's pipeline (zxing-cpp, then pyzbar, then straightened/sharpened
+   (plain and Aruco) side by side with the agent's pipeline (zxing-cpp, then pyzbar, then straightened/sharpened
    barcode-like regions). Codes come from `qrcode` and `python-barcode`, frames from
    drivers/scanners/synthetic.py; every decoder sees the same frames.
 
@@ -177,7 +177,7 @@ def bench_camera(n_codes: int) -> None:
     one_core()
     symbologies = ("qr", "ean13", "code128")
     decoders = {"pyzbar": ZbarDecoder(symbologies), "zxing-cpp": ZxingDecoder(symbologies),
-                "opencv-qr": OpenCvQrDecoder(symbologies)}
+                "opencv-qr": OpenCvQrDecoder(symbologies), "cv-aruco": OpenCvQrDecoder(symbologies, aruco=True)}
     pipeline = FrameDecoder([ZxingDecoder(symbologies), ZbarDecoder(symbologies)], symbologies)
     runners = {**{k: d.decode for k, d in decoders.items()}, "pipeline": pipeline.decode}
     empties = [syn.empty_frame(seed) for seed in range(60)]

@@ -104,12 +104,17 @@ class ZbarDecoder:
 class OpenCvQrDecoder:
     name = "opencv"
 
-    def __init__(self, symbologies: tuple[str, ...] = DEFAULT_SYMBOLOGIES) -> None:
+    def __init__(self, symbologies: tuple[str, ...] = DEFAULT_SYMBOLOGIES, aruco: bool = False) -> None:
         try:
             import cv2
         except ImportError:
             raise DecoderUnavailable("OpenCV is not installed (pip install opencv-python-headless)") from None
-        self._detector = cv2.QRCodeDetector() if "qr" in symbologies else None
+        if "qr" not in symbologies:
+            self._detector = None
+        elif aruco and hasattr(cv2, "QRCodeDetectorAruco"):
+            self._detector = cv2.QRCodeDetectorAruco()  # finder patterns found like ArUco markers
+        else:
+            self._detector = cv2.QRCodeDetector()
 
     def decode(self, gray: Any) -> list[Decoded]:
         if self._detector is None:

@@ -227,3 +227,12 @@ def test_a_camera_that_stops_delivering_frames_is_reopened(sink, drivers) -> Non
         assert camera.connections >= 2
     finally:
         camera.close()
+
+
+def test_opencv_decoders_read_a_clean_qr_and_skip_1d() -> None:
+    from posedge.drivers.scanners.decoders import OpenCvQrDecoder
+
+    frame = synthetic.place(synthetic.render_qr("CV-QR-1", 6))
+    for aruco in (False, True):
+        assert [d.text for d in OpenCvQrDecoder(("qr",), aruco=aruco).decode(frame)] == ["CV-QR-1"]
+    assert OpenCvQrDecoder(("ean13",)).decode(frame) == []
