@@ -208,6 +208,23 @@ def cmd_receipt(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"{args.output}: receipt of sale {args.sale_id}")
     return EXIT_OK
+def _scan_test_parser(sub: Any) -> None:
+    from posedge.agent.scan_test import add_parser
+
+    add_parser(sub)
+
+
+PARSER_EXTENSIONS.append(_scan_test_parser)
+
+
+@command("scan-test")
+def cmd_scan_test(args: argparse.Namespace) -> int:
+    from posedge.agent.scan_test import run_scan_test
+
+    config = _load(args.config) if args.config else None
+    if args.config and config is None:
+        return EXIT_CONFIG
+    return run_scan_test(args, config.scanner_configs() if config else [])
 
 
 if __name__ == "__main__":

@@ -168,6 +168,51 @@ class MqttConfig(ConfigModel):
         return value
 
 
+class ScanPattern(ConfigModel):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="the event kind for codes that match")
+    regex: str = Field(min_length=1, max_length=512, description="Python regular expression the whole code must match")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        import re
+
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class ScanConfig(ConfigModel):
+    """The scan pipeline (agent/scans.py): duplicates, limits, store-specific code patterns."""
+
+    dedup_ms: int = Field(800, ge=0, le=60000, description="the same code from the same scanner within this window is one scan")
+    max_line_bytes: int = Field(4096, ge=64, le=65536, description="longest scan accepted; longer lines are rejected")
+    max_scans_per_s: float = Field(20.0, gt=0, le=1000, description="more scans per second from one scanner is a flood")
+    payment_claim_s: float = Field(60.0, gt=0, le=600, description="how long the POS may claim a payment code's clear text")
+    patterns: list[ScanPattern] = Field(default_factory=list, description="[[scan.patterns]]: extra named code formats")
+
+    @field_validator("patterns")
+    @classmethod
+    def _names(cls, value: list[ScanPattern]) -> list[ScanPattern]:
+        builtin = {"gtin", "gs1", "payment_code", "member", "coupon", "pickup", "unknown"}
+        names = [p.name for p in value]
+        for name in names:
+            if name in builtin:
+                raise ValueError(f"pattern name {name!r} is a built-in kind; choose another")
+            if names.count(name) > 1:
+                raise ValueError(f"pattern name {name!r} is used twice")
+        return value
+
+
+class EventsConfig(ConfigModel):
+    """The live event stream (GET /v1/events)."""
+
+    buffer: int = Field(1000, ge=10, le=100000, description="events kept in memory for clients resuming with Last-Event-ID")
+    heartbeat_s: float = Field(15.0, ge=0.05, le=300, description="seconds between heartbeat comments on a quiet stream")
+
+
 def _default_scanners() -> list[dict[str, Any]]:
     return [{"type": "stdin", "name": "terminal"}]
 
@@ -186,6 +231,8 @@ class Config(ConfigModel):
     scanners: list[Any] = Field(default_factory=_default_scanners, description="[[scanners]] tables, each with a type")
     printers: list[Any] = Field(default_factory=_default_printers, description="[[printers]] tables, each with a type")
     receipt: ReceiptConfig = Field(default_factory=ReceiptConfig)
+    scan: ScanConfig = Field(default_factory=ScanConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
 
     def scanner_configs(self) -> list[DriverConfig]:
         return list(self.scanners)

@@ -13,27 +13,18 @@ from posedge import __version__
 from posedge.agent.config import Config
 from posedge.agent.errors import StorageError
 from posedge.agent.receipts.feature import Receipts
+from posedge.agent.events import EventHub
+from posedge.agent.scans import pipeline_from_config, scan_limits, scanners_status
 from posedge.agent.sales import SaleService
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
 from posedge.agent.token import load_or_create_token
 from posedge.drivers.registry import SCANNERS
-from posedge.drivers.scanners.base import Scan
 from posedge.sync import outbox
 
 log = logging.getLogger("posedge.agent")
 
 StatusProvider = Callable[[], dict[str, Any]]
-
-
-class LoggingScanSink:
-    """Until the scan pipeline is wired, a scan is logged by length only (it may be a payment code)."""
-
-    def scan(self, scan: Scan) -> None:
-        log.info("event=scan scanner=%s length=%d", scan.scanner, len(scan.text))
-
-    def rejected(self, scanner: str, reason: str, detail: str) -> None:
-        log.warning("event=scan_rejected scanner=%s reason=%s detail=%r", scanner, reason, detail)
 
 
 class Agent:
@@ -44,15 +35,21 @@ class Agent:
         self.reader = StoreReader(storage.path, busy_timeout_ms=storage.busy_timeout_ms)
         self.sales = SaleService(self.writer, self.reader, config.store)
         self.token = load_or_create_token(config.api.token_file, _secret(config.api.token))
-        self.scan_sink: Any = LoggingScanSink()
+        self.events = EventHub(config.events.buffer)
+        self.scans = pipeline_from_config(config, self.events)
+        self.scan_sink: Any = self.scans
+        self.disabled_scanners: dict[str, str] = {}
         self.devices: list[Any] = []  # drivers with .status() -> DeviceStatus and .stop()
         self.status_providers: dict[str, StatusProvider] = {}
+        self.status_providers["scanners"] = lambda: {"devices": scanners_status(self.devices, self.disabled_scanners),
+                                                     "pipeline": self.scans.status()}
         self.started_at = datetime.now(timezone.utc)
         self._started_mono = time.monotonic()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.receipts = Receipts(config, self.writer.submit, self.reader)
         self.sales.participants.append(self.receipts.participant)
         self.status_providers["receipts"] = self.receipts.status
+        self.receipts.listeners.append(self.events.publish)  # printer state and printed/failed jobs reach the POS
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -60,6 +57,7 @@ class Agent:
         failure = await asyncio.to_thread(self.writer.start)
         if failure is not None:
             log.error("event=agent_degraded reason=%s message=%r", failure.code, failure.message)
+        self.scans.start(self.loop)
         self._start_scanners()
         await asyncio.to_thread(self.receipts.start)
         log.info("event=agent_started version=%s store=%s/%s", __version__, self.config.store.tenant, self.config.store.id)
@@ -68,6 +66,7 @@ class Agent:
         for device in reversed(self.devices):
             await asyncio.to_thread(device.stop)
         await asyncio.to_thread(self.receipts.stop)
+        await self.scans.stop()
         await asyncio.to_thread(self.writer.stop)
         self.reader.close()
         log.info("event=agent_stopped")
@@ -78,8 +77,9 @@ class Agent:
             usable, reason = entry.usable()
             if not usable:
                 log.warning("event=scanner_disabled scanner=%s reason=%r", config.name, reason)
+                self.disabled_scanners[config.name] = reason
                 continue
-            driver = SCANNERS.create(config, self.scan_sink)
+            driver = SCANNERS.create(config, self.scan_sink, limits=scan_limits(self.config))
             driver.start()
             self.devices.append(driver)
 

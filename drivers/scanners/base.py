@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import Iterable, Protocol
 
 from posedge.drivers.base import Backoff, DeviceState, DeviceStatus, StatusCell, monotonic_ns
 from posedge.drivers.registry import DriverConfig
+from posedge.drivers.scanners.framing import DEFAULT_MAX_LINE_BYTES, Frame, Line, LineFramer, Rejected, Suffix
 
 log = logging.getLogger("posedge.drivers.scanners")
 
@@ -38,6 +40,33 @@ class ScanSink(Protocol):
     def rejected(self, scanner: str, reason: str, detail: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ScanLimits:
+    """Limits the agent applies to every scanner (from its `[scan]` table)."""
+
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_scans_per_s: float = 20.0  # a person scans a few codes a second; more is a flood or a loop
+
+
+class FloodGuard:
+    """Token bucket: `burst` scans at once, refilled at `rate` per second."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1.0, rate)
+        self._tokens = self.burst
+        self._at = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
 class ScannerDriver(threading.Thread):
     """A daemon thread per scanner: open the device, read until it fails, back off, retry.
 
@@ -47,13 +76,15 @@ class ScannerDriver(threading.Thread):
 
     kind = "scanner"
 
-    def __init__(self, config: DriverConfig, sink: ScanSink) -> None:
+    def __init__(self, config: DriverConfig, sink: ScanSink, limits: ScanLimits | None = None) -> None:
         super().__init__(name=f"scanner-{config.name}", daemon=True)
         self.config = config
         self.sink = sink
+        self.limits = limits or ScanLimits()
         self.stopping = threading.Event()
         self.status_cell = StatusCell(config.name, config.type, self.kind)
         self._backoff = Backoff()
+        self._flood = FloodGuard(self.limits.max_scans_per_s)
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
@@ -93,13 +124,69 @@ class ScannerDriver(threading.Thread):
             log.info("event=scanner_connected scanner=%s type=%s", self.config.name, self.config.type)
 
     def emit(self, text: str, raw: bytes, symbology: str | None = None) -> None:
+        if not self._flood.allow():
+            self.reject("flood", f"more than {self.limits.max_scans_per_s:g} scans per second")
+            return
         self.status_cell.count("scans")
         self.sink.scan(Scan.now(text, raw, self.config.name, symbology))
 
     def reject(self, reason: str, detail: str) -> None:
         self.status_cell.count("rejected")
+        self.status_cell.count(f"rejected_{reason}")
         self.sink.rejected(self.config.name, reason, detail)
+
+    def emit_frames(self, frames: Iterable[Frame]) -> None:
+        for frame in frames:
+            if isinstance(frame, Line):
+                self.emit(frame.text, frame.raw, frame.symbology)
+            elif isinstance(frame, Rejected):
+                self.reject(frame.reason, frame.detail)
+
+    def new_framer(self, suffix: Suffix, prefix: str = "", gap_ms: int = 50, parse_aim: bool = True) -> LineFramer:
+        return LineFramer(suffix, prefix.encode("utf-8"), self.limits.max_line_bytes, gap_ms / 1000.0, parse_aim)
+
+    def failed(self, error: str) -> None:
+        """The device is there but misbehaves (bad frames, refused grab...): state ERROR, retried."""
+        if self.status_cell.set(DeviceState.ERROR, error):
+            log.warning("event=scanner_error scanner=%s error=%r", self.config.name, error)
 
     def _lost(self, error: str) -> None:
         if self.status_cell.set(DeviceState.DISCONNECTED, error):
             log.info("event=scanner_disconnected scanner=%s error=%r", self.config.name, error)
+
+
+class FdScannerDriver(ScannerDriver):
+    """A driver that reads a device node (or FIFO) through a raw file descriptor: hid, hidpos."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._fd: int | None = None
+
+    def open_fd(self, path: str) -> int:
+        import os
+
+        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return self._fd
+
+    def read_ready(self, fd: int, size: int, timeout: float) -> bytes | None:
+        """Up to `size` bytes, None when nothing came within `timeout`; b"" or OSError when the device went away."""
+        import os
+        import select
+
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return None
+        try:
+            return os.read(fd, size)
+        except BlockingIOError:
+            return None
+
+    def close_device(self) -> None:
+        import os
+
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

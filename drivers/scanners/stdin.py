@@ -7,6 +7,7 @@ from typing import Literal
 
 from posedge.drivers.registry import SCANNERS, DriverConfig
 from posedge.drivers.scanners.base import ScannerDriver
+from posedge.drivers.scanners.framing import check_line
 
 
 class StdinScannerConfig(DriverConfig):
@@ -20,11 +21,13 @@ class StdinScanner(ScannerDriver):
         if stream is None or stream.closed:
             raise OSError("no standard input")
         self.connected()
-        for line in stream:
+        # bytes, not text: invalid UTF-8 is a counted rejection, not an exception in the reader
+        for line in getattr(stream, "buffer", stream):
             if self.stopping.is_set():
                 return
-            text = line.rstrip("\r\n")
-            if text:
-                self.emit(text, text.encode("utf-8", "replace"))
+            raw = line if isinstance(line, bytes) else line.encode("utf-8", "surrogateescape")
+            raw = raw.rstrip(b"\r\n")
+            if raw:  # checked like any device input: length cap, control characters, AIM id
+                self.emit_frames([check_line(raw, b"", self.limits.max_line_bytes)])
         # End of input (Ctrl-D, or no terminal under a service): nothing more will come.
         self.stopping.wait()

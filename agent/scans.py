@@ -1,0 +1,396 @@
+"""Scan -> classified, resolved event for the POS: the one scan stream every scanner feeds.
+
+Drivers hand `Scan`s from their threads (`ScanPipeline` is their `ScanSink`); the agent's loop
+drops duplicates, classifies each scan strictly, lets resolvers (member/coupon/pickup look-ups)
+add what they know, and publishes a `scan` event to the event hub that `GET /v1/events` streams.
+
+Payment codes (WeChat Pay / Alipay customer codes) are masked in the event, in logs and in status;
+the clear code is kept in memory for a short time only, for the POS to claim once
+(`POST /v1/scans/{id}/payment-code`). Nothing here writes to disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import inspect
+import json
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable
+
+from posedge.agent import gs1
+from posedge.agent.errors import AgentError, InvalidInput, NotFound
+from posedge.agent.events import Event, EventHub
+from posedge.drivers.scanners.base import Scan, ScanLimits
+from posedge.drivers.scanners.framing import Line, check_line
+
+log = logging.getLogger("posedge.agent.scans")
+
+BUILTIN_KINDS = ("gtin", "gs1", "payment_code", "member", "coupon", "pickup", "unknown")
+TOKEN_KINDS = {"m": "member", "c": "coupon", "p": "pickup"}
+# WeChat Pay: 18 digits starting 10-15. Alipay: 16-24 digits starting 25-30 (their documented auth_code rules).
+WECHAT_PAY = re.compile(r"^1[0-5]\d{16}$")
+ALIPAY = re.compile(r"^(2[5-9]|30)\d{14,22}$")
+COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{16,}$")
+LOGGED_TEXT_KINDS = frozenset({"gtin", "gs1"})  # other kinds may identify a person or pay: length only
+RESOLVE_TIMEOUT_S = 2.0
+QUEUE_MAX = 1000
+
+
+# -- classification -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Classified:
+    kind: str
+    text: str  # clear text; for payment codes never leaves this process except through a claim
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        return mask_payment_code(self.text) if self.kind == "payment_code" else self.text
+
+
+def mask_payment_code(text: str) -> str:
+    """First two digits (the wallet) and last four, the rest starred; length kept."""
+    if len(text) <= 6:
+        return "*" * len(text)
+    return text[:2] + "*" * (len(text) - 6) + text[-4:]
+
+
+def payment_brand(text: str) -> str | None:
+    if WECHAT_PAY.match(text):
+        return "wechat"
+    if ALIPAY.match(text):
+        return "alipay"
+    return None
+
+
+def token_kind(text: str) -> tuple[str, dict[str, Any]] | None:
+    """A compact JWS whose header names an algorithm and whose payload has k = m/c/p."""
+    if not COMPACT_JWS.match(text):
+        return None
+    header_b64, payload_b64, _signature = text.split(".")
+    header, payload = _b64json(header_b64), _b64json(payload_b64)
+    if not isinstance(header, dict) or not isinstance(header.get("alg"), str):
+        return None
+    if not isinstance(payload, dict) or payload.get("k") not in TOKEN_KINDS:
+        return None
+    info = {"alg": header["alg"]}
+    if isinstance(header.get("kid"), str):
+        info["kid"] = header["kid"][:64]
+    return TOKEN_KINDS[payload["k"]], {"token": info, "verified": False}
+
+
+def _b64json(segment: str) -> Any:
+    try:
+        return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+
+
+@dataclass(frozen=True)
+class NamedPattern:
+    name: str
+    regex: re.Pattern[str]
+
+
+class Classifier:
+    """Strict recognisers in a fixed order: payment codes first (they must never be mislabelled)."""
+
+    def __init__(self, patterns: Iterable[NamedPattern] = ()) -> None:
+        self.patterns = list(patterns)
+
+    def classify(self, text: str, symbology: str | None = None) -> Classified:
+        brand = payment_brand(text)
+        if brand:
+            return Classified("payment_code", text, {"brand": brand})
+        token = token_kind(text)
+        if token:
+            return Classified(token[0], text, token[1])
+        for pattern in self.patterns:
+            if pattern.regex.fullmatch(text):
+                return Classified(pattern.name, text, {"pattern": pattern.name})
+        if gs1.looks_like_gs1(text, symbology):
+            try:
+                return Classified("gs1", text, gs1.summary(gs1.parse(text)))
+            except gs1.NotGs1 as exc:
+                if symbology in gs1.GS1_AIM_IDS:
+                    return Classified("unknown", text, {"not_gs1": str(exc)})
+        if gs1.is_valid_gtin(text):
+            return Classified("gtin", text, gtin_details(text))
+        return Classified("unknown", text, {})
+
+
+def gtin_details(text: str) -> dict[str, Any]:
+    gtin14 = text.zfill(14)
+    details: dict[str, Any] = {"gtin": gtin14, "format": f"gtin-{len(text)}"}
+    # Prefixes 02 and 20-29 are store-internal numbers (weighed and priced items): not global products.
+    if gtin14[1:3] == "02" or gtin14[1] == "2" and len(text) == 13:
+        details["restricted"] = True
+    return details
+
+
+# -- the pipeline ---------------------------------------------------------------------------------
+
+Resolver = Callable[[Classified, Scan], "dict[str, Any] | None | Awaitable[dict[str, Any] | None]"]
+
+
+class ScanRejected(InvalidInput):
+    code = "scan_rejected"
+    message = "the scan is not acceptable"
+
+
+class PaymentCodeGone(NotFound):
+    code = "payment_code_gone"
+    message = "no payment code to claim for this scan: it was claimed already, expired, or the scan is not a payment code"
+
+
+class ScanPipelineBusy(AgentError):
+    code = "scan_pipeline_busy"
+    status = 503
+    message = "too many scans waiting; try again"
+
+
+@dataclass
+class _Claim:
+    text: str
+    expires_mono: float
+
+
+class RejectLog:
+    """One log line per (scanner, reason) at first, then at most one every `every_s` with a count."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._last: dict[tuple[str, str], float] = {}
+        self._suppressed: Counter[tuple[str, str]] = Counter()
+
+    def log(self, scanner: str, reason: str, detail: str) -> int | None:
+        """Logs and returns how many were suppressed since the last line, or None when this one is suppressed."""
+        key = (scanner, reason)
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self._suppressed[key] += 1
+            return None
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        log.warning("event=scan_rejected scanner=%s reason=%s detail=%r suppressed=%d", scanner, reason, detail, suppressed)
+        return suppressed
+
+
+class ScanPipeline:
+    """The ScanSink of every driver, and the handler of scans posted by the POS."""
+
+    def __init__(self, hub: EventHub, classifier: Classifier | None = None, dedup_ms: int = 800,
+                 max_line_bytes: int = 4096, payment_claim_s: float = 60.0) -> None:
+        self.hub = hub
+        self.classifier = classifier or Classifier()
+        self.dedup_ns = dedup_ms * 1_000_000
+        self.max_line_bytes = max_line_bytes
+        self.payment_claim_s = payment_claim_s
+        self.resolvers: dict[str, list[Resolver]] = {}
+        self.counts: Counter[str] = Counter()
+        self.rejections: Counter[str] = Counter()
+        self.last_scan_at: dict[str, str] = {}
+        self._recent: dict[str, dict[str, int]] = {}  # scanner -> text -> monotonic ns last seen
+        self._claims: dict[int, _Claim] = {}
+        self._rejects = RejectLog()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[Scan, asyncio.Future | None]] | None = None
+        self._worker: asyncio.Task | None = None
+
+    # -- wiring ----------------------------------------------------------------------------
+    def add_resolver(self, kinds: Iterable[str], resolver: Resolver) -> None:
+        """Attach a look-up for some kinds; its dict lands in the event under "resolved"."""
+        for kind in kinds:
+            self.resolvers.setdefault(kind, []).append(resolver)
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self.hub.bind(self._loop)
+        self._queue = asyncio.Queue(maxsize=QUEUE_MAX)
+        self._worker = self._loop.create_task(self._work(), name="scan-pipeline")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+
+    # -- ScanSink (driver threads) ---------------------------------------------------------
+    def scan(self, scan: Scan) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.rejected(scan.scanner, "not_running", "the scan pipeline is not running")
+            return
+        loop.call_soon_threadsafe(self._enqueue, scan, None)
+
+    def rejected(self, scanner: str, reason: str, detail: str) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and not _on_loop(loop):
+            loop.call_soon_threadsafe(self._rejected, scanner, reason, detail)
+        else:
+            self._rejected(scanner, reason, detail)
+
+    def _rejected(self, scanner: str, reason: str, detail: str) -> None:
+        self.rejections[reason] += 1
+        suppressed = self._rejects.log(scanner, reason, detail)
+        if suppressed is not None:  # a flood gives one event per reason every 10 s, not one per line
+            self.hub.publish("scan_rejected", {"scanner": scanner, "reason": reason, "detail": detail,
+                                               "suppressed": suppressed})
+
+    # -- the POS (loop) --------------------------------------------------------------------
+    async def submit_text(self, text: str, scanner: str = "pos") -> Event | None:
+        """A scan typed at the POS: checked like device input, then the same pipeline. None: duplicate."""
+        frame = check_line(text.encode("utf-8", "surrogatepass"), b"", self.max_line_bytes, parse_aim=True)
+        if not isinstance(frame, Line):
+            self.rejections[frame.reason] += 1
+            raise ScanRejected(f"the scan text is rejected: {frame.detail}", reason=frame.reason)
+        assert self._loop is not None, "ScanPipeline.start() was not called"
+        future: asyncio.Future = self._loop.create_future()
+        self._enqueue(Scan.now(frame.text, frame.raw, scanner, frame.symbology), future)
+        return await future
+
+    def claim_payment_code(self, event_id: int) -> str:
+        """The clear payment code of a scan event, once, within `payment_claim_s`."""
+        self._expire_claims()
+        claim = self._claims.pop(event_id, None)
+        if claim is None:
+            raise PaymentCodeGone()
+        return claim.text
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "by_kind": dict(self.counts),
+            "rejected": dict(self.rejections),
+            "last_scan_at": dict(self.last_scan_at),
+            "payment_codes_waiting": len(self._claims),
+            "events": self.hub.stats(),
+        }
+
+    # -- inner -----------------------------------------------------------------------------
+    def _enqueue(self, scan: Scan, future: asyncio.Future | None) -> None:
+        assert self._queue is not None
+        try:
+            self._queue.put_nowait((scan, future))
+        except asyncio.QueueFull:
+            if future is not None:
+                future.set_exception(ScanPipelineBusy())
+            self.rejected(scan.scanner, "overload", f"over {QUEUE_MAX} scans waiting to be classified")
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            scan, future = await self._queue.get()
+            try:
+                event = await self._process(scan)
+            except Exception as exc:  # one bad scan must not stop the stream
+                log.exception("event=scan_pipeline_error scanner=%s", scan.scanner)
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+                continue
+            if future is not None and not future.done():
+                future.set_result(event)
+
+    async def _process(self, scan: Scan) -> Event | None:
+        if self._is_duplicate(scan):
+            self.counts["duplicate"] += 1
+            return None
+        classified = self.classifier.classify(scan.text, scan.symbology)
+        data: dict[str, Any] = {
+            "kind": classified.kind,
+            "text": classified.display,
+            "scanner": scan.scanner,
+            "at": scan.at.isoformat(),
+            "symbology": scan.symbology,
+            "details": classified.details,
+        }
+        if classified.kind == "payment_code":
+            data["masked"] = True
+        resolved = await self._resolve(classified, scan)
+        if resolved is not None:
+            data["resolved"] = resolved
+        event = self.hub.publish("scan", data)
+        if classified.kind == "payment_code":
+            self._expire_claims()
+            self._claims[event.id] = _Claim(classified.text, time.monotonic() + self.payment_claim_s)
+        self.counts[classified.kind] += 1
+        self.last_scan_at[scan.scanner] = scan.at.isoformat()
+        self._log(event, classified, scan)
+        return event
+
+    def _is_duplicate(self, scan: Scan) -> bool:
+        recent = self._recent.setdefault(scan.scanner, {})
+        last = recent.get(scan.text)
+        recent[scan.text] = scan.mono_ns
+        if len(recent) > 64:
+            for text, seen in list(recent.items()):
+                if scan.mono_ns - seen > self.dedup_ns:
+                    del recent[text]
+        return last is not None and 0 <= scan.mono_ns - last <= self.dedup_ns
+
+    async def _resolve(self, classified: Classified, scan: Scan) -> dict[str, Any] | None:
+        resolved: dict[str, Any] = {}
+        for resolver in self.resolvers.get(classified.kind, []):
+            try:
+                result = resolver(classified, scan)
+                if inspect.isawaitable(result):
+                    result = await asyncio.wait_for(result, RESOLVE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                result = {"ok": False, "error": "resolver_timeout"}
+                log.warning("event=scan_resolver_timeout kind=%s", classified.kind)
+            except Exception as exc:
+                result = {"ok": False, "error": "resolver_failed"}
+                log.exception("event=scan_resolver_failed kind=%s error=%s", classified.kind, exc.__class__.__name__)
+            if result:
+                resolved.update(result)
+        return resolved or None
+
+    def _expire_claims(self) -> None:
+        now = time.monotonic()
+        for event_id in [i for i, c in self._claims.items() if c.expires_mono <= now]:
+            del self._claims[event_id]
+
+    @staticmethod
+    def _log(event: Event, classified: Classified, scan: Scan) -> None:
+        if classified.kind in LOGGED_TEXT_KINDS:
+            log.info("event=scan id=%d scanner=%s kind=%s text=%s", event.id, scan.scanner, classified.kind, classified.text)
+        else:
+            log.info("event=scan id=%d scanner=%s kind=%s length=%d", event.id, scan.scanner, classified.kind, len(scan.text))
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+# -- composition helpers (agent/service.py) ---------------------------------------------------
+
+
+def pipeline_from_config(config: Any, hub: EventHub) -> ScanPipeline:
+    scan = config.scan
+    patterns = [NamedPattern(p.name, re.compile(p.regex)) for p in scan.patterns]
+    return ScanPipeline(hub, Classifier(patterns), scan.dedup_ms, scan.max_line_bytes, scan.payment_claim_s)
+
+
+def scan_limits(config: Any) -> ScanLimits:
+    return ScanLimits(max_line_bytes=config.scan.max_line_bytes, max_scans_per_s=config.scan.max_scans_per_s)
+
+
+def scanners_status(devices: Iterable[Any], disabled: dict[str, str]) -> list[dict[str, Any]]:
+    """Each scanner's state, last error and counters; scanners turned off say why."""
+    out = [d.status().as_dict() for d in devices if getattr(d, "kind", "") == "scanner"]
+    out += [{"name": name, "state": "disabled", "last_error": reason} for name, reason in disabled.items()]
+    return out

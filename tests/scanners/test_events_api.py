@@ -1,0 +1,164 @@
+"""The POS's view: scans from a real serial pty reach a real SSE client of a real `posedge run`."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import DEADLINE_S, Pty, SseReader
+
+WECHAT = "134567890123456789"
+ALIPAY = "287654321098765432"
+
+
+@pytest.fixture
+def pty_agent(agent_factory, tmp_path):
+    pair = Pty(tmp_path / "by-id-scanner")
+    agent = agent_factory(f"""
+[[scanners]]
+type = "serial"
+name = "till-1"
+port = "{pair.link}"
+
+[[scanners]]
+type = "serial"
+name = "unplugged"
+port = "{tmp_path / 'no-such-port'}"
+
+[events]
+heartbeat_s = 0.2
+buffer = 20
+""")
+    agent.config.write_text(agent.config.read_text().replace("scanners = []\n", ""))
+    agent.start()
+    wait_connected(agent, "till-1")
+    yield agent, pair
+    pair.unplug()
+
+
+def wait_connected(agent, name: str) -> dict:
+    end = time.monotonic() + DEADLINE_S
+    with agent.client() as client:
+        while time.monotonic() < end:
+            devices = client.get("/v1/status").json()["scanners"]["devices"]
+            device = next(d for d in devices if d["name"] == name)
+            if device["state"] == "connected":
+                return device
+            time.sleep(0.05)
+    raise AssertionError(f"{name} not connected: {devices}")
+
+
+def test_serial_scan_reaches_the_sse_client_classified(pty_agent) -> None:
+    agent, pair = pty_agent
+    with agent.client() as client:
+        reader = SseReader(client)
+        assert reader.status == 200
+        pair.write(b"]E06901234567892\r")
+        event = reader.next_of("scan")
+        reader.close()
+    assert event["kind"] == "gtin" and event["text"] == "6901234567892" and event["scanner"] == "till-1"
+    assert event["symbology"] == "]E0" and event["details"]["gtin"] == "06901234567892"
+    assert event["_sse_id"] == str(event["id"]) and event["at"].endswith("+00:00")
+
+
+def test_resume_with_last_event_id_replays_only_what_was_missed(pty_agent) -> None:
+    agent, pair = pty_agent
+    with agent.client() as client:
+        first = client.post("/v1/scans", json={"text": "96385074"}).json()["event"]
+        second = client.post("/v1/scans", json={"text": "4006381333931"}).json()["event"]
+        third = client.post("/v1/scans", json={"text": "6901234567892"}).json()["event"]
+        assert first["id"] < second["id"] < third["id"]
+        reader = SseReader(client, last_event_id=str(first["id"]))
+        replayed = [reader.next_of("scan"), reader.next_of("scan")]
+        reader.close()
+        assert [e["text"] for e in replayed] == ["4006381333931", "6901234567892"]
+        # an id older than the buffer (20 events) says events were missed
+        for i in range(25):
+            client.post("/v1/scans", json={"text": f"X{i}"})
+        reader = SseReader(client, last_event_id=str(first["id"]))
+        assert reader.next()["type"] == "stream_gap"
+        reader.close()
+
+
+def test_quiet_stream_has_heartbeats(pty_agent) -> None:
+    agent, _ = pty_agent
+    with agent.client() as client:
+        reader = SseReader(client)
+        end = time.monotonic() + DEADLINE_S
+        while not any("heartbeat" in c for c in reader.comments) and time.monotonic() < end:
+            time.sleep(0.05)
+        reader.close()
+    assert any("heartbeat" in c for c in reader.comments)
+
+
+def test_events_and_scans_need_the_token_in_the_header(pty_agent) -> None:
+    agent, _ = pty_agent
+    assert httpx.get(f"{agent.url}/v1/events").status_code == 401
+    assert httpx.post(f"{agent.url}/v1/scans", json={"text": "x"}).status_code == 401
+    response = httpx.get(f"{agent.url}/v1/events", params={"token": agent.token})
+    assert response.status_code == 400 and response.json()["code"] == "token_in_url"
+    with agent.client() as client:
+        bad = client.get("/v1/events", headers={"Last-Event-ID": "abc"})
+        assert bad.status_code == 422
+
+
+def test_posted_scans_share_the_pipeline_duplicates_and_rejections(pty_agent) -> None:
+    agent, _ = pty_agent
+    with agent.client() as client:
+        first = client.post("/v1/scans", json={"text": "(01)09501101530003(17)260531(10)AB"})
+        assert first.status_code == 200 and first.json()["event"]["kind"] == "gs1"
+        again = client.post("/v1/scans", json={"text": "(01)09501101530003(17)260531(10)AB"})
+        assert again.json() == {"duplicate": True, "message": again.json()["message"]}
+        bad = client.post("/v1/scans", json={"text": "abc\x07def"})
+        assert bad.status_code == 422 and bad.json()["code"] == "scan_rejected" and bad.json()["reason"] == "control_char"
+        extra = client.post("/v1/scans", json={"text": "x", "colour": "red"})
+        assert extra.status_code == 422
+
+
+def test_status_shows_each_scanner_state_and_last_error(pty_agent) -> None:
+    agent, _ = pty_agent
+    with agent.client() as client:
+        scanners = client.get("/v1/status").json()["scanners"]
+    by_name = {d["name"]: d for d in scanners["devices"]}
+    assert by_name["till-1"]["state"] == "connected" and by_name["till-1"]["last_error"] is None
+    assert by_name["unplugged"]["state"] == "disconnected" and "no-such-port" in by_name["unplugged"]["last_error"]
+    assert "by_kind" in scanners["pipeline"]
+
+
+def test_payment_codes_are_masked_claimed_once_and_never_logged_or_stored(pty_agent) -> None:
+    """GIVEN a WeChat code scanned on the serial scanner and an Alipay code posted by the POS
+    WHEN the POS reads the stream and claims the codes THEN events are masked, each claim works once,
+    and after a sale and a stop neither code appears in the log, the database or its WAL."""
+    agent, pair = pty_agent
+    with agent.client() as client:
+        reader = SseReader(client)
+        pair.write(WECHAT.encode() + b"\r")
+        scanned = reader.next_of("scan")
+        posted = client.post("/v1/scans", json={"text": ALIPAY}).json()["event"]
+        streamed = reader.next_of("scan")
+        reader.close()
+        for event, code in ((scanned, WECHAT), (posted, ALIPAY), (streamed, ALIPAY)):
+            assert event["kind"] == "payment_code" and event["masked"] is True
+            assert code not in str(event) and event["text"] == code[:2] + "*" * (len(code) - 6) + code[-4:]
+        claim = client.post(f"/v1/scans/{scanned['id']}/payment-code")
+        assert claim.json() == {"event_id": scanned["id"], "text": WECHAT}
+        assert client.post(f"/v1/scans/{scanned['id']}/payment-code").status_code == 404
+        assert client.post(f"/v1/scans/{posted['id']}/payment-code").json()["text"] == ALIPAY
+        status = client.get("/v1/status").text
+        assert WECHAT not in status and ALIPAY not in status
+        sale = client.post("/v1/sales", json={
+            "lines": [{"sku": "6901234567892", "name": "水", "qty": 1, "unit_price_fen": 300}],
+            "payments": [{"method": "wechat", "amount_fen": 300}]})
+        assert sale.status_code in (200, 201), sale.text
+    assert agent.stop() == 0
+    log_text = agent.log_text()
+    assert "event=scan " in log_text
+    storage = Path(re.search(r'path = "(.+posedge\.db)"', agent.config.read_text())[1])
+    for path in [agent.log, *storage.parent.glob("posedge.db*")]:
+        data = path.read_bytes()
+        for code in (WECHAT, ALIPAY):
+            assert code.encode() not in data and code.encode("utf-16-le") not in data, f"{code} found in {path}"

@@ -1,0 +1,149 @@
+"""The scan pipeline and the event hub in-process: resolvers, duplicates, ordering, slow subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+
+import pytest
+
+from posedge.agent.events import SUBSCRIBER_QUEUE, EventHub
+from posedge.agent.scans import Classifier, PaymentCodeGone, ScanPipeline
+from posedge.drivers.scanners.base import Scan
+
+
+def b64(obj) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+MEMBER = f"{b64({'alg': 'EdDSA'})}.{b64({'k': 'm', 'id': 'M1'})}.{'s' * 86}"
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 10))
+
+
+def test_resolvers_attach_what_they_know_and_failures_do_not_stop_the_stream() -> None:
+    async def main():
+        hub = EventHub()
+        pipeline = ScanPipeline(hub, Classifier())
+        pipeline.start()
+
+        async def member_lookup(classified, scan):
+            return {"ok": True, "member": {"name": "王*", "points": 120}}
+
+        def broken(classified, scan):
+            raise RuntimeError("database gone")
+
+        pipeline.add_resolver(["member"], member_lookup)
+        pipeline.add_resolver(["coupon"], broken)
+        member = await pipeline.submit_text(MEMBER)
+        coupon = await pipeline.submit_text(MEMBER.replace(b64({"k": "m", "id": "M1"}), b64({"k": "c"})))
+        plain = await pipeline.submit_text("6901234567892")
+        await pipeline.stop()
+        return member, coupon, plain
+
+    member, coupon, plain = run(main())
+    assert member.data["kind"] == "member" and member.data["resolved"] == {"ok": True, "member": {"name": "王*", "points": 120}}
+    assert coupon.data["kind"] == "coupon" and coupon.data["resolved"] == {"ok": False, "error": "resolver_failed"}
+    assert "resolved" not in plain.data
+
+
+def test_duplicates_within_the_window_per_scanner_only() -> None:
+    async def main():
+        hub = EventHub()
+        pipeline = ScanPipeline(hub, dedup_ms=800)
+        pipeline.start()
+        sub, _ = hub.subscribe()
+        base = Scan.now("6901234567892", b"6901234567892", "a")
+        scans = [base, Scan(base.text, base.raw, None, "a", base.mono_ns + 300_000_000, base.at),  # dup
+                 Scan(base.text, base.raw, None, "b", base.mono_ns + 300_000_000, base.at),  # other scanner
+                 Scan(base.text, base.raw, None, "a", base.mono_ns + 2_000_000_000, base.at)]  # after the window
+        threads = [threading.Thread(target=pipeline.scan, args=(s,)) for s in scans]
+        for t in threads:  # from driver threads, in order
+            t.start()
+            t.join()
+        seen = [await sub.next(5) for _ in range(3)]
+        assert await sub.next(0.2) is None
+        await pipeline.stop()
+        return seen, pipeline
+
+    seen, pipeline = run(main())
+    assert [e.data["scanner"] for e in seen] == ["a", "b", "a"]
+    assert pipeline.counts["duplicate"] == 1
+
+
+def test_payment_claim_expires() -> None:
+    async def main():
+        pipeline = ScanPipeline(EventHub(), payment_claim_s=0.05)
+        pipeline.start()
+        event = await pipeline.submit_text("134567890123456789")
+        await asyncio.sleep(0.1)
+        with pytest.raises(PaymentCodeGone):
+            pipeline.claim_payment_code(event.id)
+        await pipeline.stop()
+
+    run(main())
+
+
+def test_a_subscriber_that_falls_behind_is_cut_off_and_can_resume() -> None:
+    async def main():
+        hub = EventHub(capacity=SUBSCRIBER_QUEUE * 4)
+        hub.bind(asyncio.get_running_loop())
+        slow, _ = hub.subscribe()
+        fast, _ = hub.subscribe()
+        first = hub.publish("scan", {"n": 0})
+        for n in range(1, SUBSCRIBER_QUEUE + 10):
+            hub.publish("scan", {"n": n})
+            if n % 50 == 0:
+                for _ in range(50):
+                    await fast.next(1)
+        got = [await fast.next(1) for _ in range(SUBSCRIBER_QUEUE + 10 - (SUBSCRIBER_QUEUE + 10) // 50 * 50)]
+        with pytest.raises(EOFError):
+            while True:
+                await slow.next(1)
+        resumed, gap = hub.subscribe(first.id)
+        replayed = [await resumed.next(1) for _ in range(SUBSCRIBER_QUEUE)]
+        return got, hub, gap, replayed
+
+    got, hub, gap, replayed = run(main())
+    assert hub.cut_off == 1 and not gap
+    assert [e.data["n"] for e in replayed][:3] == [1, 2, 3]
+
+
+def test_events_published_from_other_threads_arrive_in_order() -> None:
+    async def main():
+        hub = EventHub()
+        hub.bind(asyncio.get_running_loop())
+        sub, _ = hub.subscribe()
+        thread = threading.Thread(target=lambda: [hub.publish("printer", {"n": n}) for n in range(100)])
+        thread.start()
+        got = [await sub.next(5) for _ in range(100)]
+        thread.join()
+        return got
+
+    got = run(main())
+    assert [e.data["n"] for e in got] == list(range(100))
+    assert all(a.id < b.id for a, b in zip(got, got[1:]))
+
+
+def test_a_flood_of_rejections_gives_one_event_and_one_log_line_per_reason() -> None:
+    async def main():
+        hub = EventHub()
+        pipeline = ScanPipeline(hub)
+        pipeline.start()
+        sub, _ = hub.subscribe()
+        flood = threading.Thread(target=lambda: [pipeline.rejected("door", "invalid_utf8", "bad") for _ in range(500)])
+        flood.start()
+        flood.join()
+        pipeline.rejected("door", "too_long", "long")
+        events = [await sub.next(5), await sub.next(5)]
+        assert await sub.next(0.2) is None
+        await pipeline.stop()
+        return events, pipeline
+
+    events, pipeline = run(main())
+    assert sorted((e.data["reason"], e.data["suppressed"]) for e in events) == [("invalid_utf8", 0), ("too_long", 0)]
+    assert pipeline.rejections["invalid_utf8"] == 500
