@@ -168,6 +168,10 @@ def _default_scanners() -> list[dict[str, Any]]:
     return [{"type": "stdin", "name": "terminal"}]
 
 
+# The till's tables derive ConfigModel, so they are imported once it exists.
+from posedge.agent.till_config import CouponsConfig, HqConfig, MembersConfig, PointsConfig  # noqa: E402
+
+
 class Config(ConfigModel):
     store: StoreConfig = Field(default_factory=StoreConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -176,6 +180,10 @@ class Config(ConfigModel):
     # Driver tables are validated by their registered model (see load_config); here they are already typed.
     scanners: list[Any] = Field(default_factory=_default_scanners, description="[[scanners]] tables, each with a type")
     printers: list[Any] = Field(default_factory=list, description="[[printers]] tables, each with a type")
+    hq: HqConfig = Field(default_factory=HqConfig)
+    members: MembersConfig = Field(default_factory=MembersConfig)
+    points: PointsConfig = Field(default_factory=PointsConfig)
+    coupons: CouponsConfig = Field(default_factory=CouponsConfig)
 
     def scanner_configs(self) -> list[DriverConfig]:
         return list(self.scanners)

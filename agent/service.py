@@ -12,9 +12,11 @@ from typing import Any, Callable
 from posedge import __version__
 from posedge.agent.config import Config
 from posedge.agent.errors import StorageError
+from posedge.agent.refunds import Refunds
 from posedge.agent.sales import SaleService
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
+from posedge.agent.till import Till
 from posedge.agent.token import load_or_create_token
 from posedge.drivers.registry import SCANNERS
 from posedge.drivers.scanners.base import Scan
@@ -42,10 +44,15 @@ class Agent:
         self.writer = StoreWriter(storage.path, group_commit_max=storage.group_commit_max, busy_timeout_ms=storage.busy_timeout_ms)
         self.reader = StoreReader(storage.path, busy_timeout_ms=storage.busy_timeout_ms)
         self.sales = SaleService(self.writer, self.reader, config.store)
+        self.till = Till(config, self.reader, self.writer)
+        self.refunds = Refunds(self.writer, config.coupons.return_on_refund)
         self.token = load_or_create_token(config.api.token_file, _secret(config.api.token))
         self.scan_sink: Any = LoggingScanSink()
         self.devices: list[Any] = []  # drivers with .status() -> DeviceStatus and .stop()
         self.status_providers: dict[str, StatusProvider] = {}
+        self.sales.pricing = self.till
+        self.sales.participants.append(self.till)
+        self.status_providers["till"] = self.till.status
         self.started_at = datetime.now(timezone.utc)
         self._started_mono = time.monotonic()
         self.loop: asyncio.AbstractEventLoop | None = None

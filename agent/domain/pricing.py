@@ -22,13 +22,9 @@ from posedge.agent.codes import CouponCode
 @dataclass(frozen=True)
 class Line:
     sku: str
-    qty: int
-    unit_fen: int
+    gross_fen: int  # the line before any discount (qty x price, or by weight)
     discount_fen: int = 0  # line discount the POS already gave (price override, promotion)
-
-    @property
-    def gross_fen(self) -> int:
-        return self.qty * self.unit_fen
+    piece_fen: int | None = None  # price of one piece, what a gift coupon takes off; None: the whole line
 
     @property
     def net_fen(self) -> int:
@@ -60,24 +56,19 @@ class PointsRules:
 @dataclass(frozen=True)
 class PricedLine:
     sku: str
-    qty: int
-    unit_fen: int
+    gross_fen: int
     line_discount_fen: int
     coupon_discount_fen: int
     points_discount_fen: int
-
-    @property
-    def gross_fen(self) -> int:
-        return self.qty * self.unit_fen
 
     @property
     def net_fen(self) -> int:
         return self.gross_fen - self.line_discount_fen - self.coupon_discount_fen - self.points_discount_fen
 
     def as_dict(self) -> dict[str, int | str]:
-        return {"sku": self.sku, "qty": self.qty, "unit_fen": self.unit_fen, "gross_fen": self.gross_fen,
-                "line_discount_fen": self.line_discount_fen, "coupon_discount_fen": self.coupon_discount_fen,
-                "points_discount_fen": self.points_discount_fen, "net_fen": self.net_fen}
+        return {"sku": self.sku, "gross_fen": self.gross_fen, "line_discount_fen": self.line_discount_fen,
+                "coupon_discount_fen": self.coupon_discount_fen, "points_discount_fen": self.points_discount_fen,
+                "net_fen": self.net_fen}
 
 
 @dataclass(frozen=True)
@@ -120,9 +111,22 @@ class Priced:
         return sum(line.points_discount_fen for line in self.lines)
 
     @property
-    def discount_fen(self) -> int:
-        """What coupons and points took off (line discounts are the POS's own, already in subtotal)."""
+    def line_discount_fen(self) -> int:
+        return sum(line.line_discount_fen for line in self.lines)
+
+    @property
+    def till_discount_fen(self) -> int:
+        """What coupons and points took off, on top of the POS's own line discounts."""
         return self.coupon_discount_fen + self.points_discount_fen
+
+    @property
+    def discount_fen(self) -> int:
+        """Every discount: lines, coupons, points (what a sale's discount_fen says)."""
+        return self.line_discount_fen + self.till_discount_fen
+
+    @property
+    def gross_fen(self) -> int:
+        return sum(line.gross_fen for line in self.lines)
 
     @property
     def total_fen(self) -> int:
@@ -152,9 +156,8 @@ def spread(amount: int, weights: Sequence[int]) -> list[int]:
 
 def _check(lines: Sequence[Line]) -> None:
     for index, line in enumerate(lines):
-        if line.qty <= 0 or line.unit_fen < 0 or not 0 <= line.discount_fen <= line.gross_fen:
-            raise PricingError(f"line {index}: qty must be positive, price not negative, "
-                               "discount between 0 and the line amount")
+        if line.gross_fen < 0 or not 0 <= line.discount_fen <= line.gross_fen:
+            raise PricingError(f"line {index}: the amount must not be negative, the discount between 0 and the amount")
 
 
 def price(lines: Sequence[Line], coupons: Iterable[CouponCode] = (), stacking: StackingRules = StackingRules(),
@@ -174,7 +177,7 @@ def price(lines: Sequence[Line], coupons: Iterable[CouponCode] = (), stacking: S
     points_reason = _points_reason(points_redeemed, points_available, sum(nets), points)
     spent = points.points_value_fen(points_redeemed) if points_reason is None else 0
     points_cuts = spread(spent, nets)
-    priced = tuple(PricedLine(l.sku, l.qty, l.unit_fen, l.discount_fen, coupon_cuts[i], points_cuts[i])
+    priced = tuple(PricedLine(l.sku, l.gross_fen, l.discount_fen, coupon_cuts[i], points_cuts[i])
                    for i, l in enumerate(lines))
     earned = earn_points(priced, points, tier)
     return Priced(priced, tuple(outcomes), points_redeemed if points_reason is None else 0, points_reason, earned)
@@ -210,7 +213,7 @@ def _gift_cut(sku: str, lines: Sequence[Line], nets: list[int]) -> list[int] | N
     for i, line in enumerate(lines):
         if line.sku == sku:
             cuts = [0] * len(lines)
-            cuts[i] = min(line.unit_fen, nets[i])
+            cuts[i] = nets[i] if line.piece_fen is None else min(line.piece_fen, nets[i])
             return cuts
     return None
 

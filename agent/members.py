@@ -1,0 +1,69 @@
+"""Members as this store knows them, and the points ledger behind their balance.
+
+Read side only (writes are in agent/till.py and agent/hq_records.py). Balance = HQ's balance at
+its version plus this store's entries after `points_through` (agent/domain/ledger.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from posedge.agent.domain.ledger import Entry, Position, current
+
+
+@dataclass(frozen=True)
+class Member:
+    member_id: str
+    tier: str | None
+    known: bool  # False: identified by a signed code only; HQ's record has not arrived
+    points_balance: int
+    pending_points: int  # local entries HQ's balance does not include yet
+    phone_masked: str | None = None
+    card_no: str | None = None
+    consent: bool = False
+    version: int = 0
+
+    def public(self) -> dict[str, Any]:
+        return {"member_id": self.member_id, "tier": self.tier, "known": self.known,
+                "points_balance": self.points_balance, "pending_points": self.pending_points,
+                "phone_masked": self.phone_masked, "consent": self.consent, "version": self.version}
+
+
+def points_position(conn: sqlite3.Connection, member_id: str) -> Position:
+    row = conn.execute("SELECT points_base, version, points_through FROM members WHERE member_id = ? AND deleted = 0",
+                       (member_id,)).fetchone()
+    return Position(*row) if row else Position(0, 0, 0)
+
+
+def pending_entries(conn: sqlite3.Connection, member_id: str, through: int) -> list[Entry]:
+    rows = conn.execute("SELECT seq, delta FROM points_entries WHERE member_id = ? AND seq > ?", (member_id, through))
+    return [Entry(seq, delta) for seq, delta in rows]
+
+
+def balance(conn: sqlite3.Connection, member_id: str) -> int:
+    position = points_position(conn, member_id)
+    return current(position, pending_entries(conn, member_id, position.through_seq))
+
+
+def load_member(conn: sqlite3.Connection, member_id: str, tier_hint: str | None = None) -> Member:
+    """The member with their balance; one known only from a code is still a member (unknown to HQ data)."""
+    row = conn.execute("SELECT tier, phone_masked, card_no, consent, version, points_base, points_through FROM members"
+                       " WHERE member_id = ? AND deleted = 0", (member_id,)).fetchone()
+    position = Position(row[5], row[4], row[6]) if row else Position(0, 0, 0)
+    entries = pending_entries(conn, member_id, position.through_seq)
+    pending = sum(e.delta for e in entries)
+    if row is None:
+        return Member(member_id, tier_hint, False, pending, pending)
+    return Member(member_id, tier_hint or row[0], True, position.base + pending, pending, row[1], row[2], bool(row[3]), row[4])
+
+
+def member_by_card(conn: sqlite3.Connection, card_no: str) -> str | None:
+    row = conn.execute("SELECT member_id FROM members WHERE card_no = ? AND deleted = 0", (card_no,)).fetchone()
+    return row[0] if row else None
+
+
+def member_by_phone_hash(conn: sqlite3.Connection, phone_hash: str) -> list[str]:
+    rows = conn.execute("SELECT member_id FROM members WHERE phone_hash = ? AND deleted = 0 LIMIT 2", (phone_hash,))
+    return [r[0] for r in rows]
