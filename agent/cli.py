@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from posedge import __version__
-from posedge.agent import db_cli
+from posedge.agent import data_cli, db_cli
 from posedge.agent.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="print the version")
     db_cli.register(sub)
+    data_cli.register(sub)
     for extend in PARSER_EXTENSIONS:
         extend(sub)
     return parser
@@ -166,6 +167,14 @@ def cmd_db(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     return db_cli.run(args, config.storage.path)
+
+
+@command("data")
+def cmd_data(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    return data_cli.run(args, config)
 
 
 if __name__ == "__main__":

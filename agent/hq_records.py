@@ -15,8 +15,9 @@ import hmac
 import json
 import re
 import sqlite3
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
@@ -240,3 +241,44 @@ def applier(kind: str, hasher: PhoneHasher, store_id: str) -> Callable[[sqlite3.
         "verdicts": apply_verdict,
     }[kind]
 
+
+
+# -- JSON lines (posedge data import) ----------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    applied: int = 0
+    ignored: int = 0  # an equal or newer version was already there
+    invalid: list[tuple[int, str]] = field(default_factory=list)  # (line number, problem)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"applied": self.applied, "ignored_older": self.ignored,
+                "invalid": [{"line": n, "problem": p} for n, p in self.invalid]}
+
+
+def parse_lines(kind: str, lines: Iterable[str], report: ImportReport) -> list[tuple[int, Record]]:
+    """Validate every line; a bad line is reported with its number and skipped, the rest go on."""
+    out = []
+    for number, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            out.append((number, parse_record(kind, json.loads(text))))
+        except (ValueError, RecordInvalid) as exc:
+            problem = exc.message if isinstance(exc, RecordInvalid) else f"not JSON: {exc}"
+            report.invalid.append((number, problem))
+    return out
+
+
+def apply_batch(conn: sqlite3.Connection, kind: str, records: list[tuple[int, Record]], hasher: PhoneHasher,
+                store_id: str, report: ImportReport) -> None:
+    apply = applier(kind, hasher, store_id)
+    for number, record in records:
+        try:
+            if apply(conn, record):
+                report.applied += 1
+            else:
+                report.ignored += 1
+        except RecordInvalid as exc:
+            report.invalid.append((number, exc.message))
