@@ -189,11 +189,17 @@ class Till:
         member_id, tier = self._member_from_code(sale.member_code, sale.member_id)
         tier = await self._tier(member_id, tier)
         coupons = self._coupons(sale.coupons, member_id)
+        # The balance read here lets the sale refuse with the same reason as the quote; record() checks
+        # it again inside the transaction, where it is authoritative.
+        available = await self._balance(member_id) if member_id is not None and sale.points_redeemed else None
         priced = price(pricing_lines(sale.lines), coupons, self.stacking, self.rules, tier, sale.points_redeemed,
-                       points_available=None if member_id is None else sale.points_redeemed)
+                       points_available=available)
         _raise_basket_refusals(priced)
         confirmations = await self._confirm(priced, sale, member_id)
         return TillSale(member_id, tier, tuple(coupons), priced, confirmations)
+
+    async def _balance(self, member_id: str) -> int:
+        return await self.reader.read(lambda conn: balance(conn, member_id))
 
     async def _confirm(self, priced: Priced, sale: SaleIn, member_id: str | None) -> dict[str, Verdict | Unreachable]:
         timeout = self.config.coupons.confirm_timeout_ms / 1000
@@ -536,7 +542,7 @@ def _raise_basket_refusals(priced: Priced) -> None:
     for index, outcome in enumerate(priced.coupons):
         if outcome.reason is not None:
             raise BASKET_REFUSALS[outcome.reason](coupon_id=outcome.coupon.jti, coupon_index=index)
-    if priced.points_reason is not None and priced.points_reason != "insufficient_points":
+    if priced.points_reason is not None:
         raise BASKET_REFUSALS[priced.points_reason]()
 
 

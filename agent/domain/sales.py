@@ -85,7 +85,7 @@ Code = Annotated[str, Field(min_length=1, max_length=2048)]
 class SaleIn(InputModel):
     sale_id: str | None = Field(None, pattern=SALE_ID, description="POS's id for the sale; a UUIDv7 if absent")
     lines: list[SaleLineIn] = Field(min_length=1, max_length=500)
-    payments: list[PaymentIn] = Field(min_length=1, max_length=20)
+    payments: list[PaymentIn] = Field(max_length=20, description="empty only when the total is 0 (coupons, points)")
     member_id: str | None = Field(None, pattern=SALE_ID)
     till: str | None = Field(None, pattern=SALE_ID, description="the till (POS terminal) id")
     cashier: str | None = Field(None, max_length=64)
