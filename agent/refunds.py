@@ -91,16 +91,17 @@ class Refunds:
         facts = load_sale_facts(conn, sale_id)
         wanted = _wanted(facts, body)
         now = datetime.now(timezone.utc)
-        answer = self._apply(conn, facts, wanted, body, now)
+        answer, movements = self._apply(conn, facts, wanted, body, now)
         conn.execute("INSERT INTO refunds (refund_id, sale_id, body_sha256, refund_fen, lines, response, created_at)"
                      " VALUES (?,?,?,?,?,?,?)", (body.refund_id, sale_id, digest, answer["refund_fen"],
                                                  json.dumps(answer["lines"]), json.dumps(answer), now.isoformat()))
         append_event(conn, "refund", body.refund_id, {**answer, "reason": body.reason, "till": body.till,
-                                                      "cashier": body.cashier, "at": now.isoformat()})
+                                                      "cashier": body.cashier, "stock_movements": movements,
+                                                      "at": now.isoformat()})
         return True, answer
 
     def _apply(self, conn: sqlite3.Connection, facts: SaleFacts, wanted: dict[int, int], body: RefundIn,
-               now: datetime) -> dict[str, Any]:
+               now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         lines, refund_fen = [], 0
         weight_total = sum(_weight(l, facts) for l in facts.lines)
         weight_before = weight_after = 0
@@ -114,14 +115,14 @@ class Refunds:
             fen = share(line.net_fen, after, before, line.qty)
             refund_fen += fen
             lines.append({"line_no": line.line_no, "sku": line.sku, "qty": after - before, "refund_fen": fen})
-        move_stock(conn, [(l["sku"], l["qty"]) for l in lines], "refund", facts.sale_id, body.refund_id, now)
+        movements = move_stock(conn, [(l["sku"], l["qty"]) for l in lines], "refund", facts.sale_id, body.refund_id, now)
         complete = all(facts.refunded.get(l.line_no, 0) + wanted.get(l.line_no, 0) == l.qty for l in facts.lines)
         answer: dict[str, Any] = {"refund_id": body.refund_id, "sale_id": facts.sale_id, "refund_fen": refund_fen,
                                   "lines": lines, "complete": complete}
         if facts.member_id is not None:
             answer.update(self._points(conn, facts, weight_before, weight_after, weight_total, body.refund_id, now))
         answer["coupons_returned"] = self._coupons(conn, facts.sale_id, body.refund_id, complete, now)
-        return answer
+        return answer, movements
 
     def _points(self, conn: sqlite3.Connection, facts: SaleFacts, before: int, after: int, total: int,
                 refund_id: str, now: datetime) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -33,6 +33,7 @@ class RecordedSale:
     recorded_at: datetime
     business_day: str
     adjustment: Any = None  # what SalePricing.prepare returned (coupons, points), for the participants
+    event_extra: dict[str, Any] = field(default_factory=dict)  # participants' fields for the sale event only
 
 
 class SalePricing(Protocol):
@@ -102,7 +103,7 @@ class SaleService:
         if extra:
             body.update(extra)
             conn.execute("UPDATE sales SET response = ? WHERE sale_id = ?", (_json(body), sale_id))
-        append_event(conn, "sale", sale_id, {**_sale_event(recorded, self.store), **extra})
+        append_event(conn, "sale", sale_id, {**_sale_event(recorded, self.store), **extra, **recorded.event_extra})
         return SaleOutcome(created=True, body=body)
 
     def _recorded_sale(self, conn: sqlite3.Connection, sale: SaleIn, sale_id: str, totals: SaleTotals,

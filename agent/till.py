@@ -307,14 +307,13 @@ class Till:
         conn.execute("INSERT INTO pending_claims (sale_id, points, amount_fen, expires_at, token, created_at)"
                      " VALUES (?,?,?,?,?,?)", (sale.sale_id, points, sale.totals.total_fen, expires.isoformat(), token,
                                                now.isoformat()))
-        claim = {"sale_id": sale.sale_id, "points": points, "amount_fen": sale.totals.total_fen,
-                 "expires_at": expires.isoformat(), "token": token}
-        append_event(conn, "claim", sale.sale_id, claim)
+        sale.event_extra["claim"] = {"points": points, "amount_fen": sale.totals.total_fen,
+                                     "expires_at": expires.isoformat(), "token": token}
         return {"points_earned": 0, "claim_code": token, "claim_points": points, "claim_expires_at": expires.isoformat()}
 
     def _stock_out(self, conn: sqlite3.Connection, sale: Any, now: datetime) -> None:
         moves = [(l.sku, -l.qty) for l in sale.sale.lines]
-        move_stock(conn, moves, "sale", sale.sale_id, None, now)
+        sale.event_extra["stock_movements"] = move_stock(conn, moves, "sale", sale.sale_id, None, now)
 
     # -- quote -------------------------------------------------------------------------------------
     async def quote(self, q: QuoteIn) -> dict[str, Any]:
@@ -447,9 +446,8 @@ def add_points(conn: sqlite3.Connection, member_id: str, deltas: list[tuple[int,
 
 
 def move_stock(conn: sqlite3.Connection, moves: list[tuple[str, int]], reason: str, sale_id: str | None,
-               refund_id: str | None, now: datetime, key: str | None = None) -> None:
-    if not moves:
-        return
+               refund_id: str | None, now: datetime) -> list[dict[str, Any]]:
+    """Record stock movements; the caller puts the returned list in its own outbox event."""
     out = []
     for sku, delta in moves:
         movement_id = str(uuid7())
@@ -457,8 +455,7 @@ def move_stock(conn: sqlite3.Connection, moves: list[tuple[str, int]], reason: s
                            " VALUES (?,?,?,?,?,?,?) RETURNING seq",
                            (movement_id, sku, delta, reason, sale_id, refund_id, now.isoformat())).fetchone()[0]
         out.append({"movement_id": movement_id, "seq": seq, "sku": sku, "delta": delta})
-    append_event(conn, "stock", key or refund_id or sale_id or out[0]["movement_id"],
-                 {"reason": reason, "sale_id": sale_id, "refund_id": refund_id, "movements": out, "at": now.isoformat()})
+    return out
 
 
 def _insert_till_sale(conn: sqlite3.Connection, sale_id: str, t: TillSale) -> None:
@@ -480,9 +477,9 @@ def collect_pickup(conn: sqlite3.Connection, order_id: str, till: str | None, ca
     now = datetime.now(timezone.utc)
     conn.execute("INSERT INTO pickup_collections (order_id, collected_at, till, cashier) VALUES (?,?,?,?)",
                  (order_id, now.isoformat(), till, cashier))
-    move_stock(conn, [(i["sku"], -i["qty"]) for i in order["items"]], "pickup", None, None, now, key=order_id)
+    movements = move_stock(conn, [(i["sku"], -i["qty"]) for i in order["items"]], "pickup", None, None, now)
     append_event(conn, "pickup_collected", order_id, {"order_id": order_id, "collected_at": now.isoformat(),
-                                                      "till": till, "cashier": cashier})
+                                                      "till": till, "cashier": cashier, "stock_movements": movements})
     return {"order_id": order_id, "state": "collected", "collected_at": now.isoformat(), "items": order["items"]}
 
 
