@@ -392,6 +392,10 @@ class Till:
         return await self.reader.read(lambda conn: read_inventory(conn, sku))
 
     # -- scans -------------------------------------------------------------------------------------
+    async def scan_resolver(self, classified: Any, scan: Any) -> dict[str, Any] | None:
+        """The scan pipeline's resolver hook for kinds member, coupon and pickup (agent/scans.py)."""
+        return await self.resolve_scan(classified.text)
+
     async def resolve_scan(self, text: str) -> dict[str, Any] | None:
         """A member/coupon/pickup code -> who or what, valid or why not. None: not a signed code."""
         if not looks_like_code(text):
