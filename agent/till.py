@@ -31,7 +31,8 @@ from posedge.agent.coupons import (CouponConfirmer, HqRefused, HqUnreachable, Ov
 from posedge.agent.domain.pricing import Line, Priced, price
 from posedge.agent.domain.sales import Code, InputModel, SaleIn, SaleLineIn, SALE_ID
 from posedge.agent.errors import AgentError, InvalidInput, NotFound
-from posedge.agent.hq_records import PhoneHasher, last_hq_contact
+from posedge.agent.hq_records import (ImportReport, PhoneHasher, apply_batch, last_hq_contact, parse_lines,
+                                      record_hq_contact)
 from posedge.agent.members import Member, balance, load_member, member_by_card, member_by_phone_hash
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
@@ -419,6 +420,24 @@ class Till:
                     "message": "HQ has not sent this order to the store yet"}
         return {"kind": "pickup", "valid": order["state"] == "ready" and order["collected"] is None,
                 "pickup": order}
+
+    # -- HQ down-messages ------------------------------------------------------------------------------
+    async def apply_from_hq(self, kind: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """What the sync inbox calls: validate and apply HQ records in one transaction, count it as
+        contact with HQ, then tell the POS about double-redemption verdicts. Bad records are reported."""
+        report = ImportReport()
+        parsed = parse_lines(kind, (json.dumps(r) for r in records), report)
+
+        def work(conn: sqlite3.Connection) -> None:
+            apply_batch(conn, kind, parsed, self.phones, self.config.store.id, report)
+            record_hq_contact(conn, "link")
+
+        await self.writer.write(work)
+        if kind == "verdicts":
+            for _, record in parsed:
+                if record.verdict == "double_redemption":
+                    self.notify("coupon_verdict", record.model_dump(exclude={"deleted"}))
+        return report.as_dict()
 
     # -- status ------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
