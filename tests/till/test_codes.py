@@ -230,3 +230,30 @@ def test_looks_like_code(hq):
     assert looks_like_code(hq.member("M1"))
     assert not looks_like_code("6901234567890")
     assert not looks_like_code("134567890123456789")  # a payment code
+
+
+# -- the documented format is the format -------------------------------------------------------------
+
+DOC = __import__("pathlib").Path(__file__).parents[2] / "docs" / "codes.md"
+
+
+def test_the_worked_example_in_docs_verifies_and_pyjwt_agrees():
+    import jwt
+    text = DOC.read_text(encoding="utf-8")
+    token = text.split("<!-- example-coupon -->\n```\n", 1)[1].split("\n", 1)[0]
+    minter = CodeMinter.from_seed("hq-2026a", "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A")
+    assert minter.public_key_b64 == "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+    claims = {"k": "c", "jti": "C-7Q2M9", "cmp": "spring26", "off": 500, "min": 3000, "st": ["store-001"],
+              "nbf": 1790000000, "exp": 1792592000}
+    assert minter.sign(claims) == token  # Ed25519 is deterministic: the doc's bytes are reproducible
+    verifier = CodeVerifier(Keyring({"hq-2026a": minter.public_key_b64}), "store-001", clock=lambda: 1790000100)
+    assert verifier.verify(token).off == 500
+    assert jwt.decode(token, minter.private_key.public_key(), algorithms=["EdDSA"],
+                      options={"verify_exp": False, "verify_nbf": False}) == claims
+
+
+def test_codes_minted_by_pyjwt_as_documented_verify(hq, verifier):
+    import jwt
+    token = jwt.encode({"k": "m", "sub": "M1001", "tier": "gold", "iat": NOW, "exp": NOW + 300}, hq.private_key,
+                       algorithm="EdDSA", headers={"kid": hq.kid})
+    assert verifier.verify(token, kind="member").sub == "M1001"
