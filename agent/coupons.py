@@ -52,6 +52,10 @@ class Unreachable:
 class CouponConfirmer(Protocol):
     async def confirm(self, request: RedemptionRequest, timeout_s: float) -> Verdict | Unreachable: ...
 
+    def describe(self) -> str:
+        """One line for GET /v1/status: can HQ be asked now, and if not why."""
+        ...
+
 
 class HqUnreachable:
     """The confirmer while there is no link to HQ: it truthfully reports that HQ cannot be asked."""
@@ -60,6 +64,9 @@ class HqUnreachable:
 
     async def confirm(self, request: RedemptionRequest, timeout_s: float) -> Verdict | Unreachable:
         return Unreachable(self.why)
+
+    def describe(self) -> str:
+        return f"unreachable: {self.why}"
 
 
 # -- refusals beyond the code's own ----------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 from pydantic import Field, StrictInt
 
-from posedge.agent.codes import (AlreadyRedeemed, CodeRefused, CodeVerifier, CouponCode, Keyring, MemberCode, PickupCode,
+from posedge.agent.codes import (AlreadyRedeemed, CodeRefused, WrongMember, CodeVerifier, CouponCode, Keyring, MemberCode, PickupCode,
                                  looks_like_code, peek_claims)
 from posedge.agent.config import Config
 from posedge.agent.coupons import (CouponConfirmer, HqRefused, HqUnreachable, Override, RedemptionRequest, Unreachable,
@@ -171,18 +171,19 @@ class Till:
         return out
 
     def _coupon(self, token: str, member_id: str | None) -> CouponCode:
-        coupon = self.verifier.verify(token, kind="coupon")
-        if coupon.sub is not None and coupon.sub != member_id:
-            self.verifier.verify(token, kind="coupon", member_id=member_id or "")  # raises wrong_member
+        coupon = self.verifier.verify(token, kind="coupon", member_id=member_id)
+        if coupon.sub is not None and member_id is None:
+            raise WrongMember("the coupon is bound to a member: identify the member first")
         return coupon
 
     # -- SalePricing -----------------------------------------------------------------------------
     async def prepare(self, sale: SaleIn) -> TillSale | Replay:
         try:
             return await self._prepare(sale)
-        except CodeRefused:
+        except CodeRefused as exc:
             replay = await self._replay(sale.sale_id)
             if replay is None:
+                log.info("event=sale_refused reason=%s sale_id=%s till=%s", exc.code, sale.sale_id, sale.till)
                 raise
             return replay
 
@@ -233,6 +234,13 @@ class Till:
         till_sale: TillSale = sale.adjustment
         if not isinstance(till_sale, TillSale):
             return {}
+        try:
+            return self._record(conn, sale, till_sale)
+        except CodeRefused as exc:  # the whole sale rolls back
+            log.info("event=sale_refused reason=%s sale_id=%s till=%s", exc.code, sale.sale_id, sale.sale.till)
+            raise
+
+    def _record(self, conn: sqlite3.Connection, sale: Any, till_sale: TillSale) -> dict[str, Any]:
         now = datetime.now(timezone.utc)
         answer: dict[str, Any] = {"coupon_discount_fen": till_sale.priced.coupon_discount_fen,
                                   "points_discount_fen": till_sale.priced.points_discount_fen,
@@ -354,9 +362,11 @@ class Till:
         member_id = member_by_card(conn, text)
         if member_id is not None:
             return member_id, "card_no"
+        if not self.phones.enabled:
+            raise MemberUnknown("no member with this card number (phone look-up needs [members] phone_hash_key)")
         phone_hash = self.phones.hash(text)
         if phone_hash is None:
-            raise MemberUnknown(reason="phone look-up needs [members] phone_hash_key" if not self.phones.enabled else None)
+            raise MemberUnknown()
         found = member_by_phone_hash(conn, phone_hash)
         if len(found) != 1:
             raise MemberUnknown("several members share this phone; scan the member code" if found else None)
@@ -386,6 +396,7 @@ class Till:
             if code.oid != order_id:
                 raise InvalidInput("the pickup code is for another order", code_order_id=code.oid)
         result = await self.writer.write(lambda conn: collect_pickup(conn, order_id, body.till, body.cashier))
+        log.info("event=pickup_collected order_id=%s till=%s", order_id, body.till)
         self.notify("pickup_collected", {"order_id": order_id, "collected_at": result["collected_at"]})
         return result
 
@@ -436,6 +447,8 @@ class Till:
         if kind == "verdicts":
             for _, record in parsed:
                 if record.verdict == "double_redemption":
+                    log.warning("event=coupon_double_redemption coupon_id=%s other_store=%s", record.coupon_id,
+                                record.other_store)
                     self.notify("coupon_verdict", record.model_dump(exclude={"deleted"}))
         return report.as_dict()
 
@@ -448,7 +461,7 @@ class Till:
                                    " AND returned_at IS NULL").fetchone()[0]
             return {"hq_kids": self.verifier.keyring.kids, "retired_kids": sorted(self.config.hq.retired_kids),
                     "last_hq_contact_at": contact.isoformat() if contact else None,
-                    "confirmer": getattr(self.confirmer, "why", None) and f"unreachable: {self.confirmer.why}",
+                    "confirmer": self.confirmer.describe(),
                     "offline_redemptions": offline, "coupon_verdicts": verdicts(conn)}
         return self.reader.read_sync(read)
 

@@ -106,6 +106,9 @@ class AnsweringHq:
             await asyncio.Event().wait()
         return self.verdict
 
+    def describe(self) -> str:
+        return "online (test)"
+
 
 def test_online_confirmation_accepts_refuses_or_falls_back_to_the_offline_policy(make_till, hq):
     till = make_till(coupons={"confirm_timeout_ms": 50, "offline": {"max_hours_since_hq": 0}})
