@@ -272,13 +272,17 @@ def parse_lines(kind: str, lines: Iterable[str], report: ImportReport) -> list[t
 
 
 def apply_batch(conn: sqlite3.Connection, kind: str, records: list[tuple[int, Record]], hasher: PhoneHasher,
-                store_id: str, report: ImportReport) -> None:
+                store_id: str, report: ImportReport) -> list[Record]:
+    """Apply in the caller's transaction; returns the records that were applied (newer versions)."""
     apply = applier(kind, hasher, store_id)
+    applied = []
     for number, record in records:
         try:
             if apply(conn, record):
                 report.applied += 1
+                applied.append(record)
             else:
                 report.ignored += 1
         except RecordInvalid as exc:
             report.invalid.append((number, exc.message))
+    return applied

@@ -439,13 +439,14 @@ class Till:
         report = ImportReport()
         parsed = parse_lines(kind, (json.dumps(r) for r in records), report)
 
-        def work(conn: sqlite3.Connection) -> None:
-            apply_batch(conn, kind, parsed, self.phones, self.config.store.id, report)
+        def work(conn: sqlite3.Connection) -> list[Any]:
+            applied = apply_batch(conn, kind, parsed, self.phones, self.config.store.id, report)
             record_hq_contact(conn, "link")
+            return applied
 
-        await self.writer.write(work)
+        applied = await self.writer.write(work)
         if kind == "verdicts":
-            for _, record in parsed:
+            for record in applied:
                 if record.verdict == "double_redemption":
                     log.warning("event=coupon_double_redemption coupon_id=%s other_store=%s", record.coupon_id,
                                 record.other_store)

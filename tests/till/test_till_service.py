@@ -54,6 +54,8 @@ def test_hq_push_applies_newer_versions_counts_as_contact_and_announces_double_r
     assert report["applied"] == 1 and report["ignored_older"] == 1 and report["invalid"][0]["line"] == 3
     assert events == [("coupon_verdict", {"version": 2, "coupon_id": "C1", "verdict": "double_redemption",
                                           "other_store": "store-9", "detail": None})]
+    till.run(till.till.apply_from_hq("verdicts", [{"coupon_id": "C1", "verdict": "double_redemption", "version": 2}]))
+    assert len(events) == 1  # a replayed verdict is not announced again
     status = till.till.status()
     assert status["coupon_verdicts"][0]["sale_id"] == "s1" and status["last_hq_contact_at"] is not None
 
