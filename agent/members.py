@@ -10,7 +10,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from posedge.agent.domain.ledger import Entry, Position, current
+from posedge.agent.domain.ledger import Position
 
 
 @dataclass(frozen=True)
@@ -37,14 +37,15 @@ def points_position(conn: sqlite3.Connection, member_id: str) -> Position:
     return Position(*row) if row else Position(0, 0, 0)
 
 
-def pending_entries(conn: sqlite3.Connection, member_id: str, through: int) -> list[Entry]:
-    rows = conn.execute("SELECT seq, delta FROM points_entries WHERE member_id = ? AND seq > ?", (member_id, through))
-    return [Entry(seq, delta) for seq, delta in rows]
+def pending_points(conn: sqlite3.Connection, member_id: str, through: int) -> int:
+    """Sum of this store's entries after `through` (the same rule as domain.ledger.current, in SQL)."""
+    return conn.execute("SELECT coalesce(sum(delta), 0) FROM points_entries WHERE member_id = ? AND seq > ?",
+                        (member_id, through)).fetchone()[0]
 
 
 def balance(conn: sqlite3.Connection, member_id: str) -> int:
     position = points_position(conn, member_id)
-    return current(position, pending_entries(conn, member_id, position.through_seq))
+    return position.base + pending_points(conn, member_id, position.through_seq)
 
 
 def load_member(conn: sqlite3.Connection, member_id: str, tier_hint: str | None = None) -> Member:
@@ -52,8 +53,7 @@ def load_member(conn: sqlite3.Connection, member_id: str, tier_hint: str | None 
     row = conn.execute("SELECT tier, phone_masked, card_no, consent, version, points_base, points_through FROM members"
                        " WHERE member_id = ? AND deleted = 0", (member_id,)).fetchone()
     position = Position(row[5], row[4], row[6]) if row else Position(0, 0, 0)
-    entries = pending_entries(conn, member_id, position.through_seq)
-    pending = sum(e.delta for e in entries)
+    pending = pending_points(conn, member_id, position.through_seq)
     if row is None:
         return Member(member_id, tier_hint, False, pending, pending)
     return Member(member_id, tier_hint or row[0], True, position.base + pending, pending, row[1], row[2], bool(row[3]), row[4])

@@ -302,12 +302,15 @@ class Till:
 
     def _points(self, conn: sqlite3.Connection, sale: Any, till_sale: TillSale, now: datetime) -> dict[str, Any]:
         member_id, priced = till_sale.member_id, till_sale.priced
-        if priced.points_redeemed and balance(conn, member_id) < priced.points_redeemed:
-            raise BASKET_REFUSALS["insufficient_points"](points_balance=balance(conn, member_id))
+        before = balance(conn, member_id)
+        if priced.points_redeemed > before:
+            raise BASKET_REFUSALS["insufficient_points"](points_balance=before)
         entries = [(-priced.points_redeemed, "redeem"), (priced.points_earned, "earn")]
         add_points(conn, member_id, [(d, r) for d, r in entries if d], sale.sale_id, None, now)
-        conn.execute("UPDATE sales SET member_id = ? WHERE sale_id = ?", (member_id, sale.sale_id))
-        return {"member_id": member_id, "points_earned": priced.points_earned, "points_balance": balance(conn, member_id)}
+        if sale.sale.member_id != member_id:
+            conn.execute("UPDATE sales SET member_id = ? WHERE sale_id = ?", (member_id, sale.sale_id))
+        after = before - priced.points_redeemed + priced.points_earned
+        return {"member_id": member_id, "points_earned": priced.points_earned, "points_balance": after}
 
     def _claim(self, conn: sqlite3.Connection, sale: Any, till_sale: TillSale, now: datetime) -> dict[str, Any]:
         points = till_sale.priced.points_earned

@@ -30,7 +30,7 @@ CREATE TABLE points_entries (
     created_at  TEXT NOT NULL
 ) STRICT;
 
-CREATE INDEX points_entries_member ON points_entries (member_id, seq);
+CREATE INDEX points_entries_member ON points_entries (member_id, seq, delta);  -- covers the balance sum
 
 -- Till side of a sale: who, what the coupons and points did line by line (for refunds).
 CREATE TABLE till_sales (
@@ -124,7 +124,7 @@ CREATE TABLE stock_movements (
     created_at   TEXT NOT NULL
 ) STRICT;
 
-CREATE INDEX stock_movements_sku ON stock_movements (sku, seq);
+CREATE INDEX stock_movements_sku ON stock_movements (sku, seq, delta);  -- covers the on-hand sum
 
 -- A sale without a member: what its claim code is worth, honoured once by HQ.
 CREATE TABLE pending_claims (
