@@ -1,6 +1,6 @@
 """Members as this store knows them, and the points ledger behind their balance.
 
-Read side only (writes are in agent/till.py and agent/hq_records.py). Balance = HQ's balance at
+HQ's records are written by agent/hq_records.py; local points entries by `add_points`. Balance = HQ's balance at
 its version plus this store's entries after `points_through` (agent/domain/ledger.py).
 """
 
@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from posedge.agent.domain.ledger import Position
+from posedge.sync.ids import uuid7
+from posedge.sync.outbox import append_event
 
 
 @dataclass(frozen=True)
@@ -67,3 +70,15 @@ def member_by_card(conn: sqlite3.Connection, card_no: str) -> str | None:
 def member_by_phone_hash(conn: sqlite3.Connection, phone_hash: str) -> list[str]:
     rows = conn.execute("SELECT member_id FROM members WHERE phone_hash = ? AND deleted = 0 LIMIT 2", (phone_hash,))
     return [r[0] for r in rows]
+
+
+def add_points(conn: sqlite3.Connection, member_id: str, deltas: list[tuple[int, str]], sale_id: str | None,
+               refund_id: str | None, now: datetime) -> None:
+    for delta, reason in deltas:
+        entry_id = str(uuid7())
+        seq = conn.execute("INSERT INTO points_entries (entry_id, member_id, delta, reason, sale_id, refund_id, created_at)"
+                           " VALUES (?,?,?,?,?,?,?) RETURNING seq",
+                           (entry_id, member_id, delta, reason, sale_id, refund_id, now.isoformat())).fetchone()[0]
+        append_event(conn, "points", member_id, {"entry_id": entry_id, "seq": seq, "member_id": member_id,
+                                                 "delta": delta, "reason": reason, "sale_id": sale_id,
+                                                 "refund_id": refund_id, "at": now.isoformat()})

@@ -23,17 +23,19 @@ from typing import Any, Callable, Iterable
 
 from pydantic import Field, StrictInt
 
-from posedge.agent.codes import (AlreadyRedeemed, CodeRefused, WrongMember, CodeVerifier, CouponCode, Keyring, MemberCode, PickupCode,
-                                 looks_like_code, peek_claims)
+from posedge.agent.codes import (AlreadyRedeemed, CodeRefused, CodeVerifier, CouponCode, Keyring, MemberCode,
+                                 WrongMember, looks_like_code, peek_claims)
 from posedge.agent.config import Config
 from posedge.agent.coupons import (CouponConfirmer, HqRefused, HqUnreachable, Override, RedemptionRequest, Unreachable,
                                    Verdict, ledger_refusal, offline_decision, verdicts)
 from posedge.agent.domain.pricing import Line, Priced, price
 from posedge.agent.domain.sales import Code, InputModel, SaleIn, SaleLineIn, SALE_ID
-from posedge.agent.errors import AgentError, InvalidInput, NotFound
+from posedge.agent.errors import InvalidInput, NotFound
 from posedge.agent.hq_records import (ImportReport, PhoneHasher, apply_batch, last_hq_contact, parse_lines,
                                       record_hq_contact)
-from posedge.agent.members import Member, balance, load_member, member_by_card, member_by_phone_hash
+from posedge.agent.members import add_points, balance, load_member, member_by_card, member_by_phone_hash
+from posedge.agent.pickups import collect_pickup, read_pickup
+from posedge.agent.stock import move_stock, read_inventory
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
 from posedge.sync.ids import uuid7
@@ -470,91 +472,12 @@ class Till:
         return self.reader.read_sync(read)
 
 
-# -- writes shared by sales, refunds, pickups ------------------------------------------------------
-
-
-def add_points(conn: sqlite3.Connection, member_id: str, deltas: list[tuple[int, str]], sale_id: str | None,
-               refund_id: str | None, now: datetime) -> None:
-    for delta, reason in deltas:
-        entry_id = str(uuid7())
-        seq = conn.execute("INSERT INTO points_entries (entry_id, member_id, delta, reason, sale_id, refund_id, created_at)"
-                           " VALUES (?,?,?,?,?,?,?) RETURNING seq",
-                           (entry_id, member_id, delta, reason, sale_id, refund_id, now.isoformat())).fetchone()[0]
-        append_event(conn, "points", member_id, {"entry_id": entry_id, "seq": seq, "member_id": member_id,
-                                                 "delta": delta, "reason": reason, "sale_id": sale_id,
-                                                 "refund_id": refund_id, "at": now.isoformat()})
-
-
-def move_stock(conn: sqlite3.Connection, moves: list[tuple[str, int]], reason: str, sale_id: str | None,
-               refund_id: str | None, now: datetime) -> list[dict[str, Any]]:
-    """Record stock movements; the caller puts the returned list in its own outbox event."""
-    out = []
-    for sku, delta in moves:
-        movement_id = str(uuid7())
-        seq = conn.execute("INSERT INTO stock_movements (movement_id, sku, delta, reason, sale_id, refund_id, created_at)"
-                           " VALUES (?,?,?,?,?,?,?) RETURNING seq",
-                           (movement_id, sku, delta, reason, sale_id, refund_id, now.isoformat())).fetchone()[0]
-        out.append({"movement_id": movement_id, "seq": seq, "sku": sku, "delta": delta})
-    return out
-
-
 def _insert_till_sale(conn: sqlite3.Connection, sale_id: str, t: TillSale) -> None:
     lines = json.dumps([l.as_dict() for l in t.priced.lines], separators=(",", ":"))
     conn.execute("INSERT INTO till_sales (sale_id, member_id, tier, coupon_discount_fen, points_redeemed,"
                  " points_discount_fen, points_earned, lines) VALUES (?,?,?,?,?,?,?,?)",
                  (sale_id, t.member_id, t.tier, t.priced.coupon_discount_fen, t.priced.points_redeemed,
                   t.priced.points_discount_fen, t.priced.points_earned if t.member_id else 0, lines))
-
-
-def collect_pickup(conn: sqlite3.Connection, order_id: str, till: str | None, cashier: str | None) -> dict[str, Any]:
-    order = read_pickup(conn, order_id)
-    if order is None:
-        raise NotFound(f"no pickup order {order_id!r} for this store", order_id=order_id)
-    if order["collected"] is not None:
-        raise PickupCollected(order_id=order_id, collected_at=order["collected"]["collected_at"])
-    if order["state"] != "ready":
-        raise PickupNotReady(f"the order is {order['state']!r}, not ready", order_id=order_id, state=order["state"])
-    now = datetime.now(timezone.utc)
-    conn.execute("INSERT INTO pickup_collections (order_id, collected_at, till, cashier) VALUES (?,?,?,?)",
-                 (order_id, now.isoformat(), till, cashier))
-    movements = move_stock(conn, [(i["sku"], -i["qty"]) for i in order["items"]], "pickup", None, None, now)
-    append_event(conn, "pickup_collected", order_id, {"order_id": order_id, "collected_at": now.isoformat(),
-                                                      "till": till, "cashier": cashier, "stock_movements": movements})
-    return {"order_id": order_id, "state": "collected", "collected_at": now.isoformat(), "items": order["items"]}
-
-
-class PickupCollected(AgentError):
-    code = "already_collected"
-    status = 409
-    message = "this order has already been collected"
-
-
-class PickupNotReady(AgentError):
-    code = "pickup_not_ready"
-    status = 409
-    message = "this order cannot be collected"
-
-
-def read_pickup(conn: sqlite3.Connection, order_id: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT order_id, version, state, items, phone_masked, member_id FROM pickups"
-                       " WHERE order_id = ? AND deleted = 0", (order_id,)).fetchone()
-    if row is None:
-        return None
-    done = conn.execute("SELECT collected_at, till, cashier FROM pickup_collections WHERE order_id = ?",
-                        (order_id,)).fetchone()
-    return {"order_id": row[0], "version": row[1], "state": "collected" if done else row[2], "items": json.loads(row[3]),
-            "phone_masked": row[4], "member_id": row[5],
-            "collected": {"collected_at": done[0], "till": done[1], "cashier": done[2]} if done else None}
-
-
-def read_inventory(conn: sqlite3.Connection, sku: str) -> dict[str, Any]:
-    row = conn.execute("SELECT qty, version, through_seq FROM stock WHERE sku = ?", (sku,)).fetchone()
-    qty, version, through = row if row else (0, 0, 0)
-    pending = conn.execute("SELECT coalesce(sum(delta), 0), count(*) FROM stock_movements WHERE sku = ? AND seq > ?",
-                           (sku, through)).fetchone()
-    on_hand = qty + pending[0]
-    return {"sku": sku, "on_hand": on_hand, "hq_qty": qty, "version": version, "local_delta": pending[0],
-            "local_movements": pending[1], "known": row is not None, "negative": on_hand < 0}
 
 
 # -- helpers -----------------------------------------------------------------------------------------

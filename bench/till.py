@@ -200,7 +200,7 @@ def main() -> None:
     hq = CodeMinter.generate("hq-bench")
     try:
         print(f"till bench, databases in {work} (WAL, synchronous=FULL)")
-        print(f"POST /v1/sales end to end, 1 client, interleaved:")
+        print("POST /v1/sales end to end, 1 client, interleaved:")
         bare, till = run_sales(work / "api", args.sales, hq)
         print(line("bare sale", bare))
         print(line("member + coupon + points sale", till))

@@ -16,7 +16,6 @@ from posedge.agent.codes import CodeRefused
 from posedge.agent.refunds import RefundIn
 from posedge.agent.till import QuoteIn
 
-from .conftest import STORE
 
 EXAMPLES = 400 if os.environ.get("POSEDGE_SLOW") == "1" else 60
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

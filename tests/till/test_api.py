@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
