@@ -121,6 +121,8 @@ class Refunds:
                                   "lines": lines, "complete": complete}
         if facts.member_id is not None:
             answer.update(self._points(conn, facts, weight_before, weight_after, weight_total, body.refund_id, now))
+        else:
+            answer.update(_claim(conn, facts.sale_id, weight_before, weight_after, weight_total))
         answer["coupons_returned"] = self._coupons(conn, facts.sale_id, body.refund_id, complete, now)
         return answer, movements
 
@@ -142,6 +144,16 @@ class Refunds:
             append_event(conn, "redemption_returned", coupon_id, {"coupon_id": coupon_id, "sale_id": sale_id,
                                                                   "refund_id": refund_id, "at": now.isoformat()})
         return [r[0] for r in rows]
+
+
+def _claim(conn: sqlite3.Connection, sale_id: str, before: int, after: int, total: int) -> dict[str, Any]:
+    """A refunded sale is worth fewer points to whoever claims it later (HQ reads the refund event)."""
+    row = conn.execute("SELECT points FROM pending_claims WHERE sale_id = ?", (sale_id,)).fetchone()
+    if row is None:
+        return {}
+    reversed_ = share(row[0], after, before, total)
+    conn.execute("UPDATE pending_claims SET points_refunded = points_refunded + ? WHERE sale_id = ?", (reversed_, sale_id))
+    return {"claim_points_reversed": reversed_}
 
 
 def _weight(line: SoldLine, facts: SaleFacts) -> int:

@@ -290,6 +290,10 @@ def test_sale_without_member_records_a_claim(agent, api):
         assert conn.execute("SELECT points, amount_fen FROM pending_claims WHERE sale_id = 'claim-1'").fetchone() == (123, 12345)
         event = json.loads(conn.execute("SELECT payload FROM outbox WHERE kind = 'sale' AND key = 'claim-1'").fetchone()[0])
     assert event["claim"]["points"] == 123 and [m["delta"] for m in event["stock_movements"]] == [-1]
+    refund = api.post("/v1/sales/claim-1/refunds", json={"refund_id": "claim-rf"}).json()
+    assert refund["claim_points_reversed"] == 123 and refund["refund_fen"] == 12345
+    with db(agent) as conn:
+        assert conn.execute("SELECT points - points_refunded FROM pending_claims WHERE sale_id = 'claim-1'").fetchone() == (0,)
 
 
 def test_pickup_is_shown_collected_once_and_a_second_collect_is_409(agent, api, hq):

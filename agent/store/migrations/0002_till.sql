@@ -129,7 +129,8 @@ CREATE INDEX stock_movements_sku ON stock_movements (sku, seq, delta);  -- cover
 -- A sale without a member: what its claim code is worth, honoured once by HQ.
 CREATE TABLE pending_claims (
     sale_id      TEXT PRIMARY KEY REFERENCES sales(sale_id),
-    points       INTEGER NOT NULL CHECK (points >= 0),
+    points       INTEGER NOT NULL CHECK (points >= 0),     -- what the sale was worth
+    points_refunded INTEGER NOT NULL DEFAULT 0 CHECK (points_refunded >= 0),  -- taken back by refunds
     amount_fen   INTEGER NOT NULL CHECK (amount_fen >= 0),
     expires_at   TEXT NOT NULL,
     token        TEXT,                         -- the signed claim code (the store key), when a signer is wired
