@@ -130,3 +130,38 @@ def test_points_balance_is_the_sum_of_the_ledger(till, hq, ops):
     shown = till.run(till.till.lookup_member(hq.member(member_id)))["points_balance"]
     assert shown == 500 + ledger
     assert isinstance(shown, int)
+
+
+@PROPERTY
+@given(prices=st.lists(st.tuples(st.integers(1, 5), st.integers(1, 9_999)), min_size=1, max_size=4),
+       cuts=st.lists(st.integers(0, 10**6), min_size=1, max_size=6), points=st.sampled_from([0, 100, 500]))
+def test_partial_refunds_add_up_to_exactly_the_sale(till, hq, prices, cuts, points):
+    """GIVEN a member sale with a coupon and points WHEN refunded in any pieces THEN money, points and stock
+    come back exactly, not a fen or point more or less."""
+    member_id, sale_id = f"F{next(ids)}", f"S{next(ids)}"
+    till.hq_contact()
+    till.apply("members", {"member_id": member_id, "version": 1, "points": 10_000})
+    lines = [{"sku": f"R{i}", "qty": qty, "unit_price_fen": price} for i, (qty, price) in enumerate(prices)]
+    coupon = hq.coupon(f"C{next(ids)}", off=150)
+    quote = till.run(till.till.quote(QuoteIn.model_validate({"lines": lines, "member_id": member_id,
+                                                             "coupons": [coupon], "points_redeemed": points})))
+    spend = 0 if quote["points_reason"] else points
+    codes = [coupon] if quote["coupons"][0]["applied"] else []
+    sale = till.sale({"sale_id": sale_id, "lines": lines, "member_id": member_id, "coupons": codes,
+                      "points_redeemed": spend, "payments": [{"method": "cash", "amount_fen": quote["total_fen"]}]
+                      if quote["total_fen"] else []}).body
+    left = {i + 1: qty for i, (qty, _) in enumerate(prices)}
+    refunded_fen, n = 0, 0
+    while any(left.values()):
+        line_no = [k for k, v in left.items() if v][cuts[n % len(cuts)] % len([k for k, v in left.items() if v])]
+        qty = 1 + cuts[n % len(cuts)] % left[line_no]
+        left[line_no] -= qty
+        ok, answer = till.run(till.refunds.refund(sale_id, RefundIn.model_validate(
+            {"refund_id": f"{sale_id}-r{n}", "lines": [{"line_no": line_no, "qty": qty}]})))
+        refunded_fen += answer["refund_fen"]
+        n += 1
+    assert refunded_fen == sale["total_fen"]
+    assert answer["complete"] and answer["points_balance"] == 10_000
+    for i, (qty, _) in enumerate(prices):
+        assert till.sql("SELECT coalesce(sum(delta), 0) FROM stock_movements WHERE sale_id = ? AND sku = ?",
+                        sale_id, f"R{i}") == [(0,)]
