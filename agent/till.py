@@ -428,7 +428,7 @@ class Till:
             return {"kind": "member", "valid": True, "member": member.public()}
         if isinstance(claims, CouponCode):
             refusal = await self.reader.read(lambda conn: ledger_refusal(conn, claims))
-            out = {"kind": "coupon", "valid": refusal is None, "coupon": claims.public()}
+            out = {"kind": "coupon", "valid": refusal is None, "coupon": claims.public(), "member_bound": claims.sub is not None}
             return out if refusal is None else {**out, "reason": refusal.code, "message": refusal.message}
         order = await self.reader.read(lambda conn: read_pickup(conn, claims.oid))
         if order is None:
