@@ -125,7 +125,7 @@ async def scan_pipeline(till, hq: CodeMinter, count: int) -> tuple[list[float], 
     pipeline = ScanPipeline(hub, dedup_ms=0)
     pipeline.add_resolver(("member", "coupon", "pickup"), till.scan_resolver)
     pipeline.start(asyncio.get_running_loop())
-    subscription = hub.subscribe()
+    subscription, _ = hub.subscribe()
     gtin, member = [], []
     try:
         for n in range(count):
