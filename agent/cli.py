@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from posedge import __version__
-from posedge.agent import db_cli
+from posedge.agent import data_cli, db_cli
 from posedge.agent.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="print the version")
     db_cli.register(sub)
+    data_cli.register(sub)
     for extend in PARSER_EXTENSIONS:
         extend(sub)
     return parser
@@ -208,6 +209,8 @@ def cmd_receipt(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"{args.output}: receipt of sale {args.sale_id}")
     return EXIT_OK
+
+
 def _scan_test_parser(sub: Any) -> None:
     from posedge.agent.scan_test import add_parser
 
@@ -225,6 +228,14 @@ def cmd_scan_test(args: argparse.Namespace) -> int:
     if args.config and config is None:
         return EXIT_CONFIG
     return run_scan_test(args, config.scanner_configs() if config else [])
+
+
+@command("data")
+def cmd_data(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    return data_cli.run(args, config)
 
 
 if __name__ == "__main__":

@@ -220,6 +220,8 @@ def _default_scanners() -> list[dict[str, Any]]:
 def _default_printers() -> list[dict[str, Any]]:
     # No printer configured: receipts land as files (ESC/POS bytes + PNG preview) in var/receipts.
     return [{"type": "file", "name": "receipts", "path": "var/receipts"}]
+# The till's tables derive ConfigModel, so they are imported once it exists.
+from posedge.agent.till_config import CouponsConfig, HqConfig, MembersConfig, PointsConfig  # noqa: E402
 
 
 class Config(ConfigModel):
@@ -233,6 +235,10 @@ class Config(ConfigModel):
     receipt: ReceiptConfig = Field(default_factory=ReceiptConfig)
     scan: ScanConfig = Field(default_factory=ScanConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    hq: HqConfig = Field(default_factory=HqConfig)
+    members: MembersConfig = Field(default_factory=MembersConfig)
+    points: PointsConfig = Field(default_factory=PointsConfig)
+    coupons: CouponsConfig = Field(default_factory=CouponsConfig)
 
     def scanner_configs(self) -> list[DriverConfig]:
         return list(self.scanners)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -32,6 +32,16 @@ class RecordedSale:
     occurred_at: datetime
     recorded_at: datetime
     business_day: str
+    adjustment: Any = None  # what SalePricing.prepare returned (coupons, points), for the participants
+    event_extra: dict[str, Any] = field(default_factory=dict)  # participants' fields for the sale event only
+
+
+class SalePricing(Protocol):
+    """Discounts decided before the transaction (coupons, points): verified, priced, off the writer thread."""
+
+    async def prepare(self, sale: SaleIn) -> Any:
+        """Returns an object with `extra_discount_fen`, handed to participants as RecordedSale.adjustment."""
+        ...
 
 
 class SaleParticipant(Protocol):
@@ -62,26 +72,29 @@ class SaleService:
         self.store = store
         self.zone = ZoneInfo(store.timezone)
         self.participants: list[SaleParticipant] = []
+        self.pricing: SalePricing | None = None
 
     async def record(self, sale: SaleIn) -> SaleOutcome:
-        totals = self._totals(sale)
+        adjustment = await self.pricing.prepare(sale) if self.pricing is not None else None
+        totals = self._totals(sale, adjustment.extra_discount_fen if adjustment is not None else 0)
         sale_id = sale.sale_id or str(uuid7())
         body_hash = sale.body_sha256()
-        return await self.writer.write(lambda conn: self._record(conn, sale, sale_id, body_hash, totals))
+        return await self.writer.write(lambda conn: self._record(conn, sale, sale_id, body_hash, totals, adjustment))
 
-    def _totals(self, sale: SaleIn) -> SaleTotals:
+    def _totals(self, sale: SaleIn, extra_discount_fen: int = 0) -> SaleTotals:
         try:
-            return sale_totals(sale)
+            return sale_totals(sale, extra_discount_fen)
         except TotalsMismatch as exc:
             raise TotalsInvalid(str(exc), field="payments", expected_fen=exc.expected_fen, found_fen=exc.found_fen) from None
 
-    def _record(self, conn: sqlite3.Connection, sale: SaleIn, sale_id: str, body_hash: str, totals: SaleTotals) -> SaleOutcome:
+    def _record(self, conn: sqlite3.Connection, sale: SaleIn, sale_id: str, body_hash: str, totals: SaleTotals,
+                adjustment: Any = None) -> SaleOutcome:
         existing = conn.execute("SELECT body_sha256, response, receipt_no FROM sales WHERE sale_id = ?", (sale_id,)).fetchone()
         if existing is not None:
             if existing[0] != body_hash:
                 raise SaleConflict(sale_id=sale_id, receipt_no=existing[2])
             return SaleOutcome(created=False, body=json.loads(existing[1]))
-        recorded = self._recorded_sale(conn, sale, sale_id, totals)
+        recorded = self._recorded_sale(conn, sale, sale_id, totals, adjustment)
         body = _answer(recorded)
         _insert_sale(conn, recorded, body_hash, _json(body))
         extra: dict[str, Any] = {}
@@ -90,14 +103,15 @@ class SaleService:
         if extra:
             body.update(extra)
             conn.execute("UPDATE sales SET response = ? WHERE sale_id = ?", (_json(body), sale_id))
-        append_event(conn, "sale", sale_id, _sale_event(recorded, self.store))
+        append_event(conn, "sale", sale_id, {**_sale_event(recorded, self.store), **extra, **recorded.event_extra})
         return SaleOutcome(created=True, body=body)
 
-    def _recorded_sale(self, conn: sqlite3.Connection, sale: SaleIn, sale_id: str, totals: SaleTotals) -> RecordedSale:
+    def _recorded_sale(self, conn: sqlite3.Connection, sale: SaleIn, sale_id: str, totals: SaleTotals,
+                       adjustment: Any = None) -> RecordedSale:
         now = datetime.now(timezone.utc)
         day = now.astimezone(self.zone).strftime("%Y%m%d")
         receipt_no = f"{day}-{_next_receipt_seq(conn, day):04d}"
-        return RecordedSale(sale_id, receipt_no, sale, totals, sale.occurred_at or now, now, day)
+        return RecordedSale(sale_id, receipt_no, sale, totals, sale.occurred_at or now, now, day, adjustment)
 
     async def get(self, sale_id: str) -> dict[str, Any]:
         found = await self.reader.read(lambda conn: read_sale(conn, sale_id))

@@ -12,12 +12,14 @@ from typing import Any, Callable
 from posedge import __version__
 from posedge.agent.config import Config
 from posedge.agent.errors import StorageError
-from posedge.agent.receipts.feature import Receipts
 from posedge.agent.events import EventHub
+from posedge.agent.receipts.feature import Receipts
+from posedge.agent.refunds import Refunds
 from posedge.agent.scans import pipeline_from_config, scan_limits, scanners_status
 from posedge.agent.sales import SaleService
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
+from posedge.agent.till import Till, receipt_facts
 from posedge.agent.token import load_or_create_token
 from posedge.drivers.registry import SCANNERS
 from posedge.sync import outbox
@@ -34,15 +36,21 @@ class Agent:
         self.writer = StoreWriter(storage.path, group_commit_max=storage.group_commit_max, busy_timeout_ms=storage.busy_timeout_ms)
         self.reader = StoreReader(storage.path, busy_timeout_ms=storage.busy_timeout_ms)
         self.sales = SaleService(self.writer, self.reader, config.store)
+        self.refunds = Refunds(self.writer, config.coupons.return_on_refund)
         self.token = load_or_create_token(config.api.token_file, _secret(config.api.token))
         self.events = EventHub(config.events.buffer)
         self.scans = pipeline_from_config(config, self.events)
+        self.till = Till(config, self.reader, self.writer, notify=self.events.publish)
+        self.scans.add_resolver(("member", "coupon", "pickup"), self.till.scan_resolver)
         self.scan_sink: Any = self.scans
         self.disabled_scanners: dict[str, str] = {}
         self.devices: list[Any] = []  # drivers with .status() -> DeviceStatus and .stop()
         self.status_providers: dict[str, StatusProvider] = {}
         self.status_providers["scanners"] = lambda: {"devices": scanners_status(self.devices, self.disabled_scanners),
                                                      "pipeline": self.scans.status()}
+        self.sales.pricing = self.till
+        self.sales.participants.append(self.till)
+        self.status_providers["till"] = self.till.status
         self.started_at = datetime.now(timezone.utc)
         self._started_mono = time.monotonic()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -50,6 +58,10 @@ class Agent:
         self.sales.participants.append(self.receipts.participant)
         self.status_providers["receipts"] = self.receipts.status
         self.receipts.listeners.append(self.events.publish)  # printer state and printed/failed jobs reach the POS
+        # The till signs the claim code in the sale's transaction; the receipt prints that very token.
+        if self.receipts.signer is not None:
+            self.till.claim_signer = self.receipts.signer.for_store(config.store.tenant, config.store.id)
+        self.receipts.participant.contributors.append(receipt_facts)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:

@@ -8,12 +8,12 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from posedge import __version__
-from posedge.agent.api import events, receipts, sales, system
+from posedge.agent.api import events, receipts, sales, system, till
 from posedge.agent.api.body import add_body_schemas
 from posedge.agent.api.errors import install_error_handlers
 from posedge.agent.api.guards import RequestGuard, allowed_hosts_for
 
-ROUTERS = [system.router, sales.router, receipts.router, events.router]
+ROUTERS = [system.router, sales.router, till.router, receipts.router, events.router]
 
 
 def build_app(agent: Any) -> Any:

@@ -70,14 +70,31 @@ class PaymentIn(InputModel):
     _reference = field_validator("reference")(classmethod(lambda cls, v: _printable(v)))
 
 
+class CouponOverrideIn(InputModel):
+    """A manager accepting coupons past the offline limits ([coupons.offline] beyond = "override")."""
+
+    manager: str = Field(min_length=1, max_length=64, description="who accepts (manager id or name)")
+    reason: str = Field(min_length=1, max_length=200, description="why")
+
+    _text = field_validator("manager", "reason")(classmethod(lambda cls, v: _printable(v)))
+
+
+Code = Annotated[str, Field(min_length=1, max_length=2048)]
+
+
 class SaleIn(InputModel):
     sale_id: str | None = Field(None, pattern=SALE_ID, description="POS's id for the sale; a UUIDv7 if absent")
     lines: list[SaleLineIn] = Field(min_length=1, max_length=500)
-    payments: list[PaymentIn] = Field(min_length=1, max_length=20)
+    payments: list[PaymentIn] = Field(max_length=20, description="empty only when the total is 0 (coupons, points)")
     member_id: str | None = Field(None, pattern=SALE_ID)
     till: str | None = Field(None, pattern=SALE_ID, description="the till (POS terminal) id")
     cashier: str | None = Field(None, max_length=64)
     occurred_at: AwareDatetime | None = Field(None, description="when the sale happened, with time zone")
+    # The till loop (agent/till.py): who, which coupons, how many points; their discounts are in the totals.
+    member_code: Code | None = Field(None, description="member code as scanned (signed by HQ)")
+    coupons: list[Code] = Field(default_factory=list, max_length=20, description="coupon codes as scanned")
+    points_redeemed: StrictInt = Field(0, ge=0, le=10**9, description="points the member spends on this sale")
+    coupon_override: CouponOverrideIn | None = Field(None, description="manager override of the offline coupon limits")
 
     _cashier = field_validator("cashier")(classmethod(lambda cls, v: _printable(v)))
 
