@@ -50,10 +50,47 @@ def open_writer_connection(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.C
         raise
 
 
+class _LoopFuture:
+    """The writer's side of an asyncio future: resolved on its loop with one call_soon_threadsafe.
+
+    Cheaper than chaining a concurrent Future through asyncio.wrap_future (locks, callbacks, state
+    copying), which shows on the one-till commit path."""
+
+    __slots__ = ("loop", "future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future = loop.create_future()
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return not self.future.cancelled()
+
+    def set_result(self, value: object) -> None:
+        self._settle_on_loop(True, value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._settle_on_loop(False, exc)
+
+    def _settle_on_loop(self, ok: bool, value: object) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_settle, self.future, ok, value)
+        except RuntimeError:  # the loop is closed (shutdown): nobody waits; the write itself stands
+            log.info("event=write_result_dropped reason=loop_closed")
+
+
+def _settle(future: asyncio.Future, ok: bool, value: object) -> None:
+    if future.cancelled():
+        return  # the caller went away (request cancelled); the write itself stands
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)  # type: ignore[arg-type]
+
+
 @dataclass
 class _Job:
     work: Callable[[sqlite3.Connection], object]
-    future: concurrent.futures.Future
+    future: concurrent.futures.Future | _LoopFuture
 
 
 _STOP = object()
@@ -106,7 +143,11 @@ class StoreWriter:
         return future
 
     async def write(self, work: Work[T]) -> T:
-        return await asyncio.wrap_future(self.submit(work))
+        if self._thread is None:
+            raise StorageError("the store is not running")
+        handle = _LoopFuture(asyncio.get_running_loop())
+        self._queue.put(_Job(work, handle))
+        return await handle.future
 
     # -- the thread --------------------------------------------------------------------------
     def _loop(self) -> None:
