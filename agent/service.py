@@ -32,36 +32,41 @@ StatusProvider = Callable[[], dict[str, Any]]
 class Agent:
     def __init__(self, config: Config) -> None:
         self.config = config
-        storage = config.storage
-        self.writer = StoreWriter(storage.path, group_commit_max=storage.group_commit_max, busy_timeout_ms=storage.busy_timeout_ms)
-        self.reader = StoreReader(storage.path, busy_timeout_ms=storage.busy_timeout_ms)
-        self.sales = SaleService(self.writer, self.reader, config.store)
-        self.refunds = Refunds(self.writer, config.coupons.return_on_refund)
-        self.token = load_or_create_token(config.api.token_file, _secret(config.api.token))
-        self.events = EventHub(config.events.buffer)
-        self.scans = pipeline_from_config(config, self.events)
-        self.till = Till(config, self.reader, self.writer, notify=self.events.publish)
-        self.scans.add_resolver(("member", "coupon", "pickup"), self.till.scan_resolver)
-        self.scan_sink: Any = self.scans
-        self.disabled_scanners: dict[str, str] = {}
-        self.devices: list[Any] = []  # drivers with .status() -> DeviceStatus and .stop()
-        self.status_providers: dict[str, StatusProvider] = {}
-        self.status_providers["scanners"] = lambda: {"devices": scanners_status(self.devices, self.disabled_scanners),
-                                                     "pipeline": self.scans.status()}
-        self.sales.pricing = self.till
-        self.sales.participants.append(self.till)
-        self.status_providers["till"] = self.till.status
         self.started_at = datetime.now(timezone.utc)
         self._started_mono = time.monotonic()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.token = load_or_create_token(config.api.token_file, _secret(config.api.token))
+        self.status_providers: dict[str, StatusProvider] = {}
+
+        storage = config.storage
+        self.writer = StoreWriter(storage.path, group_commit_max=storage.group_commit_max, busy_timeout_ms=storage.busy_timeout_ms)
+        self.reader = StoreReader(storage.path, busy_timeout_ms=storage.busy_timeout_ms)
+        self.events = EventHub(config.events.buffer)
+
+        # Scanners feed the scan pipeline, which publishes classified (and till-resolved) scans.
+        self.scans = pipeline_from_config(config, self.events)
+        self.devices: list[Any] = []  # drivers with .status() -> DeviceStatus and .stop()
+        self.disabled_scanners: dict[str, str] = {}
+        self.status_providers["scanners"] = lambda: {"devices": scanners_status(self.devices, self.disabled_scanners),
+                                                     "pipeline": self.scans.status()}
+
+        # The till prices a sale before its transaction and records its part inside it.
+        self.till = Till(config, self.reader, self.writer, notify=self.events.publish)
+        self.scans.add_resolver(("member", "coupon", "pickup"), self.till.scan_resolver)
+        self.refunds = Refunds(self.writer, config.coupons.return_on_refund)
+        self.status_providers["till"] = self.till.status
+
+        # Receipts come last among the sale's participants: their contributors read what the till wrote.
         self.receipts = Receipts(config, self.writer.submit, self.reader)
-        self.sales.participants.append(self.receipts.participant)
-        self.status_providers["receipts"] = self.receipts.status
         self.receipts.listeners.append(self.events.publish)  # printer state and printed/failed jobs reach the POS
-        # The till signs the claim code in the sale's transaction; the receipt prints that very token.
-        if self.receipts.signer is not None:
-            self.till.claim_signer = self.receipts.signer.for_store(config.store.tenant, config.store.id)
         self.receipts.participant.contributors.append(receipt_facts)
+        if self.receipts.signer is not None:  # the till signs the claim in the sale; the receipt prints that token
+            self.till.claim_signer = self.receipts.signer.for_store(config.store.tenant, config.store.id)
+        self.status_providers["receipts"] = self.receipts.status
+
+        self.sales = SaleService(self.writer, self.reader, config.store)
+        self.sales.pricing = self.till
+        self.sales.participants += [self.till, self.receipts.participant]
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -91,7 +96,7 @@ class Agent:
                 log.warning("event=scanner_disabled scanner=%s reason=%r", config.name, reason)
                 self.disabled_scanners[config.name] = reason
                 continue
-            driver = SCANNERS.create(config, self.scan_sink, limits=scan_limits(self.config))
+            driver = SCANNERS.create(config, self.scans, limits=scan_limits(self.config))
             driver.start()
             self.devices.append(driver)
 
