@@ -19,6 +19,7 @@ from posedge.agent.domain.sales import SaleIn, SaleTotals, TotalsMismatch, mask_
 from posedge.agent.errors import Conflict, InvalidInput, NotFound
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
+from posedge.sync.encoding import dumps
 from posedge.sync.ids import uuid7
 from posedge.sync.outbox import append_event
 
@@ -95,7 +96,8 @@ class SaleService:
                 raise SaleConflict(sale_id=sale_id, receipt_no=existing[2])
             return SaleOutcome(created=False, body=json.loads(existing[1]))
         recorded = self._recorded_sale(conn, sale, sale_id, totals, adjustment)
-        body = _answer(recorded)
+        answer = _answer(recorded)
+        body = dict(answer)
         _insert_sale(conn, recorded, body_hash, _json(body))
         extra: dict[str, Any] = {}
         for participant in self.participants:
@@ -103,7 +105,7 @@ class SaleService:
         if extra:
             body.update(extra)
             conn.execute("UPDATE sales SET response = ? WHERE sale_id = ?", (_json(body), sale_id))
-        append_event(conn, "sale", sale_id, {**_sale_event(recorded, self.store), **extra, **recorded.event_extra})
+        append_event(conn, "sale", sale_id, {**_sale_event(recorded, self.store, answer), **extra, **recorded.event_extra})
         return SaleOutcome(created=True, body=body)
 
     def _recorded_sale(self, conn: sqlite3.Connection, sale: SaleIn, sale_id: str, totals: SaleTotals,
@@ -161,10 +163,10 @@ def _answer(r: RecordedSale) -> dict[str, Any]:
     }
 
 
-def _sale_event(r: RecordedSale, store: StoreConfig) -> dict[str, Any]:
+def _sale_event(r: RecordedSale, store: StoreConfig, answer: dict[str, Any]) -> dict[str, Any]:
     s = r.sale
     return {
-        **_answer(r),
+        **answer,
         "tenant": store.tenant,
         "store_id": store.id,
         "business_day": r.business_day,
@@ -200,5 +202,4 @@ def read_sale(conn: sqlite3.Connection, sale_id: str) -> dict[str, Any] | None:
     return sale
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+_json = dumps

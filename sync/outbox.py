@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from posedge.sync.encoding import dumps
 from posedge.sync.ids import uuid7
 
 
@@ -46,7 +47,7 @@ def append_event(conn: sqlite3.Connection, kind: str, key: str, payload: dict[st
     event_id = event_id or str(uuid7())
     conn.execute(
         "INSERT INTO outbox (event_id, kind, key, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-        (event_id, kind, key, json.dumps(payload, ensure_ascii=False, separators=(",", ":")), _now()),
+        (event_id, kind, key, dumps(payload), _now()),
     )
     return event_id
 

@@ -7,9 +7,11 @@ member's points balance at that moment. Money is integer fen; times are timezone
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
+
+from posedge.sync.encoding import dumps_bytes, loads
 
 
 @dataclass(frozen=True)
@@ -82,25 +84,51 @@ class SaleFacts:
         return any(p.method == "cash" for p in self.payments)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["sold_at"] = self.sold_at.isoformat()
-        return data
+        """Plain JSON values. (orjson writes the dataclass itself the same way: sync/encoding.py.)"""
+        return loads(dumps_bytes(self))
+
+    def merged(self, fields: dict[str, Any]) -> "SaleFacts":
+        """These facts with `fields` (JSON-shaped, as in to_dict) replacing the same-named ones."""
+        changes: dict[str, Any] = {}
+        for name, value in fields.items():
+            convert = _FIELD_FROM_JSON.get(name)
+            if convert is None:
+                raise TypeError(f"SaleFacts has no field {name!r}")
+            changes[name] = convert(value)
+        return replace(self, **changes)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SaleFacts":
-        member = data.get("member")
-        return cls(
-            sale_id=str(data["sale_id"]),
-            receipt_no=str(data["receipt_no"]),
-            tenant=str(data["tenant"]),
-            store_id=str(data["store_id"]),
-            sold_at=datetime.fromisoformat(data["sold_at"]),
-            total_fen=int(data["total_fen"]),
-            lines=tuple(LineFacts(**line) for line in data.get("lines", ())),
-            discounts=tuple(DiscountFacts(**d) for d in data.get("discounts", ())),
-            payments=tuple(PaymentFacts(**p) for p in data.get("payments", ())),
-            member=MemberFacts(**member) if member else None,
-            cashier=str(data.get("cashier", "")),
-            till=str(data.get("till", "")),
-            extra=dict(data.get("extra") or {}),
-        )
+        return cls(**{name: convert(data[name]) for name, convert in _FIELD_FROM_JSON.items() if name in data})
+
+
+def _tuple_of(kind: type) -> Any:
+    return lambda items: tuple(item if isinstance(item, kind) else kind(**item) for item in items or ())
+
+
+def _member(value: Any) -> MemberFacts | None:
+    if not value:
+        return None
+    return value if isinstance(value, MemberFacts) else MemberFacts(**value)
+
+
+def _sold_at(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+# How each SaleFacts field is read back from its JSON form (or taken as is when already typed).
+_FIELD_FROM_JSON: dict[str, Any] = {
+    "sale_id": str,
+    "receipt_no": str,
+    "tenant": str,
+    "store_id": str,
+    "sold_at": _sold_at,
+    "total_fen": int,
+    "lines": _tuple_of(LineFacts),
+    "discounts": _tuple_of(DiscountFacts),
+    "payments": _tuple_of(PaymentFacts),
+    "member": _member,
+    "cashier": lambda v: str(v or ""),
+    "till": lambda v: str(v or ""),
+    "extra": lambda v: dict(v or {}),
+}

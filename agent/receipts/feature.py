@@ -75,19 +75,13 @@ class ReceiptParticipant:
     def record(self, conn: sqlite3.Connection, sale: Any) -> dict[str, Any]:
         facts = facts_from_sale(sale, self.receipts.config)
         for contribute in self.contributors:
-            facts = SaleFacts.from_dict({**facts.to_dict(), **_jsonable(contribute(conn, sale))})
+            facts = facts.merged(contribute(conn, sale))
         printer = self.receipts.receipt_printer
         if printer is None:
             return {"receipt": {"receipt_no": sale.receipt_no, "print_job_id": None}}
         job_id = insert_job(conn, facts, printer)
         self.receipts.notify(printer)
         return {"receipt": {"receipt_no": sale.receipt_no, "print_job_id": job_id, "printer": printer}}
-
-
-def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    import dataclasses
-
-    return {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in data.items()}
 
 
 class Receipts:

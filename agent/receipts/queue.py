@@ -11,7 +11,6 @@ opening minutes late is worse than not at all): they go out now or answer an err
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import logging
 import sqlite3
 import threading
@@ -25,6 +24,7 @@ from posedge.agent.receipts.facts import SaleFacts
 from posedge.agent.receipts.render import ReceiptRenderer
 from posedge.drivers.base import Backoff
 from posedge.drivers.printers.base import PrinterConnection, PrinterFault, PrinterNotReady, PrinterUnavailable
+from posedge.sync.encoding import dumps, loads
 
 log = logging.getLogger("posedge.agent.receipts")
 
@@ -61,7 +61,7 @@ class PrintJob:
         job_id, kind, receipt_no, sale_id, printer, facts, copy, dup, attempts, state = tuple(row)
         # Still `sending`: this process sent it and could not record the outcome (storage trouble).
         dup = bool(dup) or state == "sending"
-        return cls(job_id, kind, receipt_no, sale_id, printer, SaleFacts.from_dict(json.loads(facts)), bool(copy), dup, attempts)
+        return cls(job_id, kind, receipt_no, sale_id, printer, SaleFacts.from_dict(loads(facts)), bool(copy), dup, attempts)
 
 
 JOB_COLUMNS = "job_id, kind, receipt_no, sale_id, printer, facts, copy, possibly_duplicated, attempts, state"
@@ -70,7 +70,7 @@ JOB_COLUMNS = "job_id, kind, receipt_no, sale_id, printer, facts, copy, possibly
 def insert_job(conn: sqlite3.Connection, facts: SaleFacts, printer: str, kind: str = "receipt", copy: bool = False) -> int:
     cursor = conn.execute(
         "INSERT INTO print_jobs (kind, receipt_no, sale_id, printer, facts, copy, created_at) VALUES (?,?,?,?,?,?,?)",
-        (kind, facts.receipt_no, facts.sale_id, printer, json.dumps(facts.to_dict(), ensure_ascii=False), int(copy), _now()),
+        (kind, facts.receipt_no, facts.sale_id, printer, dumps(facts), int(copy), _now()),
     )
     return int(cursor.lastrowid)
 
@@ -86,12 +86,12 @@ def next_job(conn: sqlite3.Connection, printer: str) -> PrintJob | None:
 def receipt_facts(conn: sqlite3.Connection, receipt_no: str) -> SaleFacts | None:
     """The facts of the receipt's original job (the snapshot taken in the sale's transaction)."""
     row = conn.execute("SELECT facts FROM print_jobs WHERE receipt_no = ? ORDER BY job_id LIMIT 1", (receipt_no,)).fetchone()
-    return SaleFacts.from_dict(json.loads(row[0])) if row else None
+    return SaleFacts.from_dict(loads(row[0])) if row else None
 
 
 def sale_facts(conn: sqlite3.Connection, sale_id: str) -> SaleFacts | None:
     row = conn.execute("SELECT facts FROM print_jobs WHERE sale_id = ? ORDER BY job_id LIMIT 1", (sale_id,)).fetchone()
-    return SaleFacts.from_dict(json.loads(row[0])) if row else None
+    return SaleFacts.from_dict(loads(row[0])) if row else None
 
 
 def queue_depths(conn: sqlite3.Connection) -> dict[str, int]:

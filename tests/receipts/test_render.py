@@ -150,6 +150,35 @@ def test_claim_token_is_deterministic_and_tamper_evident(signer, tmp_path):
         verify_claim(token, signer.public_key, now=datetime.now(timezone.utc) + timedelta(days=31))
 
 
+def test_claim_token_is_byte_for_byte_what_pyjwt_signs(signer):
+    """The signer builds the JWS itself (it runs in every sale's transaction); tokens signed before that
+    change, by pyjwt, must stay identical so a reprint of an old sale shows the same code."""
+    from posedge.agent.claims import ClaimFacts
+
+    for facts in (ClaimFacts("sale-9", "store-001", "demo", 990, 9, SOLD_AT),
+                  ClaimFacts("门店-x", "store-002", "租户", 0, 0, SOLD_AT.astimezone(SHANGHAI))):
+        expected = jwt.encode(signer.claims(facts), signer._key, algorithm="EdDSA",
+                              headers={"kid": signer.kid, "typ": "JWT"})
+        assert signer.sign(facts) == expected
+        assert verify_claim(expected, signer.public_key, now=SOLD_AT)["sub"] == facts.sale_id
+
+
+def test_sale_facts_round_trip_and_merge_typed_fields():
+    from posedge.agent.receipts.facts import DiscountFacts, MemberFacts, SaleFacts
+
+    facts = sample_facts()
+    assert SaleFacts.from_dict(facts.to_dict()) == facts
+    merged = facts.merged({"member": {"phone": "138****0000", "points_earned": 5, "points_balance": 105, "level": "gold"},
+                           "discounts": [{"label": "优惠券 C1", "amount_fen": 500, "kind": "coupon", "code": "cp-1"}],
+                           "extra": {"claim_code": "t"}})
+    assert merged.member == MemberFacts("138****0000", 5, 105, "gold")
+    assert merged.discounts == (DiscountFacts("优惠券 C1", 500, "coupon", "cp-1"),)
+    assert merged.extra == {"claim_code": "t"} and merged.lines == facts.lines
+    assert SaleFacts.from_dict(merged.to_dict()) == merged
+    with pytest.raises(TypeError, match="no field 'points'"):
+        facts.merged({"points": 1})
+
+
 def test_corrupt_key_file_is_a_clear_error(tmp_path):
     from posedge.agent.claims import ClaimKeyError
 
