@@ -121,6 +121,11 @@ RAW_REQUESTS = {
     "array body": (b"[1, 2]", {"Content-Type": "application/json"}, 422, "invalid_input"),
     "not json": (b"sku=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
     "huge body": (b'{"x": "' + b"a" * 400_000 + b'"}', {"Content-Type": "application/json"}, 413, "body_too_large"),
+    "lone surrogate escape": (b'{"lines": [{"sku": "a", "name": "\\ud800", "qty": 1, "unit_price_fen": 100}],'
+                              b' "payments": [{"method": "cash", "amount_fen": 100}]}', {"Content-Type": "application/json"},
+                              400, "invalid_json"),
+    "invalid utf-8": (b'{"lines": [{"sku": "a", "name": "\xff", "qty": 1, "unit_price_fen": 100}]}',
+                      {"Content-Type": "application/json"}, 400, "invalid_json"),
 }
 
 

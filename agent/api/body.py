@@ -7,6 +7,8 @@ pydantic model (unknown fields refused, integer fen strict).
 from __future__ import annotations
 
 import json
+
+import orjson
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -43,12 +45,24 @@ async def json_body(request: Request, model: type[M]) -> M:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJson(f"the body is not valid JSON: {exc}") from None
+    if _has_lone_surrogate(data):
+        raise InvalidJson("the body is not valid JSON text: a \\u escape leaves an unpaired UTF-16 surrogate"
+                          " (strings must be Unicode characters)")
     if not isinstance(data, dict):
         raise InvalidInput("the body must be a JSON object", errors=[{"field": "", "problem": "expected an object"}])
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise invalid_input(exc.errors()) from None
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    # json.loads lets "\\ud800" through as a str no UTF-8 writer can store or answer; orjson refuses it.
+    try:
+        orjson.dumps(data)
+    except TypeError as exc:
+        return "surrogates" in str(exc)
+    return False
 
 
 def invalid_input(errors: list[Any]) -> InvalidInput:
