@@ -39,7 +39,8 @@ class Agent:
         self.status_providers: dict[str, StatusProvider] = {}
 
         storage = config.storage
-        self.writer = StoreWriter(storage.path, group_commit_max=storage.group_commit_max, busy_timeout_ms=storage.busy_timeout_ms)
+        self.writer = StoreWriter(storage.path, group_commit_max=storage.group_commit_max,
+                                  busy_timeout_ms=storage.busy_timeout_ms, inline_max_ms=storage.inline_max_ms)
         self.reader = StoreReader(storage.path, busy_timeout_ms=storage.busy_timeout_ms)
         self.events = EventHub(config.events.buffer)
 
@@ -136,7 +137,8 @@ class Agent:
 def storage_status(agent: Agent) -> dict[str, Any]:
     path = agent.config.storage.path
     failure = agent.storage_failure()
-    info: dict[str, Any] = {"path": str(path), "state": "ok" if failure is None else failure.code}
+    info: dict[str, Any] = {"path": str(path), "state": "ok" if failure is None else failure.code,
+                            "commits": agent.writer.status()}
     if failure is not None:
         info["error"] = failure.message
     for suffix, key in (("", "size_bytes"), ("-wal", "wal_bytes")):

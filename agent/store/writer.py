@@ -1,20 +1,34 @@
-"""The single writer: one SQLite connection, one thread, every domain write.
+"""The single writer: one SQLite connection, every domain write, two ways to reach it.
 
-Callers submit `work(conn) -> T`. The writer takes whatever work is queued (up to
-`group_commit_max`), runs each piece in its own SAVEPOINT inside one transaction and commits
-once: concurrent sales share one fsync (group commit). A piece that raises is rolled back alone.
+Callers submit `work(conn) -> T`. Normally the writer thread takes whatever work is queued (up to
+`group_commit_max`), runs each piece in its own SAVEPOINT inside one transaction and commits once:
+concurrent sales share one fsync (group commit). A piece that raises is rolled back alone.
+
+A write from the asyncio loop that is alone (no other write waiting or running, the connection
+free) and finds the disk fast (recent commits under `inline_max_ms`, none stalled) runs on the
+loop thread instead: the same connection, the same transaction and COMMIT, no hop to the writer
+thread and back. Those two hops cost a single till a fifth of its commit time on a fast disk. A
+slow or stalled disk sends every write to the thread until it is fast again, so the loop is never
+held long, and another process's write lock is never waited for on the loop. A lock makes the
+connection the writer thread's or the loop's, never both.
+
 Results are handed back only after COMMIT returns, and with synchronous=FULL in WAL mode a
-returned COMMIT is on disk (docs/architecture.md, "Durability").
+returned COMMIT is on disk (docs/architecture.md, "Durability"). SQLite's automatic checkpoint is
+off on this connection (it would run inside a COMMIT, possibly on the loop); the writer thread
+checkpoints instead, as often as SQLite would (about every CHECKPOINT_PAGES pages of WAL).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import queue
 import sqlite3
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -32,6 +46,15 @@ PRAGMAS = (
     "PRAGMA synchronous = FULL",
     "PRAGMA foreign_keys = ON",
 )
+# The writer thread checkpoints (see module doc), and the writer waits for another process's lock
+# itself (_begin), so that the loop never does.
+WRITER_PRAGMAS = ("PRAGMA wal_autocheckpoint = 0", "PRAGMA busy_timeout = 0")
+CHECKPOINT_PAGES = 1000  # as SQLite's own automatic checkpoint: when the WAL holds about this many pages
+BUSY_DELAYS_MS = (1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100)  # SQLite's busy handler's steps
+# The disk is fast when three quarters of the last RECENT_COMMITS commits took under inline_max_ms
+# and none took STALL_FACTOR times that: one stall sends writes to the thread for the next 16.
+RECENT_COMMITS = 16
+STALL_FACTOR = 5
 
 
 def open_writer_connection(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
@@ -94,17 +117,28 @@ class _Job:
 
 
 _STOP = object()
+_CHECKPOINT = object()
+_NOT_INLINE = object()  # the inline path gave way (another process's lock, a queued job): use the thread
 
 
 class StoreWriter:
-    def __init__(self, path: Path, *, group_commit_max: int = 64, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: Path, *, group_commit_max: int = 64, busy_timeout_ms: int = 5000,
+                 inline_max_ms: float = 2.0) -> None:
         self.path = Path(path)
         self.group_commit_max = group_commit_max
         self.busy_timeout_ms = busy_timeout_ms
+        self.inline_max_s = inline_max_ms / 1000  # 0: every write goes through the writer thread
+        self.checkpoint_commits = 50  # learnt at each checkpoint: commits that fill CHECKPOINT_PAGES
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
         self._failure: StorageError | None = None
+        self._owner = threading.Lock()  # held by whoever uses the connection: the writer thread or the loop
+        self._writing = 0  # loop-side write() calls under way (touched on the loop only)
+        self._recent: deque[float] = deque(maxlen=RECENT_COMMITS)  # seconds per COMMIT, both paths
+        self._since_checkpoint = 0
+        self._checkpoint_asked = False
+        self.counts = {"inline": 0, "batches": 0, "batched_jobs": 0, "checkpoints": 0}
         self.on_health: Callable[[StorageError | None], None] = lambda failure: None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -125,16 +159,24 @@ class StoreWriter:
             self._queue.put(_STOP)
             self._thread.join(timeout)
             self._thread = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._owner:
+            if self._conn is not None:
+                self._checkpoint(self._conn)
+                self._conn.close()
+                self._conn = None
 
     @property
     def failure(self) -> StorageError | None:
         return self._failure
 
+    def status(self) -> dict[str, object]:
+        recent = list(self._recent)
+        return {**self.counts, "inline_enabled": self.inline_max_s > 0,
+                "last_commits_max_ms": round(max(recent) * 1000, 2) if recent else None}
+
     # -- API ---------------------------------------------------------------------------------
     def submit(self, work: Work[T]) -> "concurrent.futures.Future[T]":
+        """From any thread: the writer thread runs it (group commit with whatever else is queued)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         if self._thread is None:
             future.set_exception(StorageError("the store is not running"))
@@ -143,11 +185,70 @@ class StoreWriter:
         return future
 
     async def write(self, work: Work[T]) -> T:
+        """From the asyncio loop: alone on a fast disk it commits right here, else via the writer thread."""
         if self._thread is None:
             raise StorageError("the store is not running")
-        handle = _LoopFuture(asyncio.get_running_loop())
-        self._queue.put(_Job(work, handle))
-        return await handle.future
+        self._writing += 1
+        try:
+            if self._inline_allowed():
+                # One turn of the loop first: writes arriving together see each other and share a commit.
+                await asyncio.sleep(0)
+                if self._writing == 1 and self._owner.acquire(blocking=False):
+                    try:
+                        value = self._write_inline(work)
+                    finally:
+                        self._owner.release()
+                    if value is not _NOT_INLINE:
+                        return value  # type: ignore[return-value]
+            handle = _LoopFuture(asyncio.get_running_loop())
+            self._queue.put(_Job(work, handle))
+            return await handle.future
+        finally:
+            self._writing -= 1
+
+    # -- the inline path (on the loop thread, holding the connection) ------------------------
+    def _inline_allowed(self) -> bool:
+        if self.inline_max_s <= 0 or self._writing != 1 or self._conn is None or self._failure is not None:
+            return False
+        return self._queue.empty() and disk_is_fast(self._recent, self.inline_max_s)
+
+    def _write_inline(self, work: Work[T]) -> T | object:
+        conn = self._conn
+        if conn is None or self._failure is not None or not self._queue.empty():
+            return _NOT_INLINE  # things changed during the loop turn: the writer thread sorts it out
+        try:
+            outcome = self._commit(conn, [work], begin=self._begin_without_waiting)
+        except _LockedElsewhere:
+            return _NOT_INLINE
+        ok, value = outcome[0]
+        self.counts["inline"] += 1
+        self._after_commit()
+        if not ok:
+            raise value  # type: ignore[misc]
+        return value
+
+    @staticmethod
+    def _begin_without_waiting(conn: sqlite3.Connection) -> None:
+        # Another process (posedge data import) may hold the write lock: never wait for it on the loop.
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise _LockedElsewhere() from None
+            raise
+
+    def _begin_waiting(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting up to busy_timeout_ms for another process's write lock (thread only)."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        for step in itertools.count():
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                left = deadline - time.monotonic()
+                if not _is_busy(exc) or left <= 0:
+                    raise
+                time.sleep(min(left, BUSY_DELAYS_MS[min(step, len(BUSY_DELAYS_MS) - 1)] / 1000))
 
     # -- the thread --------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -155,7 +256,8 @@ class StoreWriter:
             item = self._queue.get()
             if item is _STOP:
                 return
-            batch = [item]
+            checkpoint = item is _CHECKPOINT
+            batch: list[_Job] = [] if checkpoint else [item]
             stop_after = False
             while len(batch) < self.group_commit_max:
                 try:
@@ -165,8 +267,15 @@ class StoreWriter:
                 if more is _STOP:
                     stop_after = True
                     break
+                if more is _CHECKPOINT:
+                    checkpoint = True
+                    continue
                 batch.append(more)
-            self._run_batch(batch)
+            with self._owner:
+                if batch:
+                    self._run_batch(batch)
+                if (checkpoint or self._since_checkpoint >= self.checkpoint_commits) and self._conn is not None:
+                    self._checkpoint(self._conn)
             if stop_after:
                 return
 
@@ -180,39 +289,57 @@ class StoreWriter:
                 job.future.set_exception(self._failure)
             return
         try:
-            outcomes = self._execute(conn, jobs)
-            conn.execute("COMMIT")
-        except Exception as exc:  # the transaction is gone: nobody in this batch was recorded
-            self._abandon(conn)
-            failure = classify(exc, self.path)
-            self._set_failure(failure)
+            outcomes = self._commit(conn, [job.work for job in jobs], begin=self._begin_waiting)
+        except StorageError as failure:
             for job in jobs:
                 job.future.set_exception(failure)
             return
-        self._set_failure(None)
+        self.counts["batches"] += 1
+        self.counts["batched_jobs"] += len(jobs)
+        self._since_checkpoint += 1
         for job, (ok, value) in zip(jobs, outcomes):
             if ok:
                 job.future.set_result(value)
             else:
                 job.future.set_exception(value)
 
-    def _execute(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[tuple[bool, object]]:
-        conn.execute("BEGIN IMMEDIATE")
-        if len(jobs) == 1:  # alone in the transaction: no savepoint needed, a failure rolls back all
+    # -- one transaction (whoever holds the connection) ----------------------------------------
+    def _commit(self, conn: sqlite3.Connection, works: list[Work],
+                begin: Callable[[sqlite3.Connection], None]) -> list[tuple[bool, object]]:
+        """Run `works` in one transaction and COMMIT. A failure of the whole transaction raises the
+        classified StorageError (and is reported); a failing piece is its own outcome."""
+        started = time.perf_counter()
+        try:
+            begin(conn)
+            outcomes = self._execute(conn, works)
+            if conn.in_transaction:  # not when the only piece failed and was rolled back
+                conn.execute("COMMIT")
+        except _LockedElsewhere:
+            raise
+        except Exception as exc:  # the transaction is gone: nobody in it was recorded
+            self._abandon(conn)
+            failure = classify(exc, self.path)
+            self._set_failure(failure)
+            raise failure from None
+        self._recent.append(time.perf_counter() - started)
+        self._set_failure(None)
+        return outcomes
+
+    def _execute(self, conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, object]]:
+        if len(works) == 1:  # alone in the transaction: no savepoint needed, a failure rolls back all
             try:
-                return [(True, jobs[0].work(conn))]
+                return [(True, works[0](conn))]
             except Exception as exc:
                 if isinstance(exc, sqlite3.Error) and _is_storage_failure(exc):
                     raise
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                conn.execute("BEGIN IMMEDIATE")  # an empty transaction for the caller's COMMIT
                 return [(False, exc)]
         outcomes: list[tuple[bool, object]] = []
-        for job in jobs:
+        for work in works:
             conn.execute("SAVEPOINT work")
             try:
-                value = job.work(conn)
+                value = work(conn)
             except Exception as exc:
                 if not conn.in_transaction:
                     raise  # SQLite rolled back the whole transaction (disk full, I/O error)
@@ -225,6 +352,27 @@ class StoreWriter:
             conn.execute("RELEASE work")
             outcomes.append((True, value))
         return outcomes
+
+    def _after_commit(self) -> None:
+        """After an inline commit: count it, and wake the writer thread when a checkpoint is due."""
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= self.checkpoint_commits and not self._checkpoint_asked:
+            self._checkpoint_asked = True
+            self._queue.put(_CHECKPOINT)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL into the database file, so that the next commit starts the WAL over: it then
+        overwrites the file in place instead of growing it (a growing file costs every fsync more)."""
+        commits, self._since_checkpoint = self._since_checkpoint, 0
+        self._checkpoint_asked = False
+        try:
+            _, wal_pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # the next write reports storage trouble; a checkpoint only waits
+            log.warning("event=checkpoint_failed file=%s error=%r", self.path, str(exc))
+            return
+        self.counts["checkpoints"] += 1
+        if commits and wal_pages > 0:  # how many commits of this size fill CHECKPOINT_PAGES
+            self.checkpoint_commits = max(1, min(10_000, round(CHECKPOINT_PAGES * commits / wal_pages)))
 
     def _abandon(self, conn: sqlite3.Connection) -> None:
         try:
@@ -246,6 +394,8 @@ class StoreWriter:
             applied = migrate(conn)
             if applied:
                 log.info("event=schema_migrated file=%s applied=%s", self.path, ",".join(applied))
+            for pragma in WRITER_PRAGMAS:
+                conn.execute(pragma)
         except Exception as exc:
             if conn is not None:
                 conn.close()
@@ -259,6 +409,8 @@ class StoreWriter:
             failure is not None and self._failure is not None and failure.code != self._failure.code
         )
         self._failure = failure
+        if failure is not None:
+            self._recent.clear()  # after trouble, the disk must prove itself fast again before inline
         if not changed:
             return
         if failure is None:
@@ -266,6 +418,23 @@ class StoreWriter:
         else:
             log.error("event=storage_failed file=%s code=%s message=%r", self.path, failure.code, failure.message)
         self.on_health(failure)
+
+
+def disk_is_fast(recent_s: "deque[float] | list[float]", limit_s: float) -> bool:
+    """Whether a commit may run on the loop: RECENT_COMMITS durations known, three quarters of them
+    under `limit_s`, none a stall (STALL_FACTOR times the limit)."""
+    if len(recent_s) < RECENT_COMMITS or limit_s <= 0:
+        return False
+    ordered = sorted(recent_s)
+    return ordered[len(ordered) * 3 // 4 - 1] < limit_s and ordered[-1] < STALL_FACTOR * limit_s
+
+
+class _LockedElsewhere(Exception):
+    """BEGIN IMMEDIATE found another process's write lock (inline path only)."""
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return (getattr(exc, "sqlite_errorname", "") or "").startswith("SQLITE_BUSY") or "database is locked" in str(exc)
 
 
 def _is_storage_failure(exc: sqlite3.Error) -> bool:
