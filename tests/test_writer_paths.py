@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
 from posedge.agent.errors import StorageFull
-from posedge.agent.store.writer import CHECKPOINT_PAGES, RECENT_COMMITS, StoreWriter, disk_is_fast
+from posedge.agent.store.checkpointer import CHECKPOINT_PAGES
+from posedge.agent.store.writer import RECENT_COMMITS, StoreWriter, disk_is_fast
 
 from test_store import small_disk_free
 
@@ -147,7 +149,7 @@ def test_the_writer_checkpoints_so_the_wal_stays_bounded(writer: StoreWriter) ->
 
     asyncio.run(main())
     assert writer.counts["inline"] > 2 * CHECKPOINT_PAGES  # the commits ran on the loop: no automatic checkpoint
-    assert writer.counts["checkpoints"] >= 2
+    assert writer.checkpointer.counts["checkpoints"] >= 2
     wal = writer.path.with_name(writer.path.name + "-wal").stat().st_size
     assert wal < 3 * CHECKPOINT_PAGES * 4096, wal  # without checkpoints it would hold ~3000 pages and more
 
@@ -176,3 +178,23 @@ def test_a_full_disk_on_the_loop_fails_the_write_whole_and_recovers(small_disk: 
     check = sqlite3.connect(small_disk / "full.db")
     assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     check.close()
+
+
+def test_bookkeeping_alone_commits_relaxed_and_the_connection_is_full_again(writer: StoreWriter) -> None:
+    """synchronous: 2 = FULL (fsync at COMMIT), 1 = NORMAL. A batch is relaxed only when all of it is."""
+    level = lambda c: c.execute("PRAGMA synchronous").fetchone()[0]  # noqa: E731
+    assert writer.submit(level, durable=False).result(5) == 1
+    assert writer.submit(level).result(5) == 2
+    gate = threading.Event()
+    blocker = writer.submit(lambda c: gate.wait(5), durable=False)  # holds the thread: the next two share a batch
+    mixed = [writer.submit(level, durable=False), writer.submit(level)]
+    gate.set()
+    blocker.result(5)
+    assert [f.result(5) for f in mixed] == [2, 2]
+    assert writer.counts["relaxed_batches"] >= 1
+
+    async def main() -> int:
+        await warm_up(writer)
+        return await writer.write(level)  # on the loop: always durable
+
+    assert asyncio.run(main()) == 2

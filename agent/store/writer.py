@@ -14,8 +14,8 @@ connection the writer thread's or the loop's, never both.
 
 Results are handed back only after COMMIT returns, and with synchronous=FULL in WAL mode a
 returned COMMIT is on disk (docs/architecture.md, "Durability"). SQLite's automatic checkpoint is
-off on this connection (it would run inside a COMMIT, possibly on the loop); the writer thread
-checkpoints instead, as often as SQLite would (about every CHECKPOINT_PAGES pages of WAL).
+off on this connection (it would run inside a COMMIT, possibly on the loop): the checkpointer
+(checkpointer.py) does it from its own connection, as often as SQLite would.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from posedge.agent.errors import StorageCorrupt, StorageError
+from posedge.agent.store.checkpointer import Checkpointer
 from posedge.agent.store.failures import classify
 from posedge.agent.store.schema import migrate
 
@@ -46,10 +47,9 @@ PRAGMAS = (
     "PRAGMA synchronous = FULL",
     "PRAGMA foreign_keys = ON",
 )
-# The writer thread checkpoints (see module doc), and the writer waits for another process's lock
-# itself (_begin), so that the loop never does.
+# The checkpointer checkpoints (see module doc), and the writer thread waits for another process's
+# lock itself (_begin_waiting), so that the loop never does.
 WRITER_PRAGMAS = ("PRAGMA wal_autocheckpoint = 0", "PRAGMA busy_timeout = 0")
-CHECKPOINT_PAGES = 1000  # as SQLite's own automatic checkpoint: when the WAL holds about this many pages
 BUSY_DELAYS_MS = (1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100)  # SQLite's busy handler's steps
 # The disk is fast when three quarters of the last RECENT_COMMITS commits took under inline_max_ms
 # and none took STALL_FACTOR times that: one stall sends writes to the thread for the next 16.
@@ -114,6 +114,7 @@ def _settle(future: asyncio.Future, ok: bool, value: object) -> None:
 class _Job:
     work: Callable[[sqlite3.Connection], object]
     future: concurrent.futures.Future | _LoopFuture
+    durable: bool = True
 
 
 _STOP = object()
@@ -128,7 +129,6 @@ class StoreWriter:
         self.group_commit_max = group_commit_max
         self.busy_timeout_ms = busy_timeout_ms
         self.inline_max_s = inline_max_ms / 1000  # 0: every write goes through the writer thread
-        self.checkpoint_commits = 50  # learnt at each checkpoint: commits that fill CHECKPOINT_PAGES
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
@@ -136,9 +136,8 @@ class StoreWriter:
         self._owner = threading.Lock()  # held by whoever uses the connection: the writer thread or the loop
         self._writing = 0  # loop-side write() calls under way (touched on the loop only)
         self._recent: deque[float] = deque(maxlen=RECENT_COMMITS)  # seconds per COMMIT, both paths
-        self._since_checkpoint = 0
-        self._checkpoint_asked = False
-        self.counts = {"inline": 0, "batches": 0, "batched_jobs": 0, "checkpoints": 0}
+        self.checkpointer = Checkpointer(self.path, may_run=self._healthy, finish=lambda: self._queue.put(_CHECKPOINT))
+        self.counts = {"inline": 0, "batches": 0, "batched_jobs": 0, "relaxed_batches": 0, "writer_checkpoints": 0}
         self.on_health: Callable[[StorageError | None], None] = lambda failure: None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -152,9 +151,11 @@ class StoreWriter:
         self._try_open()
         self._thread = threading.Thread(target=self._loop, name="store-writer", daemon=True)
         self._thread.start()
+        self.checkpointer.start()
         return self._failure
 
     def stop(self, timeout: float = 5.0) -> None:
+        self.checkpointer.stop(timeout)
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join(timeout)
@@ -171,17 +172,21 @@ class StoreWriter:
 
     def status(self) -> dict[str, object]:
         recent = list(self._recent)
-        return {**self.counts, "inline_enabled": self.inline_max_s > 0,
+        return {**self.counts, **self.checkpointer.counts, "inline_enabled": self.inline_max_s > 0,
                 "last_commits_max_ms": round(max(recent) * 1000, 2) if recent else None}
 
     # -- API ---------------------------------------------------------------------------------
-    def submit(self, work: Work[T]) -> "concurrent.futures.Future[T]":
-        """From any thread: the writer thread runs it (group commit with whatever else is queued)."""
+    def submit(self, work: Work[T], *, durable: bool = True) -> "concurrent.futures.Future[T]":
+        """From any thread: the writer thread runs it (group commit with whatever else is queued).
+
+        `durable=False` is for bookkeeping whose loss in a power cut is harmless (a print job's
+        state): a batch of only such work commits without waiting for the fsync (synchronous =
+        NORMAL). It survives the agent being killed, and is on disk with the next durable commit."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         if self._thread is None:
             future.set_exception(StorageError("the store is not running"))
         else:
-            self._queue.put(_Job(work, future))
+            self._queue.put(_Job(work, future, durable))
         return future
 
     async def write(self, work: Work[T]) -> T:
@@ -222,7 +227,7 @@ class StoreWriter:
             return _NOT_INLINE
         ok, value = outcome[0]
         self.counts["inline"] += 1
-        self._after_commit()
+        self.checkpointer.committed()
         if not ok:
             raise value  # type: ignore[misc]
         return value
@@ -272,44 +277,47 @@ class StoreWriter:
                     continue
                 batch.append(more)
             with self._owner:
-                if batch:
-                    self._run_batch(batch)
-                if (checkpoint or self._since_checkpoint >= self.checkpoint_commits) and self._conn is not None:
+                settled = self._run_batch(batch) if batch else []
+                if checkpoint and self._conn is not None:
                     self._checkpoint(self._conn)
+            # Answered once the connection is free: a caller that writes again at once may commit inline.
+            for job, ok, value in settled:
+                if ok:
+                    job.future.set_result(value)
+                else:
+                    job.future.set_exception(value)  # type: ignore[arg-type]
             if stop_after:
                 return
 
-    def _run_batch(self, batch: list[_Job]) -> None:
+    def _run_batch(self, batch: list[_Job]) -> list[tuple[_Job, bool, object]]:
+        """Commit the batch; returns each job's outcome, for the caller to hand back."""
         jobs = [job for job in batch if job.future.set_running_or_notify_cancel()]
         if not jobs:
-            return
+            return []
         conn = self._connection()
         if conn is None:
-            for job in jobs:
-                job.future.set_exception(self._failure)
-            return
+            return [(job, False, self._failure) for job in jobs]
+        relaxed = not any(job.durable for job in jobs)
         try:
-            outcomes = self._commit(conn, [job.work for job in jobs], begin=self._begin_waiting)
+            outcomes = self._commit(conn, [job.work for job in jobs], begin=self._begin_waiting, relaxed=relaxed)
         except StorageError as failure:
-            for job in jobs:
-                job.future.set_exception(failure)
-            return
+            return [(job, False, failure) for job in jobs]
+        if relaxed:
+            self.counts["relaxed_batches"] += 1
         self.counts["batches"] += 1
         self.counts["batched_jobs"] += len(jobs)
-        self._since_checkpoint += 1
-        for job, (ok, value) in zip(jobs, outcomes):
-            if ok:
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(value)
+        self.checkpointer.committed()
+        return [(job, ok, value) for job, (ok, value) in zip(jobs, outcomes)]
 
     # -- one transaction (whoever holds the connection) ----------------------------------------
-    def _commit(self, conn: sqlite3.Connection, works: list[Work],
-                begin: Callable[[sqlite3.Connection], None]) -> list[tuple[bool, object]]:
+    def _commit(self, conn: sqlite3.Connection, works: list[Work], begin: Callable[[sqlite3.Connection], None],
+                relaxed: bool = False) -> list[tuple[bool, object]]:
         """Run `works` in one transaction and COMMIT. A failure of the whole transaction raises the
         classified StorageError (and is reported); a failing piece is its own outcome."""
         started = time.perf_counter()
         try:
+            if relaxed:  # the level is read at COMMIT, and may only change outside a transaction
+                conn.execute("PRAGMA synchronous = NORMAL")
             begin(conn)
             outcomes = self._execute(conn, works)
             if conn.in_transaction:  # not when the only piece failed and was rolled back
@@ -321,9 +329,21 @@ class StoreWriter:
             failure = classify(exc, self.path)
             self._set_failure(failure)
             raise failure from None
-        self._recent.append(time.perf_counter() - started)
+        finally:
+            if relaxed:
+                self._restore_full_sync(conn)
+        if not relaxed:  # only fsync'd commits say how fast the disk is
+            self._recent.append(time.perf_counter() - started)
         self._set_failure(None)
         return outcomes
+
+    def _restore_full_sync(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.Error:  # cannot leave the connection relaxed: the next sale must be durable
+            log.error("event=sync_level_restore_failed file=%s action=reopen", self.path)
+            conn.close()
+            self._conn = None
 
     def _execute(self, conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, object]]:
         if len(works) == 1:  # alone in the transaction: no savepoint needed, a failure rolls back all
@@ -353,26 +373,20 @@ class StoreWriter:
             outcomes.append((True, value))
         return outcomes
 
-    def _after_commit(self) -> None:
-        """After an inline commit: count it, and wake the writer thread when a checkpoint is due."""
-        self._since_checkpoint += 1
-        if self._since_checkpoint >= self.checkpoint_commits and not self._checkpoint_asked:
-            self._checkpoint_asked = True
-            self._queue.put(_CHECKPOINT)
-
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
-        """Copy the WAL into the database file, so that the next commit starts the WAL over: it then
-        overwrites the file in place instead of growing it (a growing file costs every fsync more)."""
-        commits, self._since_checkpoint = self._since_checkpoint, 0
-        self._checkpoint_asked = False
+        """On the writer connection, between transactions, so it reaches the end of the WAL and the
+        next commit starts the WAL over: after each checkpointer pass, and at stop."""
+        if not self._healthy():
+            return
         try:
-            _, wal_pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # the next write reports storage trouble; a checkpoint only waits
             log.warning("event=checkpoint_failed file=%s error=%r", self.path, str(exc))
             return
-        self.counts["checkpoints"] += 1
-        if commits and wal_pages > 0:  # how many commits of this size fill CHECKPOINT_PAGES
-            self.checkpoint_commits = max(1, min(10_000, round(CHECKPOINT_PAGES * commits / wal_pages)))
+        self.counts["writer_checkpoints"] += 1
+
+    def _healthy(self) -> bool:
+        return self._conn is not None and self._failure is None
 
     def _abandon(self, conn: sqlite3.Connection) -> None:
         try:
