@@ -29,7 +29,7 @@ from posedge.sync.encoding import dumps, loads
 log = logging.getLogger("posedge.agent.receipts")
 
 EventCallback = Callable[[str, dict[str, Any]], None]
-Submit = Callable[[Callable[[sqlite3.Connection], Any]], "concurrent.futures.Future[Any]"]
+Submit = Callable[..., "concurrent.futures.Future[Any]"]  # StoreWriter.submit(work, durable=...)
 
 
 def _now() -> str:
@@ -234,7 +234,8 @@ class PrinterWorker(threading.Thread):
         try:
             self._ready_or_raise()
             self._write(lambda c: c.execute(
-                "UPDATE print_jobs SET state = 'sending', attempts = attempts + 1 WHERE job_id = ?", (job.job_id,)))
+                "UPDATE print_jobs SET state = 'sending', attempts = attempts + 1 WHERE job_id = ?", (job.job_id,)),
+                durable=True)  # on disk before any byte leaves: after a crash, a re-send is marked
             try:
                 self.printer.write(data, job.label)
             except PrinterUnavailable:
@@ -301,8 +302,11 @@ class PrinterWorker(threading.Thread):
             except Exception as exc:  # PrinterFault, or a bug: the caller gets an answer either way
                 future.set_exception(exc)
 
-    def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        return self.submit(work).result(timeout=30)
+    def _write(self, work: Callable[[sqlite3.Connection], Any], durable: bool = False) -> Any:
+        # Other states than `sending` need not wait for the disk: lost in a power cut, the job is
+        # still `sending` (or `pending`) and is sent again, marked as possibly duplicated when it
+        # may have printed (docs/receipts.md).
+        return self.submit(work, durable=durable).result(timeout=30)
 
     def _set_state(self, state: str, problem: str | None, **extra: Any) -> bool:
         """Record the printer's state; publishes a "printer" event when it changed (not on every retry)."""

@@ -74,11 +74,11 @@ def test_outcome_not_recorded_means_resent_marked_possibly_duplicated(tmp_path, 
     assert writer.start() is None
     calls = {"n": 0}
 
-    def flaky_submit(work):
+    def flaky_submit(work, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:  # 1: insert, 2: mark sending, 3: mark done
             raise StorageError("the disk went away for a moment")
-        return writer.submit(work)
+        return writer.submit(work, **kwargs)
 
     out = tmp_path / "lp0"
     out.write_bytes(b"")
@@ -94,6 +94,39 @@ def test_outcome_not_recorded_means_resent_marked_possibly_duplicated(tmp_path, 
         assert "** 可能重复打印 DUPLICATE? **" not in [l.strip() for l in papers[0].lines]
         assert "** 可能重复打印 DUPLICATE? **" in [l.strip() for l in papers[1].lines]
         assert worker.is_alive()
+    finally:
+        worker.stop()
+        writer.stop()
+
+
+def test_only_the_sending_mark_waits_for_the_disk(tmp_path, signer):
+    """The `sending` mark is durable before any byte leaves; `done` is bookkeeping (relaxed)."""
+    from posedge.agent.store.writer import StoreWriter
+    from posedge.drivers.printers.file import FilePrinter, FilePrinterConfig
+
+    db = tmp_path / "posedge.db"
+    writer = StoreWriter(db)
+    assert writer.start() is None
+    marks: list[tuple[str, bool]] = []
+
+    def recording_submit(work, durable=True):
+        def recorded(conn):
+            value = work(conn)
+            state = conn.execute("SELECT state FROM print_jobs ORDER BY job_id DESC LIMIT 1").fetchone()
+            marks.append((state[0] if state else "", durable))
+            return value
+        return writer.submit(recorded, durable=durable)
+
+    out = tmp_path / "lp0"
+    out.write_bytes(b"")
+    renderer = ReceiptRenderer("posedge 演示门店", SHANGHAI, ReceiptConfig(), signer)
+    worker = PrinterWorker(FilePrinter(FilePrinterConfig(name="lp", path=out)), renderer, recording_submit, db,
+                           lambda kind, payload: None, backoff=Backoff(0.05, 0.1), poll_s=0.1)
+    try:
+        writer.submit(lambda c: insert_job(c, sample_facts(), "lp")).result(5)
+        worker.start()
+        wait_for(lambda: worker.printed == 1, what="the job done")
+        assert marks == [("sending", True), ("done", False)]
     finally:
         worker.stop()
         writer.stop()
