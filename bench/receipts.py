@@ -29,16 +29,28 @@ NAMES = ["可口可乐 500ml", "农夫山泉 550ml", "康师傅红烧牛肉面",
          "三只松鼠 每日坚果", "青岛啤酒 330ml", "洽洽香瓜子 260g", "德芙巧克力 43g"]
 
 
-def typical_sale() -> SaleFacts:
-    lines = tuple(LineFacts(NAMES[i % len(NAMES)], 1 + i % 3, 350 + 100 * i, (1 + i % 3) * (350 + 100 * i)) for i in range(20))
+def typical_sale(n: int = 0) -> SaleFacts:
+    """Sale `n`: its own receipt number, time, items (a rotating pick), quantities and prices."""
+    lines = tuple(LineFacts(NAMES[(i + n) % len(NAMES)], 1 + (i + n) % 3, 350 + 100 * i + n, (1 + (i + n) % 3) * (350 + 100 * i + n))
+                  for i in range(20))
     total = sum(line.amount_fen for line in lines) - 500
     return SaleFacts(
-        sale_id="bench-1", receipt_no="20261123-0042", tenant="demo", store_id="store-001",
-        sold_at=datetime(2026, 11, 23, 3, 4, 5, tzinfo=timezone.utc), total_fen=total, lines=lines,
+        sale_id=f"bench-{n}", receipt_no=f"20261123-{42 + n:04d}", tenant="demo", store_id="store-001",
+        sold_at=datetime(2026, 11, 23, 3, 4, 5 + n % 50, tzinfo=timezone.utc), total_fen=total, lines=lines,
         discounts=(DiscountFacts("满减券", 500, "coupon", "CPN123456789"),),
         payments=(PaymentFacts("wechat", total, "4200001234567890"),),
-        member=MemberFacts("13812345678", total // 100, 5000), cashier="王芳", till="01",
+        member=MemberFacts("13812345678", total // 100, 5000 + n), cashier="王芳", till="01",
     )
+
+
+def timed_each(fn, n: int) -> list[float]:
+    """`fn(i)` for i in 0..n, each timed: a different receipt each time."""
+    samples = []
+    for i in range(n):
+        start = time.perf_counter()
+        fn(i)
+        samples.append(time.perf_counter() - start)
+    return samples
 
 
 def timed(fn, n: int) -> list[float]:
@@ -56,13 +68,16 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
+def fresh_renderer(signer: ClaimSigner) -> ReceiptRenderer:
+    return ReceiptRenderer("posedge 演示门店", ZoneInfo("Asia/Shanghai"), ReceiptConfig(claim_url="https://mp.example.cn/c?t="), signer)
+
+
 def main() -> int:
     from escpos.printer import Dummy
 
     key_dir = Path(tempfile.mkdtemp())
     signer = ClaimSigner.from_file(key_dir / "store-key.pem")
-    renderer = ReceiptRenderer("posedge 演示门店", ZoneInfo("Asia/Shanghai"),
-                               ReceiptConfig(claim_url="https://mp.example.cn/c?t="), signer)
+    renderer = fresh_renderer(signer)
     facts = typical_sale()
     traits = PrinterTraits()
     text_lines = renderer.lay_out(facts).text_lines()
@@ -77,7 +92,10 @@ def main() -> int:
     results = {
         "python-escpos Dummy, same text, no layout (baseline)": timed(baseline, N),
         "posedge receipt -> ESC/POS bytes": timed(lambda: renderer.escpos(facts, traits), N),
-        "posedge receipt -> PNG preview": timed(lambda: renderer.png(facts), max(20, N // 10)),
+        # A fresh renderer each time: the first receipt a running agent draws (no glyph or line cached).
+        "posedge receipt -> PNG preview, first of a process": timed_each(lambda i: fresh_renderer(signer).png(typical_sale(i)), 10),
+        # One renderer, every receipt a different sale: its glyph and line caches as in a running agent.
+        "posedge receipt -> PNG preview, a different sale each": timed_each(lambda i: renderer.png(typical_sale(i)), max(20, N // 3)),
     }
     base = statistics.median(results["python-escpos Dummy, same text, no layout (baseline)"])
     print(f"receipt: {len(facts.lines)} item lines, {len(text_lines)} printed text lines, 58 mm; samples: {N}")

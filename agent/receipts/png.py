@@ -1,13 +1,19 @@
 """Layout -> PNG preview, drawn on a grid of printer columns so it lines up like the paper does.
 
-Each character is drawn in its own cell (CJK two cells wide), because Noto Sans CJK's Latin glyphs
+Each character sits in its own cell (CJK two cells wide), because Noto Sans CJK's Latin glyphs
 are proportional and the receipt's columns must line up in the preview as they do on paper.
+
+Rasterising text is most of a preview's cost, and receipts repeat themselves: the same characters
+and many of the same lines (rules, labels, product names). So each glyph is rasterised once and
+stamped through its coverage mask after that, and whole lines are kept in a small LRU cache.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,11 +43,18 @@ def load_font(path: Path = CJK_FONT, size: int = 2 * CELL_W) -> tuple[ImageFont.
     return ImageFont.load_default(size), False
 
 
+GLYPH_PAD = CELL_W  # room around a cell for strokes that overhang it
+LINE_CACHE = 512  # lines kept (about 12 KB each at 80 mm)
+GLYPH_CACHE = 8192  # distinct (character, bold) pairs kept
+
+
 class PngRenderer:
     def __init__(self, charset: Charset, font_path: Path = CJK_FONT) -> None:
         self.charset = charset
         self.font, self.has_cjk = load_font(font_path)
-        self._fits: dict[str, bool] = {}
+        self._lock = threading.Lock()
+        self._glyphs: dict[tuple[str, bool], Image.Image] = {}
+        self._lines: OrderedDict[tuple[str, int, bool, bool], Image.Image] = OrderedDict()
 
     def render(self, layout: Layout) -> bytes:
         image = self.draw(layout)
@@ -75,27 +88,40 @@ class PngRenderer:
             return Image.new("L", (1, LINE_H * block.lines), 255)
         raise TypeError(f"unknown block {block!r}")
 
-    def _fits_grid(self, ch: str) -> bool:
-        """Whether the font's advance for `ch` is exactly its printer columns (then a line draws in one call)."""
-        fits = self._fits.get(ch)
-        if fits is None:
-            fits = abs(self.font.getlength(ch) - self.charset.char_width(ch) * CELL_W) < 0.01
-            self._fits[ch] = fits
-        return fits
-
     def _text_image(self, text: str, columns: int, bold: bool = False, tall: bool = False) -> Image.Image:
+        """One printed line. The image is shared through the line cache: callers only read it."""
+        key = (text, columns, bold, tall)
+        with self._lock:  # the printer threads and the preview API share this renderer
+            cached = self._lines.get(key)
+            if cached is not None:
+                self._lines.move_to_end(key)
+                return cached
         image = Image.new("L", (columns * CELL_W, LINE_H), 255)
-        draw = ImageDraw.Draw(image)
-        stroke = {"stroke_width": 1, "stroke_fill": 0} if bold else {}
-        if all(self._fits_grid(ch) for ch in text):
-            draw.text((0, BASELINE), text, font=self.font, fill=0, anchor="ls", **stroke)
-        else:
-            col = 0
-            for ch in text:
-                if ch != " ":
-                    draw.text((col * CELL_W, BASELINE), ch, font=self.font, fill=0, anchor="ls", **stroke)
-                col += self.charset.char_width(ch)
-        return image.resize((image.width, 2 * LINE_H)) if tall else image
+        col = 0
+        for ch in text:
+            if ch != " ":
+                image.paste(0, (col * CELL_W - GLYPH_PAD, 0), mask=self._glyph(ch, bold))
+            col += self.charset.char_width(ch)
+        if tall:
+            image = image.resize((image.width, 2 * LINE_H))
+        with self._lock:
+            self._lines[key] = image
+            if len(self._lines) > LINE_CACHE:
+                self._lines.popitem(last=False)
+        return image
+
+    def _glyph(self, ch: str, bold: bool) -> Image.Image:
+        """The coverage mask of `ch` drawn at its cell's baseline (255 = ink), padded on both sides."""
+        key = (ch, bold)
+        mask = self._glyphs.get(key)
+        if mask is None:
+            mask = Image.new("L", (self.charset.char_width(ch) * CELL_W + 2 * GLYPH_PAD, LINE_H), 0)
+            stroke = {"stroke_width": 1, "stroke_fill": 255} if bold else {}
+            ImageDraw.Draw(mask).text((GLYPH_PAD, BASELINE), ch, font=self.font, fill=255, anchor="ls", **stroke)
+            if len(self._glyphs) >= GLYPH_CACHE:
+                self._glyphs.clear()
+            self._glyphs[key] = mask
+        return mask
 
 
 def _qr_image(data: str) -> Image.Image:

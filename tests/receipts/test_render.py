@@ -117,6 +117,18 @@ def test_png_preview_draws_the_same_layout(receipt_config, signer):
     assert ("Code128", "S001-20261123-0042") in found
 
 
+def test_png_preview_is_the_same_from_a_warm_renderer_as_from_a_fresh_one(receipt_config, signer):
+    """Glyphs and lines are cached across receipts: a cached piece must never leak into another."""
+    first = render(sample_facts(), receipt_config, signer)[1]
+    other = render(sample_facts(sale_id="sale-2", receipt_no="S001-20261123-0043", cash=False), receipt_config, signer)[1]
+    fresh = PngRenderer(GB).render(first)
+    warm = PngRenderer(GB)
+    warm.render(other)
+    assert warm.render(other) != fresh
+    assert warm.render(first) == fresh
+    assert len(warm._lines) > 0 and len(warm._glyphs) > 0
+
+
 def test_png_without_cjk_font_still_renders_and_says_so(receipt_config, signer, tmp_path):
     _, layout = render(sample_facts(), receipt_config, signer)
     renderer = PngRenderer(GB, font_path=tmp_path / "missing.ttc")
