@@ -5,16 +5,19 @@ commits one transaction per sale with SQLite's default checkpointing; the store 
 `SaleService.record` through the single writer (group commit when tills post together, a commit
 on the loop for a till alone on a fast disk, its own checkpoints).
 
-A shared VM's disk and CPUs drift by tens of percent within a minute, so the two are measured in
-alternating rounds (bare first in even rounds, the store first in odd ones), each round on fresh
-files, and the ratio printed is the median of the rounds' ratios; every round is printed too.
+A shared VM's disk and CPUs drift by tens of percent within seconds, so:
+- one client: the two are paired sale by sale (a bare sale, a store sale, the order swapped each
+  time, each on its own file), so both see the same disk; the ratio is the bare side's mean
+  latency over the store side's (= store rate / bare rate), per block of sales and overall;
+- four clients (concurrency cannot be paired): alternating rounds (bare first in even rounds,
+  the store first in odd ones), each on fresh files, and the median of the rounds' ratios.
 
 Then POST /v1/sales end to end through a real agent process, as a store runs it: a network
 receipt printer (a real TCP listener answering DLE EOT, in its own process) prints every sale.
-The embedded default's file printer, which also draws a PNG preview of every receipt, is measured
-last for comparison.
+Three rounds, each a fresh agent process, and the median. The embedded default's file printer,
+which also draws a PNG preview of every receipt, is measured last for comparison.
 
-    .venv/bin/python bench/sale_commit.py [--sales 300] [--rounds 5] [--api-sales 1000] [--dir var/bench]
+    .venv/bin/python bench/sale_commit.py [--sales 300] [--rounds 5] [--api-sales 1000] [--api-rounds 3]
 """
 
 from __future__ import annotations
@@ -189,6 +192,65 @@ def rate_and_latency(sales: int, elapsed: float, latencies: list[float]) -> tupl
     return sales / elapsed, percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
 
 
+def paired_one_client(work: Path, sales: int, blocks: int) -> float:
+    """One till: a bare sale and a store sale in turn; prints each block's ratio, returns the overall one."""
+    bare_path, store_path = work / "bare-paired.db", work / "store-paired.db"
+    setup = sqlite3.connect(bare_path, isolation_level=None)
+    setup.execute("PRAGMA journal_mode = WAL")
+    migrate(setup)
+    setup.close()
+    bare = sqlite3.connect(bare_path, isolation_level=None, timeout=30)
+    for pragma in PRAGMAS:
+        bare.execute(pragma)
+    writer = StoreWriter(store_path)
+    assert writer.start() is None
+    service = SaleService(writer, StoreReader(store_path), StoreConfig())
+    lat_bare: list[float] = []
+    lat_store: list[float] = []
+
+    async def one_store(n: int, into: list[float] | None) -> None:
+        body = SaleIn.model_validate(sale(0, n))
+        t0 = time.perf_counter()
+        await service.record(body)
+        if into is not None:
+            into.append(time.perf_counter() - t0)
+
+    def one_bare(n: int, into: list[float] | None) -> None:
+        body = SaleIn.model_validate(sale(0, n))
+        t0 = time.perf_counter()
+        bare_commit(bare, body)
+        if into is not None:
+            into.append(time.perf_counter() - t0)
+
+    async def main() -> None:
+        for n in range(WARMUP):
+            one_bare(900000 + n, None)
+            await one_store(900000 + n, None)
+        for n in range(sales):
+            if n % 2:
+                one_bare(n, lat_bare)
+                await one_store(n, lat_store)
+            else:
+                await one_store(n, lat_store)
+                one_bare(n, lat_bare)
+
+    asyncio.run(main())
+    writer.stop()
+    bare.close()
+    print(f"1 client, {sales} sales each side, paired sale by sale:")
+    size = sales // blocks
+    for b in range(blocks):
+        mb, ms = statistics.mean(lat_bare[b * size:(b + 1) * size]), statistics.mean(lat_store[b * size:(b + 1) * size])
+        print(f"  block {b + 1}: bare {1 / mb:7.1f}/s   store {1 / ms:7.1f}/s   ratio {mb / ms:.2f}")
+    for name, lat in (("bare sqlite3 (1 tx/sale)", lat_bare), ("posedge store layer", lat_store)):
+        print(f"  {name:<26} {1 / statistics.mean(lat):7.1f} sales/s   p50 {percentile(lat, 50) * 1000:5.2f} ms   "
+              f"p99 {percentile(lat, 99) * 1000:5.2f} ms")
+    ratio = statistics.mean(lat_bare) / statistics.mean(lat_store)
+    print(f"  ratio store/bare: {ratio:.2f} (store {writer.counts['inline']} commits on the loop, "
+          f"{writer.counts['batched_jobs']} in the writer thread)")
+    return ratio
+
+
 def compare(work: Path, clients: int, per_client: int, rounds: int) -> float:
     """Alternating rounds of bare and store; prints each round and returns the median ratio."""
     print(f"{clients} client(s), {per_client * clients} sales a round:")
@@ -209,11 +271,25 @@ def compare(work: Path, clients: int, per_client: int, rounds: int) -> float:
     return median
 
 
+def api_rounds(work: Path, label: str, printers: str | None, sales: int, rounds: int) -> None:
+    """Each round a fresh agent process; prints every round and the median p50/p99."""
+    print(f"POST /v1/sales end to end, {label}, 1 client, {sales} sales a round:")
+    p50s, p99s = [], []
+    for r in range(rounds):
+        latencies = run_api(work / f"api-{len(label)}-{r}", sales, printers)
+        p50s.append(percentile(latencies, 50) * 1000)
+        p99s.append(percentile(latencies, 99) * 1000)
+        print(f"  round {r + 1}: p50 {p50s[-1]:.2f} ms   p99 {p99s[-1]:.2f} ms")
+    if rounds > 1:
+        print(f"  median of rounds: p50 {statistics.median(p50s):.2f} ms   p99 {statistics.median(p99s):.2f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sales", type=int, default=300, help="sales per scenario and round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per scenario")
-    parser.add_argument("--api-sales", type=int, default=1000, help="sales posted through the API")
+    parser.add_argument("--api-sales", type=int, default=1000, help="sales posted through the API, per round")
+    parser.add_argument("--api-rounds", type=int, default=3, help="agent processes (rounds) for the API figures")
     parser.add_argument("--dir", default=str(ROOT / "var" / "bench"), help="where the databases go (use the real disk)")
     args = parser.parse_args()
     base = Path(args.dir)
@@ -221,18 +297,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(dir=base))
     try:
         print(f"sale commit, databases in {work} (WAL, synchronous=FULL)")
-        for clients in (1, 4):
-            compare(work, clients, args.sales // clients, args.rounds)
+        paired_one_client(work, args.sales * args.rounds, args.rounds)
+        compare(work, 4, args.sales // 4, args.rounds)
         printer, printers = network_printer()
         try:
-            api = run_api(work / "api", args.api_sales, printers)
+            api_rounds(work, "network printer", printers, args.api_sales, args.api_rounds)
         finally:
             printer.kill()
-        print(f"POST /v1/sales end to end, network printer (1 client, {len(api)} sales): "
-              f"p50 {percentile(api, 50) * 1000:.2f} ms   p99 {percentile(api, 99) * 1000:.2f} ms")
-        api = run_api(work / "api-default", args.api_sales, None)
-        print(f"POST /v1/sales end to end, embedded default: file printer drawing a PNG per receipt "
-              f"(1 client, {len(api)} sales): p50 {percentile(api, 50) * 1000:.2f} ms   p99 {percentile(api, 99) * 1000:.2f} ms")
+        api_rounds(work, "embedded default (file printer drawing a PNG per receipt)", None, args.api_sales, 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
