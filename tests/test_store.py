@@ -15,6 +15,16 @@ from posedge.agent.store import schema
 from posedge.agent.store.writer import StoreWriter
 
 
+def insert(key: str, fail: bool = False):
+    """Work that inserts `key` (and then raises, when `fail`)."""
+    def work(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO receipt_counters VALUES (?, 1)", (key,))
+        if fail:
+            raise ValueError("refused")
+        return key
+    return work
+
+
 @pytest.fixture
 def writer(tmp_path: Path):
     w = StoreWriter(tmp_path / "s.db", group_commit_max=32)
@@ -32,14 +42,6 @@ def test_database_is_wal_with_full_sync(writer: StoreWriter) -> None:
 def test_failing_work_is_rolled_back_alone_in_a_shared_commit(writer: StoreWriter) -> None:
     gate = threading.Event()
     blocker = writer.submit(lambda c: gate.wait(5))  # holds the writer so the next three share a batch
-
-    def insert(key: str, fail: bool = False):
-        def work(conn: sqlite3.Connection) -> str:
-            conn.execute("INSERT INTO receipt_counters VALUES (?, 1)", (key,))
-            if fail:
-                raise ValueError("refused")
-            return key
-        return work
 
     ok1, bad, ok2 = writer.submit(insert("a")), writer.submit(insert("b", fail=True)), writer.submit(insert("c"))
     gate.set()

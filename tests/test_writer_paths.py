@@ -15,16 +15,7 @@ from posedge.agent.errors import StorageFull
 from posedge.agent.store.checkpointer import CHECKPOINT_PAGES
 from posedge.agent.store.writer import RECENT_COMMITS, StoreWriter, disk_is_fast
 
-from test_store import small_disk_free
-
-
-def insert(key: str, fail: bool = False):
-    def work(conn: sqlite3.Connection) -> str:
-        conn.execute("INSERT INTO receipt_counters VALUES (?, 1)", (key,))
-        if fail:
-            raise ValueError("refused")
-        return key
-    return work
+from test_store import insert, small_disk_free
 
 
 def keys(path: Path) -> list[str]:

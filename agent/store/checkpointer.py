@@ -81,7 +81,7 @@ class Checkpointer:
         commits, self._at_last = self._commits - self._at_last, self._commits
         try:
             conn = self._connection()
-            _, wal_pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            _, wal_pages, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # the writer reports storage trouble; a checkpoint only waits
             log.warning("event=checkpoint_failed file=%s error=%r", self.path, str(exc))
             self._close()
