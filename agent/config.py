@@ -81,7 +81,7 @@ class StorageConfig(ConfigModel):
     path: Path = Field(Path("var/posedge.db"), description="SQLite file (relative paths: from the working directory)")
     group_commit_max: int = Field(64, ge=1, le=1000, description="most sales that may share one durable commit")
     busy_timeout_ms: int = Field(5000, ge=0, le=60000, description="how long a write or read waits on a database another process locked")
-    inline_max_ms: float = Field(2.0, ge=0, le=50, description="a sale alone commits on the API's own thread while commits take under this; 0: never")
+    inline_max_ms: float = Field(2.0, ge=0, le=50, description="a sale alone commits on the API's own thread while COMMITs (the fsync) take under this; 0: never")
 
 
 class ApiConfig(ConfigModel):

@@ -51,8 +51,9 @@ PRAGMAS = (
 # lock itself (_begin_waiting), so that the loop never does.
 WRITER_PRAGMAS = ("PRAGMA wal_autocheckpoint = 0", "PRAGMA busy_timeout = 0")
 BUSY_DELAYS_MS = (1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100)  # SQLite's busy handler's steps
-# The disk is fast when three quarters of the last RECENT_COMMITS commits took under inline_max_ms
-# and none took STALL_FACTOR times that: one stall sends writes to the thread for the next 16.
+# The disk is fast when three quarters of the last RECENT_COMMITS COMMIT statements (the fsync, not
+# the work before it) took under inline_max_ms and none took STALL_FACTOR times that: one stall
+# sends writes to the thread for the next 16.
 RECENT_COMMITS = 16
 STALL_FACTOR = 5
 
@@ -135,7 +136,7 @@ class StoreWriter:
         self._failure: StorageError | None = None
         self._owner = threading.Lock()  # held by whoever uses the connection: the writer thread or the loop
         self._writing = 0  # loop-side write() calls under way (touched on the loop only)
-        self._recent: deque[float] = deque(maxlen=RECENT_COMMITS)  # seconds per COMMIT, both paths
+        self._recent: deque[float] = deque(maxlen=RECENT_COMMITS)  # seconds per COMMIT statement (the fsync)
         self.checkpointer = Checkpointer(self.path, may_run=self._healthy, finish=lambda: self._queue.put(_CHECKPOINT))
         self.counts = {"inline": 0, "batches": 0, "batched_jobs": 0, "relaxed_batches": 0, "writer_checkpoints": 0}
         self.on_health: Callable[[StorageError | None], None] = lambda failure: None
@@ -173,7 +174,7 @@ class StoreWriter:
     def status(self) -> dict[str, object]:
         recent = list(self._recent)
         return {**self.counts, **self.checkpointer.counts, "inline_enabled": self.inline_max_s > 0,
-                "last_commits_max_ms": round(max(recent) * 1000, 2) if recent else None}
+                "recent_commit_max_ms": round(max(recent) * 1000, 2) if recent else None}
 
     # -- API ---------------------------------------------------------------------------------
     def submit(self, work: Work[T], *, durable: bool = True) -> "concurrent.futures.Future[T]":
@@ -314,13 +315,14 @@ class StoreWriter:
                 relaxed: bool = False) -> list[tuple[bool, object]]:
         """Run `works` in one transaction and COMMIT. A failure of the whole transaction raises the
         classified StorageError (and is reported); a failing piece is its own outcome."""
-        started = time.perf_counter()
+        committing = None
         try:
             if relaxed:  # the level is read at COMMIT, and may only change outside a transaction
                 conn.execute("PRAGMA synchronous = NORMAL")
             begin(conn)
             outcomes = self._execute(conn, works)
             if conn.in_transaction:  # not when the only piece failed and was rolled back
+                committing = time.perf_counter()
                 conn.execute("COMMIT")
         except _LockedElsewhere:
             raise
@@ -332,8 +334,8 @@ class StoreWriter:
         finally:
             if relaxed:
                 self._restore_full_sync(conn)
-        if not relaxed:  # only fsync'd commits say how fast the disk is
-            self._recent.append(time.perf_counter() - started)
+        if committing is not None and not relaxed:  # how long the disk took: only fsync'd COMMITs say
+            self._recent.append(time.perf_counter() - committing)
         self._set_failure(None)
         return outcomes
 
