@@ -23,12 +23,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(home: Path, port: int, extra: str = "", storage: Path | None = None) -> Path:
-    """A config for a test agent living in `home`: no terminal scanner, no broker connection."""
+def write_config(home: Path, port: int, extra: str = "", storage: Path | None = None, top: str = "") -> Path:
+    """A config for a test agent living in `home`: no terminal scanner, no broker connection.
+    `top`: top-level keys (before the first table), e.g. "printers = []"; `extra`: tables at the end."""
     storage = storage or home / "var" / "posedge.db"
     config = home / "posedge.toml"
     config.write_text(
         f"""scanners = []
+{top}
 
 [store]
 tenant = "test"
@@ -54,10 +56,10 @@ enabled = false
 class AgentProcess:
     """`posedge run` as a real process, with the controls tests need (start, kill -9, stop)."""
 
-    def __init__(self, home: Path, extra_config: str = "", storage: Path | None = None) -> None:
+    def __init__(self, home: Path, extra_config: str = "", storage: Path | None = None, top_config: str = "") -> None:
         self.home = home
         self.port = free_port()
-        self.config = write_config(home, self.port, extra_config, storage)
+        self.config = write_config(home, self.port, extra_config, storage, top_config)
         self.proc: subprocess.Popen | None = None
         self.log = home / "agent.log"
         self.url = f"http://127.0.0.1:{self.port}"
@@ -113,10 +115,11 @@ class AgentProcess:
 def agent_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[AgentProcess] = []
 
-    def make(extra_config: str = "", storage: Path | None = None, home: Path | None = None) -> AgentProcess:
+    def make(extra_config: str = "", storage: Path | None = None, home: Path | None = None,
+             top_config: str = "") -> AgentProcess:
         agent_home = home or tmp_path / f"agent{len(started)}"
         agent_home.mkdir(parents=True, exist_ok=True)
-        agent = AgentProcess(agent_home, extra_config, storage)
+        agent = AgentProcess(agent_home, extra_config, storage, top_config)
         started.append(agent)
         return agent
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from conftest import SLOW, AgentProcess, sale_body
 
@@ -33,18 +34,25 @@ def post_until_killed(agent: AgentProcess, prefix: str, acked: dict[str, dict], 
         client.close()
 
 
-def test_acknowledged_sales_survive_sigkill_exactly_once(agent_factory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tills, printers", [
+    (3, ""),  # several tills: sales share commits in the writer thread; the default printer prints each
+    (1, "printers = []"),  # one till, nothing else writing: its sales commit on the loop (inline)
+], ids=["three-tills-group-commit", "one-till-inline-commit"])
+def test_acknowledged_sales_survive_sigkill_exactly_once(agent_factory, tmp_path: Path, tills: int, printers: str) -> None:
     home = tmp_path / "crashy"
-    agent = agent_factory(home=home)
+    agent = agent_factory(home=home, top_config=printers)
     rng = random.Random(20261123)
     acked: dict[str, dict] = {}
+    inline_commits = 0
     for round_no in range(KILLS):
         agent.start()
         stop = threading.Event()
-        posters = [threading.Thread(target=post_until_killed, args=(agent, f"r{round_no}p{p}", acked, stop)) for p in range(3)]
+        posters = [threading.Thread(target=post_until_killed, args=(agent, f"r{round_no}p{p}", acked, stop))
+                   for p in range(tills)]
         for t in posters:
             t.start()
         time.sleep(rng.uniform(0.3, 1.2))
+        inline_commits += inline_commits_so_far(agent)
         agent.kill()
         stop.set()
         for t in posters:
@@ -59,7 +67,17 @@ def test_acknowledged_sales_survive_sigkill_exactly_once(agent_factory, tmp_path
             assert replay.status_code == 200 and replay.json() == acked[sale_id]
     agent.stop()
     assert len(acked) > KILLS  # the test did exercise the path
+    if tills == 1:
+        assert inline_commits > 0  # and the loop's own commits were among those killed
     assert_every_acknowledged_sale_once(home / "var" / "posedge.db", acked)
+
+
+def inline_commits_so_far(agent: AgentProcess) -> int:
+    try:
+        with agent.client() as client:
+            return client.get("/v1/status").json()["storage"]["commits"]["inline"]
+    except httpx.HTTPError:
+        return 0
 
 
 def assert_every_acknowledged_sale_once(db: Path, acked: dict[str, dict]) -> None:
