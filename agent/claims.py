@@ -139,7 +139,7 @@ class ClaimSigner:
 
     def sign(self, facts: ClaimFacts) -> str:
         """The compact JWS, byte for byte what `jwt.encode(claims, key, "EdDSA", headers={"kid", "typ"})`
-        gives (tests/receipts/test_claims.py), built directly: the sale's transaction signs one per sale."""
+        gives (tests/receipts/test_render.py), built directly: the sale's transaction signs one per sale."""
         payload = _b64url(json.dumps(self.claims(facts), separators=(",", ":")).encode())
         signing_input = f"{self._header}.{payload}"
         return f"{signing_input}.{_b64url(self._key.sign(signing_input.encode('ascii')))}"

@@ -98,13 +98,13 @@ class SaleService:
         recorded = self._recorded_sale(conn, sale, sale_id, totals, adjustment)
         answer = _answer(recorded)
         body = dict(answer)
-        _insert_sale(conn, recorded, body_hash, _json(body))
+        _insert_sale(conn, recorded, body_hash, dumps(body))
         extra: dict[str, Any] = {}
         for participant in self.participants:
             extra.update(participant.record(conn, recorded))
         if extra:
             body.update(extra)
-            conn.execute("UPDATE sales SET response = ? WHERE sale_id = ?", (_json(body), sale_id))
+            conn.execute("UPDATE sales SET response = ? WHERE sale_id = ?", (dumps(body), sale_id))
         append_event(conn, "sale", sale_id, {**_sale_event(recorded, self.store, answer), **extra, **recorded.event_extra})
         return SaleOutcome(created=True, body=body)
 
@@ -201,5 +201,3 @@ def read_sale(conn: sqlite3.Connection, sale_id: str) -> dict[str, Any] | None:
     sale["payments"] = [dict(p) for p in payments]
     return sale
 
-
-_json = dumps

@@ -7,10 +7,9 @@ pydantic model (unknown fields refused, integer fen strict).
 from __future__ import annotations
 
 import json
-
-import orjson
 from typing import Any, TypeVar
 
+import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
