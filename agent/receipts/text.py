@@ -34,6 +34,10 @@ class Charset:
     codec: str
     chinese_mode: bool
     _cache: dict[str, tuple[str, int]] = field(default_factory=dict, compare=False, repr=False)
+    # Whole strings too: product names, labels and rules come back on every receipt (bounded).
+    _cleaned: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    _widths: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    _wraps: dict[tuple[str, int], tuple[str, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def named(cls, name: str) -> "Charset":
@@ -73,16 +77,24 @@ class Charset:
 
     def clean(self, text: str) -> str:
         """The text as the printer can print it: NFC, controls and unprintable characters replaced."""
-        text = unicodedata.normalize("NFC", str(text))
+        text = str(text)
         if text.isascii() and text.isprintable():
             return text
-        return "".join(self._char(ch)[0] for ch in text)
+        hit = self._cleaned.get(text)
+        if hit is None:
+            hit = "".join(self._char(ch)[0] for ch in unicodedata.normalize("NFC", text))
+            _remember(self._cleaned, text, hit)
+        return hit
 
     def width(self, text: str) -> int:
         """Display columns of already cleaned text."""
         if text.isascii():
             return len(text)
-        return sum(self._char(ch)[1] for ch in text)
+        hit = self._widths.get(text)
+        if hit is None:
+            hit = sum(self._char(ch)[1] for ch in text)
+            _remember(self._widths, text, hit)
+        return hit
 
     def char_width(self, ch: str) -> int:
         return 1 if ch.isascii() else self._char(ch)[1]
@@ -117,10 +129,27 @@ def center(text: str, columns: int, charset: Charset) -> str:
     return " " * (gap // 2) + text
 
 
+MEMO_SIZE = 4096  # strings remembered per charset and kind; then the memo starts over
+
+
+def _remember(memo: dict, key: object, value: object) -> None:
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
+
+
 def wrap(text: str, columns: int, charset: Charset) -> list[str]:
     """Lines of at most `columns` display columns; never splits a character, prefers Latin word breaks."""
     if columns < 2:
         raise ValueError("columns must be at least 2 (a CJK character is two wide)")
+    hit = charset._wraps.get((text, columns))
+    if hit is None:
+        hit = tuple(_wrap(text, columns, charset))
+        _remember(charset._wraps, (text, columns), hit)
+    return list(hit)
+
+
+def _wrap(text: str, columns: int, charset: Charset) -> list[str]:
     lines: list[str] = []
     current, used = "", 0
     for ch in text:

@@ -167,3 +167,21 @@ def test_clean_replaces_what_the_printer_cannot_draw():
     assert GB.clean("e\u0301") == "é"  # NFC first: one character the printer has
     assert GB.clean("tab\there\n") == "tab here?"
     assert unicodedata.normalize("NFC", GB.clean("中文")) == "中文"
+
+
+def test_memoised_text_measures_agree_with_a_fresh_charset():
+    """clean/width/wrap remember whole strings per charset: the answers must not depend on what came before."""
+    from posedge.agent.receipts.text import Charset, wrap
+
+    samples = ["康师傅红烧牛肉面 120g", "Oreo 奥利奥饼干", "a\tb\x1bc", "emoji 😀 here", "ｆｕｌｌ ｗｉｄｔｈ", "e\u0301"]
+    warm = Charset.named("GB18030")
+    for text in samples * 3:
+        fresh = Charset.named("GB18030")
+        cleaned = fresh.clean(text)
+        assert warm.clean(text) == cleaned
+        assert warm.width(cleaned) == fresh.width(cleaned)
+        for columns in (4, 9, 32):
+            assert wrap(cleaned, columns, warm) == wrap(cleaned, columns, fresh)
+    lines = wrap(warm.clean(samples[0]), 9, warm)
+    lines.append("changed")  # callers get their own list
+    assert wrap(warm.clean(samples[0]), 9, warm) != lines
