@@ -37,6 +37,9 @@ class NetworkPrinter(PrinterConnection):
         except Exception as exc:
             conn._device = False  # nothing to close; keeps python-escpos's __del__ quiet
             raise PrinterUnavailable(f"{self.config.host}:{self.config.port}: {_cause(exc)}") from None
+        # A 3-byte status query right after a job's bytes would otherwise wait for the printer's
+        # delayed ACK of those bytes (Nagle): up to 40 ms a job, twice per receipt.
+        conn.device.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._escpos = conn
 
     @property
