@@ -12,10 +12,19 @@ A shared VM's disk and CPUs drift by tens of percent within seconds, so:
 - four clients (concurrency cannot be paired): alternating rounds (bare first in even rounds,
   the store first in odd ones), each on fresh files, and the median of the rounds' ratios.
 
-Then POST /v1/sales end to end through a real agent process, as a store runs it: a network
-receipt printer (a real TCP listener answering DLE EOT, in its own process) prints every sale.
-Three rounds, each a fresh agent process, and the median. The embedded default's file printer,
-which also draws a PNG preview of every receipt, is measured last for comparison.
+Then POST /v1/sales end to end through a real agent process, as a store runs it: one till posting
+back to back, and a network receipt printer (a real TCP listener answering DLE EOT, in its own
+process) printing every sale. Three rounds, each a fresh agent process, and the median; twice:
+- the printer printing at a thermal printer's pace (about 2.5 KB/s, a little over a second a
+  receipt), so that, as at a real till, receipts queue behind the paper while sales go on;
+- the printer taking bytes instantly, so the agent renders, sends and checks a receipt for every
+  sale while the next sale comes in: the most CPU the receipts can take from the sales.
+Each agent round follows a round of the baseline in the same minute: the same uvicorn, httptools
+and FastAPI validating the same body and committing the same rows with bare sqlite3 (no agent),
+and the ratio agent/bare is printed: what the agent adds (auth and guards, the till, receipts, the
+outbox, printing beside it) over the plainest server, on whatever the VM is doing that minute.
+The embedded default's file printer, which also draws a PNG preview of every receipt, is measured
+last for comparison.
 
     .venv/bin/python bench/sale_commit.py [--sales 300] [--rounds 5] [--api-sales 1000] [--api-rounds 3]
 """
@@ -148,18 +157,30 @@ def run_store(path: Path, clients: int, per_client: int) -> tuple[float, list[fl
 
 
 PRINTER_PROCESS = """
-import sys
+import sys, time
 sys.path.insert(0, sys.argv[1])
 from printer_server import TcpPrinter
-printer = TcpPrinter().start()
+printer = TcpPrinter()
+rate = float(sys.argv[2])  # bytes a second it prints; 0: as fast as the socket
+if rate:
+    seen = [0]
+    def printing(total):  # takes its time over what it got, as paper moves; the socket backs up meanwhile
+        time.sleep((total - seen[0]) / rate)
+        seen[0] = total
+    printer.on_bytes = printing
+printer.start()
 print(printer.port, flush=True)
 sys.stdin.read()
 """
+# A thermal receipt printer at 250 mm/s prints this bench's receipt (about 2.7 KB of ESC/POS, 30 cm
+# of paper with QR and barcode) in a little over a second: about 2.5 KB/s.
+PRINTER_BYTES_PER_S = 2500.0
 
 
-def network_printer() -> tuple[subprocess.Popen, str]:
-    """A receipt printer on a real TCP port, in its own process so it takes no CPU from the client."""
-    proc = subprocess.Popen([sys.executable, "-c", PRINTER_PROCESS, str(ROOT / "tests" / "receipts")],
+def network_printer(bytes_per_s: float = PRINTER_BYTES_PER_S) -> tuple[subprocess.Popen, str]:
+    """A receipt printer on a real TCP port, in its own process so it takes no CPU from the client;
+    it prints at `bytes_per_s` (0: instantly, which no printer does)."""
+    proc = subprocess.Popen([sys.executable, "-c", PRINTER_PROCESS, str(ROOT / "tests" / "receipts"), str(bytes_per_s)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
     return proc, f'[[printers]]\ntype = "network"\nhost = "127.0.0.1"\nport = {port}\n'
@@ -185,6 +206,62 @@ def run_api(work: Path, count: int, printers: str | None) -> list[float]:
                 assert answer.status_code == 201, answer.text
     finally:
         agent.stop()
+    return latencies
+
+
+BARE_API_PROCESS = """
+import sqlite3, sys
+sys.path.insert(0, sys.argv[1])
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sale_commit import PRAGMAS, SaleIn, bare_commit, migrate
+
+conn = sqlite3.connect(sys.argv[2], isolation_level=None, check_same_thread=False)
+conn.execute("PRAGMA journal_mode = WAL")
+migrate(conn)
+for pragma in PRAGMAS:
+    conn.execute(pragma)
+app = FastAPI()
+
+@app.post("/v1/sales", status_code=201)
+async def post_sale(request: Request):
+    sale = SaleIn.model_validate_json(await request.body())
+    bare_commit(conn, sale)  # on the loop: the plainest server, nothing else to serve
+    return JSONResponse({"sale_id": sale.sale_id}, status_code=201)
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), log_level="warning", access_log=False)
+"""
+
+
+def run_bare_api(work: Path, count: int) -> list[float]:
+    """The baseline: the same HTTP server and framework (uvicorn, httptools, FastAPI) validating the
+    same body and committing the same rows with bare sqlite3; no agent (no auth, till, receipts)."""
+    import httpx
+    from conftest import free_port
+
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", BARE_API_PROCESS, str(ROOT / "bench"), str(work / "bare-api.db"), str(port)])
+    latencies = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
+            for _ in range(300):
+                try:
+                    client.get("/")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            for n in range(50):
+                client.post("/v1/sales", json=sale(9, 900000 + n))
+            for n in range(count):
+                t0 = time.perf_counter()
+                answer = client.post("/v1/sales", json=sale(8, n))
+                latencies.append(time.perf_counter() - t0)
+                assert answer.status_code == 201, answer.text
+    finally:
+        proc.terminate()
+        proc.wait(10)
     return latencies
 
 
@@ -272,16 +349,19 @@ def compare(work: Path, clients: int, per_client: int, rounds: int) -> float:
 
 
 def api_rounds(work: Path, label: str, printers: str | None, sales: int, rounds: int) -> None:
-    """Each round a fresh agent process; prints every round and the median p50/p99."""
-    print(f"POST /v1/sales end to end, {label}, 1 client, {sales} sales a round:")
-    p50s, p99s = [], []
+    """Each round the bare server, then a fresh agent process; prints every round and the medians."""
+    print(f"POST /v1/sales end to end, {label}, 1 client back to back, {sales} sales a round:")
+    rows = []
     for r in range(rounds):
-        latencies = run_api(work / f"api-{len(label)}-{r}", sales, printers)
-        p50s.append(percentile(latencies, 50) * 1000)
-        p99s.append(percentile(latencies, 99) * 1000)
-        print(f"  round {r + 1}: p50 {p50s[-1]:.2f} ms   p99 {p99s[-1]:.2f} ms")
-    if rounds > 1:
-        print(f"  median of rounds: p50 {statistics.median(p50s):.2f} ms   p99 {statistics.median(p99s):.2f} ms")
+        bare = run_bare_api(work / f"bare-api-{len(label)}-{r}", sales)
+        agent = run_api(work / f"api-{len(label)}-{r}", sales, printers)
+        row = [percentile(x, q) * 1000 for x in (bare, agent) for q in (50, 99)]
+        rows.append(row)
+        print(f"  round {r + 1}: bare server p50 {row[0]:5.2f} p99 {row[1]:5.2f} ms   agent p50 {row[2]:5.2f} p99 {row[3]:5.2f} ms"
+              f"   agent/bare p50 {row[2] / row[0]:.2f}x p99 {row[3] / row[1]:.2f}x")
+    med = [statistics.median(col) for col in zip(*rows)]
+    print(f"  median: bare server p50 {med[0]:.2f} p99 {med[1]:.2f} ms   agent p50 {med[2]:.2f} p99 {med[3]:.2f} ms"
+          f"   agent/bare p50 {statistics.median(r[2] / r[0] for r in rows):.2f}x p99 {statistics.median(r[3] / r[1] for r in rows):.2f}x")
 
 
 def main() -> None:
@@ -299,11 +379,13 @@ def main() -> None:
         print(f"sale commit, databases in {work} (WAL, synchronous=FULL)")
         paired_one_client(work, args.sales * args.rounds, args.rounds)
         compare(work, 4, args.sales // 4, args.rounds)
-        printer, printers = network_printer()
-        try:
-            api_rounds(work, "network printer", printers, args.api_sales, args.api_rounds)
-        finally:
-            printer.kill()
+        for label, speed in (("network printer printing at a thermal printer's speed", PRINTER_BYTES_PER_S),
+                             ("network printer printing instantly (the most CPU the receipts can take)", 0.0)):
+            printer, printers = network_printer(speed)
+            try:
+                api_rounds(work, label, printers, args.api_sales, args.api_rounds)
+            finally:
+                printer.kill()
         api_rounds(work, "embedded default (file printer drawing a PNG per receipt)", None, args.api_sales, 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
