@@ -194,18 +194,23 @@ def run_api(work: Path, count: int, printers: str | None) -> list[float]:
     if printers is not None:  # replaces the embedded default printer (file + PNG preview)
         agent.config.write_text(agent.config.read_text().replace("scanners = []\n", "scanners = []\n" + printers, 1))
     agent.start()
-    latencies = []
     try:
         with agent.client() as client:  # a plain keep-alive client, as a POS would use
-            for n in range(50):
-                client.post("/v1/sales", json=sale(9, 900000 + n))  # warm up
-            for n in range(count):
-                t0 = time.perf_counter()
-                answer = client.post("/v1/sales", json=sale(8, n))
-                latencies.append(time.perf_counter() - t0)
-                assert answer.status_code == 201, answer.text
+            return post_sales(client, count)
     finally:
         agent.stop()
+
+
+def post_sales(client, count: int) -> list[float]:
+    """50 sales to warm up, then `count` timed ones, back to back."""
+    for n in range(WARMUP):
+        client.post("/v1/sales", json=sale(9, 900000 + n))
+    latencies = []
+    for n in range(count):
+        t0 = time.perf_counter()
+        answer = client.post("/v1/sales", json=sale(8, n))
+        latencies.append(time.perf_counter() - t0)
+        assert answer.status_code == 201, answer.text
     return latencies
 
 
@@ -243,7 +248,6 @@ def run_bare_api(work: Path, count: int) -> list[float]:
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", BARE_API_PROCESS, str(ROOT / "bench"), str(work / "bare-api.db"), str(port)])
-    latencies = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
             for _ in range(300):
@@ -252,17 +256,10 @@ def run_bare_api(work: Path, count: int) -> list[float]:
                     break
                 except httpx.TransportError:
                     time.sleep(0.05)
-            for n in range(50):
-                client.post("/v1/sales", json=sale(9, 900000 + n))
-            for n in range(count):
-                t0 = time.perf_counter()
-                answer = client.post("/v1/sales", json=sale(8, n))
-                latencies.append(time.perf_counter() - t0)
-                assert answer.status_code == 201, answer.text
+            return post_sales(client, count)
     finally:
         proc.terminate()
         proc.wait(10)
-    return latencies
 
 
 def rate_and_latency(sales: int, elapsed: float, latencies: list[float]) -> tuple[float, float, float]:
