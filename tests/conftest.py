@@ -23,9 +23,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(home: Path, port: int, extra: str = "", storage: Path | None = None, top: str = "") -> Path:
+def write_config(home: Path, port: int, extra: str = "", storage: Path | None = None, top: str = "",
+                 storage_keys: str = "") -> Path:
     """A config for a test agent living in `home`: no terminal scanner, no broker connection.
-    `top`: top-level keys (before the first table), e.g. "printers = []"; `extra`: tables at the end."""
+    `top`: top-level keys (before the first table), e.g. "printers = []"; `storage_keys`: more keys
+    of [storage]; `extra`: tables at the end."""
     storage = storage or home / "var" / "posedge.db"
     config = home / "posedge.toml"
     config.write_text(
@@ -38,6 +40,7 @@ id = "store-1"
 
 [storage]
 path = "{storage}"
+{storage_keys}
 
 [api]
 listen = "127.0.0.1:{port}"
@@ -56,10 +59,11 @@ enabled = false
 class AgentProcess:
     """`posedge run` as a real process, with the controls tests need (start, kill -9, stop)."""
 
-    def __init__(self, home: Path, extra_config: str = "", storage: Path | None = None, top_config: str = "") -> None:
+    def __init__(self, home: Path, extra_config: str = "", storage: Path | None = None, top_config: str = "",
+                 storage_keys: str = "") -> None:
         self.home = home
         self.port = free_port()
-        self.config = write_config(home, self.port, extra_config, storage, top_config)
+        self.config = write_config(home, self.port, extra_config, storage, top_config, storage_keys)
         self.proc: subprocess.Popen | None = None
         self.log = home / "agent.log"
         self.url = f"http://127.0.0.1:{self.port}"
@@ -116,10 +120,10 @@ def agent_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[AgentProcess] = []
 
     def make(extra_config: str = "", storage: Path | None = None, home: Path | None = None,
-             top_config: str = "") -> AgentProcess:
+             top_config: str = "", storage_keys: str = "") -> AgentProcess:
         agent_home = home or tmp_path / f"agent{len(started)}"
         agent_home.mkdir(parents=True, exist_ok=True)
-        agent = AgentProcess(agent_home, extra_config, storage, top_config)
+        agent = AgentProcess(agent_home, extra_config, storage, top_config, storage_keys)
         started.append(agent)
         return agent
 
