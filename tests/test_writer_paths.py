@@ -189,3 +189,51 @@ def test_bookkeeping_alone_commits_relaxed_and_the_connection_is_full_again(writ
         return await writer.write(level)  # on the loop: always durable
 
     assert asyncio.run(main()) == 2
+
+
+def test_loop_writes_and_thread_submits_mixed_lose_nothing_and_double_nothing(writer: StoreWriter) -> None:
+    """GIVEN tills writing from the loop (alone and together), print workers submitting from threads
+    (durable and not), and failing writes among them WHEN they all run at once THEN every successful
+    write is stored exactly once, every failed one not at all, and both paths were used."""
+    from conftest import SLOW
+
+    rounds = 400 if SLOW else 60
+    expected: set[str] = set()
+    refused: set[str] = set()
+
+    def from_thread(worker: int) -> None:
+        for n in range(rounds):
+            key = f"t{worker}-{n:04d}"
+            fail = n % 7 == 3
+            future = writer.submit(insert(key, fail), durable=n % 2 == 0)
+            try:
+                assert future.result(10) == key
+                expected.add(key)
+            except ValueError:
+                refused.add(key)
+
+    async def till(name: str, pause: float) -> None:
+        for n in range(rounds):
+            key = f"{name}-{n:04d}"
+            try:
+                assert await writer.write(insert(key, n % 5 == 4)) == key
+                expected.add(key)
+            except ValueError:
+                refused.add(key)
+            await asyncio.sleep(pause)
+
+    async def main() -> None:
+        await warm_up(writer)
+        threads = [threading.Thread(target=from_thread, args=(w,)) for w in range(2)]
+        for t in threads:
+            t.start()
+        await asyncio.gather(till("alone", 0.002), till("busy-a", 0), till("busy-b", 0))
+        for t in threads:
+            await asyncio.to_thread(t.join, 30)
+
+    asyncio.run(main())
+    stored = [k for k in keys(writer.path) if not k.startswith("warm-")]
+    assert len(stored) == len(set(stored))  # nothing twice
+    assert set(stored) == expected and not (refused & set(stored))
+    assert len(expected) + len(refused) == 5 * rounds
+    assert writer.counts["inline"] > 0 and writer.counts["batched_jobs"] > writer.counts["batches"]
