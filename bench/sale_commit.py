@@ -89,21 +89,30 @@ def bare_commit(conn: sqlite3.Connection, s: SaleIn) -> None:
 WARMUP = 50  # sales per client before the clock starts, on both sides: fresh files and caches settle
 
 
+def bare_connection(path: Path, create: bool = False) -> sqlite3.Connection:
+    """A plain sqlite3 connection with the store's pragmas (WAL, synchronous=FULL, foreign keys);
+    `create`: make the file and its schema first."""
+    if create:
+        setup = sqlite3.connect(path, isolation_level=None)
+        setup.execute("PRAGMA journal_mode = WAL")
+        migrate(setup)
+        setup.close()
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+    for pragma in PRAGMAS:
+        conn.execute(pragma)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    return conn
+
+
 def run_bare(path: Path, clients: int, per_client: int) -> tuple[float, list[float]]:
-    setup = sqlite3.connect(path, isolation_level=None)
-    setup.execute("PRAGMA journal_mode = WAL")
-    migrate(setup)
-    setup.close()
+    bare_connection(path, create=True).close()
     latencies: list[float] = []
     lock = threading.Lock()
     ready = threading.Barrier(clients + 1)
     done = threading.Barrier(clients + 1)
 
     def client(c: int) -> None:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-        for pragma in PRAGMAS:  # the store's own: WAL, synchronous=FULL, foreign keys enforced
-            conn.execute(pragma)
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn = bare_connection(path)
         for n in range(WARMUP):
             bare_commit(conn, SaleIn.model_validate(sale(c, 900000 + n)))
         ready.wait()
@@ -215,18 +224,14 @@ def post_sales(client, count: int) -> list[float]:
 
 
 BARE_API_PROCESS = """
-import sqlite3, sys
+import sys
 sys.path.insert(0, sys.argv[1])
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sale_commit import PRAGMAS, SaleIn, bare_commit, migrate
+from sale_commit import SaleIn, bare_commit, bare_connection
 
-conn = sqlite3.connect(sys.argv[2], isolation_level=None, check_same_thread=False)
-conn.execute("PRAGMA journal_mode = WAL")
-migrate(conn)
-for pragma in PRAGMAS:
-    conn.execute(pragma)
+conn = bare_connection(sys.argv[2], create=True)
 app = FastAPI()
 
 @app.post("/v1/sales", status_code=201)
@@ -269,13 +274,7 @@ def rate_and_latency(sales: int, elapsed: float, latencies: list[float]) -> tupl
 def paired_one_client(work: Path, sales: int, blocks: int) -> float:
     """One till: a bare sale and a store sale in turn; prints each block's ratio, returns the overall one."""
     bare_path, store_path = work / "bare-paired.db", work / "store-paired.db"
-    setup = sqlite3.connect(bare_path, isolation_level=None)
-    setup.execute("PRAGMA journal_mode = WAL")
-    migrate(setup)
-    setup.close()
-    bare = sqlite3.connect(bare_path, isolation_level=None, timeout=30)
-    for pragma in PRAGMAS:
-        bare.execute(pragma)
+    bare = bare_connection(bare_path, create=True)
     writer = StoreWriter(store_path)
     assert writer.start() is None
     service = SaleService(writer, StoreReader(store_path), StoreConfig())

@@ -214,13 +214,13 @@ class StoreWriter:
 
     # -- the inline path (on the loop thread, holding the connection) ------------------------
     def _inline_allowed(self) -> bool:
-        if self.inline_max_s <= 0 or self._writing != 1 or self._conn is None or self._failure is not None:
+        if self.inline_max_s <= 0 or self._writing != 1 or not self._healthy():
             return False
         return self._queue.empty() and disk_is_fast(self._recent, self.inline_max_s)
 
     def _write_inline(self, work: Work[T]) -> T | object:
         conn = self._conn
-        if conn is None or self._failure is not None or not self._queue.empty():
+        if conn is None or not self._healthy() or not self._queue.empty():
             return _NOT_INLINE  # things changed during the loop turn: the writer thread sorts it out
         try:
             outcome = self._commit(conn, [work], begin=self._begin_without_waiting)
@@ -279,7 +279,7 @@ class StoreWriter:
                 batch.append(more)
             with self._owner:
                 settled = self._run_batch(batch) if batch else []
-                if checkpoint and self._conn is not None:
+                if checkpoint and self._conn is not None:  # _checkpoint skips a failed store itself
                     self._checkpoint(self._conn)
             # Answered once the connection is free: a caller that writes again at once may commit inline.
             for job, ok, value in settled:

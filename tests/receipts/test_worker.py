@@ -67,7 +67,6 @@ def test_outcome_not_recorded_means_resent_marked_possibly_duplicated(tmp_path, 
     """GIVEN the store fails right when a printed job is to be marked done
     WHEN the worker carries on THEN it survives and prints the job again, marked possibly duplicated."""
     from posedge.agent.errors import StorageError
-    from posedge.drivers.printers.file import FilePrinter, FilePrinterConfig
 
     db = tmp_path / "posedge.db"
     writer = StoreWriter(db)
@@ -80,11 +79,7 @@ def test_outcome_not_recorded_means_resent_marked_possibly_duplicated(tmp_path, 
             raise StorageError("the disk went away for a moment")
         return writer.submit(work, **kwargs)
 
-    out = tmp_path / "lp0"
-    out.write_bytes(b"")
-    renderer = ReceiptRenderer("posedge 演示门店", SHANGHAI, ReceiptConfig(), signer)
-    worker = PrinterWorker(FilePrinter(FilePrinterConfig(name="lp", path=out)), renderer, flaky_submit, db,
-                           lambda kind, payload: None, backoff=Backoff(0.05, 0.1), poll_s=0.1)
+    worker, out = file_printer_worker(tmp_path, signer, flaky_submit, db)
     try:
         flaky_submit(lambda c: insert_job(c, sample_facts(), "lp")).result(5)
         worker.start()
@@ -102,7 +97,6 @@ def test_outcome_not_recorded_means_resent_marked_possibly_duplicated(tmp_path, 
 def test_only_the_sending_mark_waits_for_the_disk(tmp_path, signer):
     """The `sending` mark is durable before any byte leaves; `done` is bookkeeping (relaxed)."""
     from posedge.agent.store.writer import StoreWriter
-    from posedge.drivers.printers.file import FilePrinter, FilePrinterConfig
 
     db = tmp_path / "posedge.db"
     writer = StoreWriter(db)
@@ -117,11 +111,7 @@ def test_only_the_sending_mark_waits_for_the_disk(tmp_path, signer):
             return value
         return writer.submit(recorded, durable=durable)
 
-    out = tmp_path / "lp0"
-    out.write_bytes(b"")
-    renderer = ReceiptRenderer("posedge 演示门店", SHANGHAI, ReceiptConfig(), signer)
-    worker = PrinterWorker(FilePrinter(FilePrinterConfig(name="lp", path=out)), renderer, recording_submit, db,
-                           lambda kind, payload: None, backoff=Backoff(0.05, 0.1), poll_s=0.1)
+    worker, out = file_printer_worker(tmp_path, signer, recording_submit, db)
     try:
         writer.submit(lambda c: insert_job(c, sample_facts(), "lp")).result(5)
         worker.start()
@@ -130,3 +120,15 @@ def test_only_the_sending_mark_waits_for_the_disk(tmp_path, signer):
     finally:
         worker.stop()
         writer.stop()
+
+
+def file_printer_worker(tmp_path, signer, submit, db):
+    """A worker for printer "lp", a file printer writing every job to one file (returned beside it)."""
+    from posedge.drivers.printers.file import FilePrinter, FilePrinterConfig
+
+    out = tmp_path / "lp0"
+    out.write_bytes(b"")
+    renderer = ReceiptRenderer("posedge 演示门店", SHANGHAI, ReceiptConfig(), signer)
+    worker = PrinterWorker(FilePrinter(FilePrinterConfig(name="lp", path=out)), renderer, submit, db,
+                           lambda kind, payload: None, backoff=Backoff(0.05, 0.1), poll_s=0.1)
+    return worker, out
