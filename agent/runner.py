@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from posedge.agent.api.app import build_app
-from posedge.agent.config import Config
+from posedge.agent.api.errors import RedactExceptions
+from posedge.agent.api.guards import ApiCounters
+from posedge.agent.config import ApiConfig, Config
 from posedge.agent.service import Agent
 
 log = logging.getLogger("posedge.agent")
@@ -39,16 +43,72 @@ class AgentServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+STATE_UMASK = 0o077  # the database, its -wal/-shm, the token, keys: readable by the agent's user only
+
+
+def header_timeout_protocol(timeout_s: float, counters: ApiCounters) -> type[HttpToolsProtocol]:
+    """uvicorn's HTTP protocol with the one timeout it lacks: a request's line and headers must
+    arrive within `timeout_s` (of the connection, or of a kept-alive request's first byte)."""
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm_header_timer()
+
+        def on_headers_complete(self) -> None:
+            self._disarm_header_timer()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            self._disarm_header_timer()
+            self._header_timer = self.loop.call_later(timeout_s, self._headers_too_slow)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+                return
+            counters.header_timeouts += 1
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n"
+                                 b"content-length: 0\r\nconnection: close\r\n\r\n")
+            self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
+def server_config(app: Any, api: ApiConfig) -> uvicorn.Config:
+    """uvicorn with our limits; its own error logging keeps no request input (RedactExceptions)."""
+    for name in ("uvicorn.error", "asyncio"):
+        logging.getLogger(name).addFilter(RedactExceptions())
+    return uvicorn.Config(
+        app, http=header_timeout_protocol(api.header_timeout_s, app.counters), log_level="warning",
+        access_log=False, lifespan="off", timeout_graceful_shutdown=3, server_header=False,
+        limit_concurrency=api.max_connections, timeout_keep_alive=api.keep_alive_s,
+    )
+
+
 async def run_agent(config: Config, sock: socket.socket) -> int:
+    os.umask(STATE_UMASK)
     try:
         agent = Agent(config)
     except (OSError, ValueError) as exc:
         print(f"posedge: cannot start: {exc}", file=sys.stderr)
         return 1
-    server = AgentServer(uvicorn.Config(
-        build_app(agent), log_level="warning", access_log=False, lifespan="off",
-        timeout_graceful_shutdown=3, server_header=False,
-    ))
+    server = AgentServer(server_config(build_app(agent), config.api))
     with server.catch_stop_signals():
         await agent.start()
         banner = asyncio.create_task(_banner_when_listening(server, config))

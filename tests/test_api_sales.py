@@ -117,15 +117,15 @@ def test_bad_body_is_refused_with_the_field_and_nothing_is_stored(running_agent:
 
 RAW_REQUESTS = {
     "malformed json": (b'{"lines": [', {"Content-Type": "application/json"}, 400, "invalid_json"),
-    "NaN": (b'{"lines": NaN}', {"Content-Type": "application/json"}, 400, "invalid_json"),
+    "NaN": (b'{"lines": NaN}', {"Content-Type": "application/json"}, 400, "json_number_out_of_range"),
     "array body": (b"[1, 2]", {"Content-Type": "application/json"}, 422, "invalid_input"),
     "not json": (b"sku=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
     "huge body": (b'{"x": "' + b"a" * 400_000 + b'"}', {"Content-Type": "application/json"}, 413, "body_too_large"),
     "lone surrogate escape": (b'{"lines": [{"sku": "a", "name": "\\ud800", "qty": 1, "unit_price_fen": 100}],'
                               b' "payments": [{"method": "cash", "amount_fen": 100}]}', {"Content-Type": "application/json"},
-                              400, "invalid_json"),
+                              400, "json_lone_surrogate"),
     "invalid utf-8": (b'{"lines": [{"sku": "a", "name": "\xff", "qty": 1, "unit_price_fen": 100}]}',
-                      {"Content-Type": "application/json"}, 400, "invalid_json"),
+                      {"Content-Type": "application/json"}, 400, "json_not_utf8"),
 }
 
 

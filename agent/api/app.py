@@ -11,7 +11,8 @@ from posedge import __version__
 from posedge.agent.api import events, receipts, sales, system, till
 from posedge.agent.api.body import add_body_schemas
 from posedge.agent.api.errors import install_error_handlers
-from posedge.agent.api.guards import RequestGuard, allowed_hosts_for
+from posedge.agent.api.guards import ApiCounters, RequestGuard, allowed_hosts_for
+from posedge.agent.api.openapi import complete_openapi
 
 ROUTERS = [system.router, sales.router, till.router, receipts.router, events.router]
 
@@ -28,6 +29,10 @@ def build_app(agent: Any) -> Any:
         openapi_url="/v1/openapi.json",
     )
     app.state.agent = agent
+    app.state.api_counters = counters = ApiCounters()
+    providers = getattr(agent, "status_providers", None)
+    if providers is not None:
+        providers["api"] = counters.as_dict
     for router in ROUTERS:
         app.include_router(router)
     install_error_handlers(app)
@@ -45,6 +50,8 @@ def build_app(agent: Any) -> Any:
         allowed_hosts=allowed_hosts_for(api.host, api.port, api.allowed_hosts),
         allowed_origins=set(api.cors_origins),
         max_body_bytes=api.max_body_bytes,
+        body_timeout_s=api.body_timeout_s,
+        counters=counters,
     )
 
 
@@ -53,7 +60,7 @@ def _publish_body_schemas(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = add_body_schemas(generate())
+            app.openapi_schema = complete_openapi(add_body_schemas(generate()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from posedge.agent.api.auth import require_token
+from posedge.agent.api.body import body_schema, json_body
 from posedge.agent.errors import InvalidInput
 from posedge.agent.events import Event, EventHub
 
@@ -44,7 +45,17 @@ def _last_event_id(request: Request) -> int | None:
     return int(value.strip())
 
 
-@router.get("/events", summary="Live events (scans, device states) as Server-Sent Events")
+EVENTS_OPENAPI = {
+    "parameters": [{"name": "Last-Event-ID", "in": "header", "required": False,
+                    "description": "resume after this event id (EventSource sends it itself)",
+                    "schema": {"type": "string", "pattern": "^ *[0-9]{1,19} *$"}}],
+    "responses": {"200": {"description": "the stream, until the client leaves",
+                          "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+}
+
+
+@router.get("/events", summary="Live events (scans, device states) as Server-Sent Events",
+            response_class=StreamingResponse, openapi_extra=EVENTS_OPENAPI)
 async def events(request: Request) -> StreamingResponse:
     agent = request.app.state.agent
     hub: EventHub = agent.events
@@ -80,8 +91,10 @@ def _gap_frame() -> bytes:
     return f"data: {body}\n\n".encode()
 
 
-@router.post("/scans", summary="A scan typed at the POS, through the same pipeline as the scanners")
-async def post_scan(body: ScanIn, request: Request) -> dict[str, Any]:
+@router.post("/scans", summary="A scan typed at the POS, through the same pipeline as the scanners",
+             openapi_extra=body_schema(ScanIn))
+async def post_scan(request: Request) -> dict[str, Any]:
+    body = await json_body(request, ScanIn)  # in the handler, so the token (a router dependency) is checked first
     event = await request.app.state.agent.scans.submit_text(body.text, body.scanner)
     if event is None:
         return {"duplicate": True, "message": "the same code from the same scanner a moment ago; ignored"}

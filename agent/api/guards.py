@@ -1,13 +1,18 @@
-"""ASGI guards in front of every route: request size, Host (DNS rebinding) and Origin checks.
+"""ASGI guards in front of every route: request size, body-read deadline, Host (DNS rebinding)
+and Origin checks, and the last catch for errors (so uvicorn never logs a request's traceback).
 
 They answer with the same JSON error shape as the routes, before any parsing happens.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from dataclasses import asdict, dataclass
 from typing import Any, Awaitable, Callable
 
+from posedge.agent.api.errors import log_unexpected, unexpected_answer
 from posedge.agent.errors import AgentError
 
 Scope = dict[str, Any]
@@ -38,14 +43,39 @@ class BodyTooLarge(AgentError):
     message = "request body is over the limit ([api] max_body_bytes)"
 
 
-class RequestGuard:
-    """Refuse requests for another Host, from an unlisted Origin, or with bodies over the limit."""
+class BodyTimeout(AgentError):
+    """Raised from receive() when the body has not fully arrived within [api] body_timeout_s."""
 
-    def __init__(self, app: ASGIApp, *, allowed_hosts: set[str], allowed_origins: set[str], max_body_bytes: int) -> None:
+    code = "body_timeout"
+    status = 408
+    message = "the request body did not arrive in time ([api] body_timeout_s); the connection is closed"
+
+
+@dataclass
+class ApiCounters:
+    """Quiet events of the API, counted since start (GET /v1/status, section api)."""
+
+    client_disconnects: int = 0  # clients that left mid-body
+    body_timeouts: int = 0  # 408: the body came too slowly
+    header_timeouts: int = 0  # connections closed because headers came too slowly (runner.py)
+    unexpected_errors: int = 0  # 500s (each logged with its error_id)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class RequestGuard:
+    """Refuse requests for another Host, from an unlisted Origin, with bodies over the limit or
+    arriving too slowly; answer 500 (logged without input) for anything that escapes the app."""
+
+    def __init__(self, app: ASGIApp, *, allowed_hosts: set[str], allowed_origins: set[str], max_body_bytes: int,
+                 body_timeout_s: float = 10.0, counters: ApiCounters | None = None) -> None:
         self.app = app
         self.allowed_hosts = {h.lower() for h in allowed_hosts}
         self.allowed_origins = allowed_origins
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.counters = counters or ApiCounters()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,12 +103,23 @@ class RequestGuard:
     async def _call_limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         received = 0
         started = False
+        body_done = False
+        timed_out = False
+        deadline = time.monotonic() + self.body_timeout_s
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done, timed_out
+            if body_done:  # after the body only a disconnect comes: waiting for it is not slow
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                timed_out = True
+                self.counters.body_timeouts += 1
+                raise BodyTimeout() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_body_bytes:
                     raise BodyTooLarge(f"request body is over the limit of {self.max_body_bytes} bytes "
                                        "([api] max_body_bytes)", limit_bytes=self.max_body_bytes)
@@ -88,6 +129,8 @@ class RequestGuard:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if timed_out:  # the rest of a slow body must not be read as the next request
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
         try:
@@ -97,6 +140,10 @@ class RequestGuard:
                 await send_error(send, 413, "body_too_large",
                                  f"request body is over the limit of {self.max_body_bytes} bytes ([api] max_body_bytes)",
                                  limit_bytes=self.max_body_bytes)
+        except Exception as exc:  # already answered and logged by the app's handler; never re-raised to uvicorn
+            error_id = log_unexpected(scope, exc)
+            if not started:
+                await send_error(send, 500, **unexpected_answer(error_id))
 
 
 def allowed_hosts_for(host: str, port: int, extra: list[str]) -> set[str]:

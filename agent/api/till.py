@@ -61,7 +61,8 @@ async def pickup(request: Request, order_id: str = Path(pattern=SALE_ID)) -> dic
 
 
 @router.post("/pickups/{order_id}/collect", summary="Record that the customer collected the order (once; again: 409)",
-             responses={409: {"description": "already collected, or not ready"}})
+             responses={409: {"description": "already collected, or not ready"}},
+             openapi_extra=body_schema(CollectIn, required=False))
 async def collect(request: Request, order_id: str = Path(pattern=SALE_ID)) -> dict[str, Any]:
     body = await json_body(request, CollectIn) if await request.body() else CollectIn()
     return await _till(request).collect(order_id, body)

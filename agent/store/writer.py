@@ -24,8 +24,10 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
+import os
 import queue
 import sqlite3
+import stat
 import threading
 import time
 from collections import deque
@@ -58,8 +60,13 @@ RECENT_COMMITS = 16
 STALL_FACTOR = 5
 
 
+STATE_FILE_MODE = 0o600  # member and sale data: the agent's user only
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
 def open_writer_connection(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
-    """Open (creating if missing) and set the pragmas; raises sqlite3 errors unclassified."""
+    """Open (creating if missing, mode 0600) and set the pragmas; raises sqlite3 errors unclassified."""
+    _create_private(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -68,10 +75,36 @@ def open_writer_connection(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.C
             raise sqlite3.OperationalError(f"cannot switch {path} to WAL mode (got {mode})")
         for pragma in PRAGMAS[1:]:
             conn.execute(pragma)
+        tighten_modes(path)
         return conn
     except BaseException:
         conn.close()
         raise
+
+
+def _create_private(path: Path) -> None:
+    # SQLite creates the -wal and -shm with the database file's mode, so that one is made 0600 here
+    # (whatever the umask), before SQLite makes it.
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, STATE_FILE_MODE))
+    except FileExistsError:
+        pass
+    except OSError:  # a directory we cannot write to: SQLite reports it, classified (failures.py)
+        pass
+
+
+def tighten_modes(path: Path) -> None:
+    """The database and its side files lose any group/other access (files from older versions)."""
+    for file in [path, *(Path(f"{path}{suffix}") for suffix in SQLITE_SIDE_FILES)]:
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & 0o077:
+                os.chmod(file, STATE_FILE_MODE)
+                log.warning("event=state_file_mode_fixed file=%s was=%o now=600", file, mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # not ours, or a read-only file system: reported, never fatal
+            log.warning("event=state_file_mode_not_fixed file=%s error=%s", file, exc.__class__.__name__)
 
 
 class _LoopFuture:
