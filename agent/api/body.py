@@ -115,6 +115,21 @@ def parse_json(raw: bytes) -> Any:
     return data
 
 
+NO_BODY = {"requestBody": {"required": False, "content": {"application/json": {
+    "schema": {"type": "object", "maxProperties": 0, "description": "this route takes no body; {} or nothing"}}}}}
+
+
+async def no_body(request: Request) -> None:
+    """For routes that take no body: nothing, or `{}` under the same strict rules as every body."""
+    raw = await request.body()
+    if not raw:
+        return
+    if not _media_type_is_json(request.headers.get("content-type", "")):
+        raise UnsupportedMediaType()
+    if parse_json(raw) != {}:
+        raise InvalidInput("this route takes no body: send nothing or {}", errors=[{"field": "", "problem": "expected no body"}])
+
+
 def _utf8_text(raw: bytes) -> str:
     if not raw.strip():
         raise InvalidJson("the body is empty; send a JSON object")

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from posedge.agent.api.auth import require_token
-from posedge.agent.api.body import body_schema, json_body
+from posedge.agent.api.body import NO_BODY, body_schema, json_body, no_body
 from posedge.agent.errors import InvalidInput
 from posedge.agent.events import Event, EventHub
 
@@ -101,7 +101,8 @@ async def post_scan(request: Request) -> dict[str, Any]:
     return {"duplicate": False, "event": event.as_json()}
 
 
-@router.post("/scans/{event_id}/payment-code", summary="The clear payment code of a scan event, once")
+@router.post("/scans/{event_id}/payment-code", summary="The clear payment code of a scan event, once",
+             dependencies=[Depends(no_body)], openapi_extra=NO_BODY)
 async def claim_payment_code(event_id: int, request: Request) -> dict[str, Any]:
     text = request.app.state.agent.scans.claim_payment_code(event_id)
     return {"event_id": event_id, "text": text}

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from posedge.agent.api.auth import require_token
+from posedge.agent.api.body import NO_BODY, no_body
 
 router = APIRouter(prefix="/v1", tags=["receipts"], dependencies=[Depends(require_token)])
 
@@ -14,7 +15,7 @@ RECEIPT_NO = r"^[A-Za-z0-9._-]{1,64}$"
 
 @router.post("/receipts/{receipt_no}/reprint", status_code=202,
              summary="Queue a copy of a receipt (printed marked as a copy; never opens the drawer)",
-             responses={404: {"description": "no such receipt"}})
+             responses={404: {"description": "no such receipt"}}, dependencies=[Depends(no_body)], openapi_extra=NO_BODY)
 async def reprint(request: Request, receipt_no: str = Path(pattern=RECEIPT_NO)) -> JSONResponse:
     body = await request.app.state.agent.receipts.reprint(receipt_no)
     return JSONResponse(body, status_code=202)
@@ -28,6 +29,7 @@ async def preview(request: Request, receipt_no: str = Path(pattern=RECEIPT_NO)) 
 
 
 @router.post("/drawer/open", summary="Kick the cash drawer through the receipt printer (now, or an error; never later)",
-             responses={503: {"description": "printer unreachable or reporting a problem"}})
+             responses={503: {"description": "printer unreachable or reporting a problem"}},
+             dependencies=[Depends(no_body)], openapi_extra=NO_BODY)
 async def open_drawer(request: Request) -> dict:
     return await request.app.state.agent.receipts.open_drawer()

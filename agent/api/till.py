@@ -43,7 +43,8 @@ async def post_refund(request: Request, sale_id: str = Path(pattern=SALE_ID)) ->
     return JSONResponse(answer, status_code=201 if created else 200)
 
 
-@router.get("/members/lookup", summary="A member by member code, card number or phone (hashed, never stored)")
+@router.get("/members/lookup", summary="A member by member code, card number or phone (hashed, never stored)",
+            responses={404: {"description": "no such member (member_not_found)"}})
 async def member_lookup(request: Request, code: str = CODE) -> dict[str, Any]:
     return await _till(request).lookup_member(code)
 

@@ -98,6 +98,14 @@ class SaleIn(InputModel):
 
     _cashier = field_validator("cashier")(classmethod(lambda cls, v: _printable(v)))
 
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _time_as_text(cls, value: object) -> object:
+        # pydantic would read a number as Unix time; the API (and its OpenAPI) say ISO 8601 text.
+        if value is not None and not isinstance(value, (str, datetime)):
+            raise ValueError("expected an ISO 8601 time with a time zone offset, as text")
+        return value
+
     def body_sha256(self) -> str:
         """Hash of the canonical body, to tell an identical retry from a conflicting reuse of the id."""
         body = self.model_dump(mode="json", exclude={"sale_id"})
