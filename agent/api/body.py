@@ -135,6 +135,8 @@ def _utf8_text(raw: bytes) -> str:
         raise InvalidJson("the body is empty; send a JSON object")
     if raw.startswith(b"\xef\xbb\xbf"):
         raise JsonNotUtf8("the body starts with a byte order mark; send UTF-8 without one")
+    if b"\x00" in raw:  # never in UTF-8 JSON (a NUL must be escaped); UTF-16/32 text is full of them
+        raise JsonNotUtf8("the body has NUL bytes, like UTF-16 or UTF-32 text; send UTF-8", offset=raw.index(b"\x00"))
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
