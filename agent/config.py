@@ -222,7 +222,7 @@ def _default_printers() -> list[dict[str, Any]]:
     # No printer configured: receipts land as files (ESC/POS bytes + PNG preview) in var/receipts.
     return [{"type": "file", "name": "receipts", "path": "var/receipts"}]
 # The till's tables derive ConfigModel, so they are imported once it exists.
-from posedge.agent.till_config import CouponsConfig, HqConfig, MembersConfig, PointsConfig  # noqa: E402
+from posedge.agent.till.config import CouponsConfig, HqConfig, MembersConfig, PointsConfig  # noqa: E402
 
 
 class Config(ConfigModel):

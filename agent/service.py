@@ -14,12 +14,12 @@ from posedge.agent.config import Config
 from posedge.agent.errors import StorageError
 from posedge.agent.events import EventHub
 from posedge.agent.receipts.feature import Receipts
-from posedge.agent.refunds import Refunds
-from posedge.agent.scans import pipeline_from_config, scan_limits, scanners_status
+from posedge.agent.till.refunds import Refunds
+from posedge.agent.scans.pipeline import pipeline_from_config, scan_limits, scanners_status
 from posedge.agent.sales import SaleService
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
-from posedge.agent.till import Till, receipt_facts
+from posedge.agent.till.feature import Till, receipt_facts
 from posedge.agent.token import load_or_create_token
 from posedge.drivers.registry import SCANNERS
 from posedge.sync import outbox

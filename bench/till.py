@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from posedge.agent.codes import CodeMinter  # noqa: E402
+from posedge.agent.till.codes import CodeMinter  # noqa: E402
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -100,10 +100,10 @@ def run_sales(work: Path, count: int, hq: CodeMinter) -> tuple[list[float], list
 
 def in_process_till(work: Path, hq: CodeMinter):
     from posedge.agent.config import validate_config
-    from posedge.agent.hq_records import MemberRecord, PhoneHasher, apply_member
+    from posedge.agent.till.hq_records import MemberRecord, PhoneHasher, apply_member
     from posedge.agent.store.reader import StoreReader
     from posedge.agent.store.writer import StoreWriter
-    from posedge.agent.till import Till
+    from posedge.agent.till.feature import Till
 
     config = validate_config({"scanners": [], "storage": {"path": str(work / "scan.db")},
                               "hq": {"public_keys": {hq.kid: hq.public_key_b64}}})
@@ -117,7 +117,7 @@ def in_process_till(work: Path, hq: CodeMinter):
 async def scan_pipeline(till, hq: CodeMinter, count: int) -> tuple[list[float], list[float]] | None:
     try:
         from posedge.agent.events import EventHub
-        from posedge.agent.scans import ScanPipeline
+        from posedge.agent.scans.pipeline import ScanPipeline
         from posedge.drivers.scanners.base import Scan
     except ImportError:
         return None

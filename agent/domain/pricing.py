@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from posedge.agent.codes import CouponCode
+from posedge.agent.till.codes import CouponCode
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from posedge.agent.codes import CouponCode
+from posedge.agent.till.codes import CouponCode
 from posedge.agent.domain.ledger import Entry, Position, current, share
 from posedge.agent.domain.pricing import Line, PointsRules, StackingRules, price, spread
 

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
-from posedge.agent import gs1
+from posedge.agent.scans import gs1
 from posedge.agent.errors import AgentError, InvalidInput, NotFound
 from posedge.agent.events import Event, EventHub
 from posedge.drivers.scanners.base import Scan, ScanLimits

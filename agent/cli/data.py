@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from posedge.agent.hq_records import KINDS, ImportReport, PhoneHasher, apply_batch, parse_lines, record_hq_contact
+from posedge.agent.till.hq_records import KINDS, ImportReport, PhoneHasher, apply_batch, parse_lines, record_hq_contact
 
 BATCH = 500
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from posedge.agent.codes import load_public_key
+from posedge.agent.till.codes import load_public_key
 from posedge.agent.config import ConfigModel, resolve_secrets
 from posedge.agent.domain.pricing import PointsRules, StackingRules
 
