@@ -129,6 +129,8 @@ def pricing_lines(lines: Iterable[SaleLineIn]) -> list[Line]:
 
 
 class Till:
+    name = "till"
+
     def __init__(self, config: Config, reader: StoreReader, writer: StoreWriter, *, clock: Callable[[], float] = time.time,
                  confirmer: CouponConfirmer | None = None, notify: Notify | None = None,
                  claim_signer: ClaimTokenSigner | None = None) -> None:
@@ -137,7 +139,8 @@ class Till:
         self.writer = writer
         self.clock = clock
         self.confirmer: CouponConfirmer = confirmer or HqUnreachable()
-        self.notify: Notify = notify or (lambda event, payload: None)
+        self.listeners: list[Notify] = []  # events for the POS (pickup collected, coupon verdicts)
+        self.notify: Notify = notify or self._tell_listeners
         self.claim_signer = claim_signer
         self.verifier = CodeVerifier(Keyring(config.hq.public_keys, config.hq.retired_kids), config.store.id,
                                      config.hq.clock_skew_s, config.members.code_max_age_s, clock)
@@ -145,6 +148,21 @@ class Till:
         self.phones = PhoneHasher(secret.get_secret_value() if secret is not None else None)
         self.rules = config.points.rules()
         self.stacking = config.coupons.stacking()
+
+    # -- the feature's lifecycle (agent/feature.py): nothing runs between sales ---------------
+    @property
+    def participants(self) -> tuple["Till"]:
+        return (self,)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def _tell_listeners(self, event: str, payload: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            listener(event, payload)
 
     # -- identification ------------------------------------------------------------------------
     def _member_from_code(self, member_code: str | None, member_id: str | None) -> tuple[str | None, str | None]:
