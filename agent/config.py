@@ -186,7 +186,7 @@ class ScanPattern(ConfigModel):
 
 
 class ScanConfig(ConfigModel):
-    """The scan pipeline (agent/scans.py): duplicates, limits, store-specific code patterns."""
+    """The scan pipeline (agent/scans/): duplicates, limits, store-specific code patterns."""
 
     dedup_ms: int = Field(800, ge=0, le=60000, description="the same code from the same scanner within this window is one scan")
     max_line_bytes: int = Field(4096, ge=64, le=65536, description="longest scan accepted; longer lines are rejected")

@@ -6,7 +6,7 @@ Same run, same disk, same agent process:
      (target: within 2x).
   2. Scan to event: a member code fed to the scan pipeline until its `scan` event (resolved:
      signature checked, member and balance read) is published, next to a plain GTIN scan through
-     the same pipeline (no resolver). Without the scan pipeline (agent/scans.py) on this branch it
+     the same pipeline (no resolver). Without the scan pipeline (agent/scans/) on this branch it
      measures the resolver alone against signature verification alone, and says so.
 
     .venv/bin/python bench/till.py [--sales 300] [--scans 2000] [--dir var/bench]
@@ -175,7 +175,7 @@ def run_scans(work: Path, count: int, hq: CodeMinter) -> None:
             print(line("member code scan -> resolved event", member))
             print(f"  ratio p99 member/GTIN: {percentile(member, 99) / percentile(gtin, 99):.2f}")
             return
-        print("  (agent/scans.py is not on this branch: measuring the resolver alone)")
+        print("  (agent/scans/ is not on this branch: measuring the resolver alone)")
         verify, resolve = await resolver_alone(till, hq, count)
         print(line("signature verification alone", verify))
         print(line("member code -> resolved (read)", resolve))

@@ -1,7 +1,7 @@
 """The till's routes: quote, refunds, member look-up, coupon validation, pickups, inventory.
 
 `POST /v1/sales` itself stays in agent/api/sales.py; the till takes part in it through
-SaleService.pricing and SaleService.participants (agent/till.py).
+SaleService.pricing and SaleService.participants (agent/till/feature.py).
 """
 
 from __future__ import annotations

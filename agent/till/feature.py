@@ -428,7 +428,7 @@ class Till:
 
     # -- scans -------------------------------------------------------------------------------------
     async def scan_resolver(self, classified: Any, scan: Any) -> dict[str, Any] | None:
-        """The scan pipeline's resolver hook for kinds member, coupon and pickup (agent/scans.py)."""
+        """The scan pipeline's resolver hook for kinds member, coupon and pickup (agent/scans/pipeline.py)."""
         return await self.resolve_scan(classified.text)
 
     async def resolve_scan(self, text: str) -> dict[str, Any] | None:
