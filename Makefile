@@ -1,16 +1,21 @@
 # The two commands of the README: `make run` and `make test`. Both are idempotent.
+# `make test` runs `make lint` first, so CI (.ci/run -> make test) refuses what the linters refuse.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench system-deps system-deps-test check-python clean
+.PHONY: run test lint bench system-deps system-deps-test check-python clean
 
 run: system-deps $(VENV)/.installed
 	@mkdir -p var
 	$(BIN)/posedge run $(ARGS)
 
-test: system-deps-test $(VENV)/.installed-test
+test: system-deps-test $(VENV)/.installed-test lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff: pyflakes, pycodestyle errors, import order (settings in pyproject.toml).
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
 
 bench: system-deps-test $(VENV)/.installed-test
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -15,12 +15,12 @@ from posedge.agent.errors import StorageError
 from posedge.agent.events import EventHub
 from posedge.agent.feature import Feature
 from posedge.agent.receipts.feature import Receipts
-from posedge.agent.till.refunds import Refunds
-from posedge.agent.scans.feature import Scans
 from posedge.agent.sales import SaleService
+from posedge.agent.scans.feature import Scans
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
 from posedge.agent.till.feature import Till, receipt_facts
+from posedge.agent.till.refunds import Refunds
 from posedge.agent.token import load_or_create_token
 from posedge.sync import outbox
 

@@ -100,10 +100,10 @@ def run_sales(work: Path, count: int, hq: CodeMinter) -> tuple[list[float], list
 
 def in_process_till(work: Path, hq: CodeMinter):
     from posedge.agent.config import validate_config
-    from posedge.agent.till.hq_records import MemberRecord, PhoneHasher, apply_member
     from posedge.agent.store.reader import StoreReader
     from posedge.agent.store.writer import StoreWriter
     from posedge.agent.till.feature import Till
+    from posedge.agent.till.hq_records import MemberRecord, PhoneHasher, apply_member
 
     config = validate_config({"scanners": [], "storage": {"path": str(work / "scan.db")},
                               "hq": {"public_keys": {hq.kid: hq.public_key_b64}}})

@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from posedge.agent.api.auth import require_token
 from posedge.agent.api.body import body_schema, json_body
 from posedge.agent.domain.sales import SALE_ID, SKU
-from posedge.agent.till.refunds import RefundIn
 from posedge.agent.till.feature import CollectIn, QuoteIn
+from posedge.agent.till.refunds import RefundIn
 
 router = APIRouter(prefix="/v1", tags=["till"], dependencies=[Depends(require_token)])
 

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from posedge import __version__
-from posedge.agent.cli import data as data_cli
-from posedge.agent.cli import db as db_cli
+from posedge.agent.cli import data as data_cli, db as db_cli
 from posedge.agent.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -101,8 +100,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 @command("run")
 def cmd_run(args: argparse.Namespace) -> int:
-    from posedge.agent.logs import setup_logging
     from posedge.agent.cli.run import run_agent
+    from posedge.agent.logs import setup_logging
 
     config = _load(args.config)
     if config is None:

@@ -7,10 +7,10 @@ import logging
 import sqlite3
 from typing import Any, Callable
 
-from posedge.agent.receipts.claims import ClaimKeyError, ClaimSigner
 from posedge.agent.config import Config
 from posedge.agent.domain.sales import mask_reference
 from posedge.agent.errors import AgentError, NotFound
+from posedge.agent.receipts.claims import ClaimKeyError, ClaimSigner
 from posedge.agent.receipts.facts import LineFacts, PaymentFacts, SaleFacts
 from posedge.agent.receipts.queue import (
     EventCallback,

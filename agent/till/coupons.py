@@ -17,9 +17,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from posedge.agent.till.codes import AlreadyRedeemed, CodeRefused, CouponCode, Revoked
-from posedge.agent.till.hq_records import last_hq_contact
 from posedge.agent.till.config import OfflineCouponPolicy
-
+from posedge.agent.till.hq_records import last_hq_contact
 
 # -- online confirmation seam --------------------------------------------------------------------
 

@@ -23,21 +23,46 @@ from typing import Any, Callable, Iterable
 
 from pydantic import Field, StrictInt
 
-from posedge.agent.till.codes import (AlreadyRedeemed, CodeRefused, CodeVerifier, CouponCode, Keyring, MemberCode,
-                                 WrongMember, looks_like_code, peek_claims)
 from posedge.agent.config import Config
-from posedge.agent.till.coupons import (CouponConfirmer, HqRefused, HqUnreachable, Override, RedemptionRequest, Unreachable,
-                                   Verdict, ledger_refusal, offline_decision, verdicts)
 from posedge.agent.domain.pricing import Line, Priced, price
-from posedge.agent.domain.sales import Code, InputModel, SaleIn, SaleLineIn, SALE_ID
+from posedge.agent.domain.sales import SALE_ID, Code, InputModel, SaleIn, SaleLineIn
 from posedge.agent.errors import InvalidInput, NotFound
-from posedge.agent.till.hq_records import (ImportReport, PhoneHasher, apply_batch, last_hq_contact, parse_lines,
-                                      record_hq_contact)
+from posedge.agent.store.reader import StoreReader
+from posedge.agent.store.writer import StoreWriter
+from posedge.agent.till.codes import (
+    AlreadyRedeemed,
+    CodeRefused,
+    CodeVerifier,
+    CouponCode,
+    Keyring,
+    MemberCode,
+    WrongMember,
+    looks_like_code,
+    peek_claims,
+)
+from posedge.agent.till.coupons import (
+    CouponConfirmer,
+    HqRefused,
+    HqUnreachable,
+    Override,
+    RedemptionRequest,
+    Unreachable,
+    Verdict,
+    ledger_refusal,
+    offline_decision,
+    verdicts,
+)
+from posedge.agent.till.hq_records import (
+    ImportReport,
+    PhoneHasher,
+    apply_batch,
+    last_hq_contact,
+    parse_lines,
+    record_hq_contact,
+)
 from posedge.agent.till.members import add_points, balance, load_member, member_by_card, member_by_phone_hash
 from posedge.agent.till.pickups import collect_pickup, read_pickup
 from posedge.agent.till.stock import move_stock, read_inventory
-from posedge.agent.store.reader import StoreReader
-from posedge.agent.store.writer import StoreWriter
 from posedge.sync.ids import uuid7
 from posedge.sync.outbox import append_event
 

@@ -9,6 +9,7 @@ import pytest
 from posedge.agent.receipts.claims import ClaimSigner
 from posedge.agent.receipts.config import ReceiptConfig
 from posedge.agent.receipts.facts import DiscountFacts, LineFacts, MemberFacts, PaymentFacts, SaleFacts
+
 from .printer_server import TcpPrinter
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

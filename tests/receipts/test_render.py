@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import jwt
 import pytest
@@ -200,8 +199,12 @@ def test_corrupt_key_file_is_a_clear_error(tmp_path):
         ClaimSigner.from_file(path)
 
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import (  # noqa: E402
+    HealthCheck,
+    given,
+    settings,
+    strategies as st,  # noqa: E402
+)
 
 from posedge.agent.receipts.facts import LineFacts  # noqa: E402
 

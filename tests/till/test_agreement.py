@@ -13,9 +13,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from posedge.agent.till.codes import CodeRefused
-from posedge.agent.till.refunds import RefundIn
 from posedge.agent.till.feature import QuoteIn
-
+from posedge.agent.till.refunds import RefundIn
 
 EXAMPLES = 400 if os.environ.get("POSEDGE_SLOW") == "1" else 60
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
