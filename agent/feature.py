@@ -14,7 +14,7 @@ from posedge.agent.sales import SaleParticipant
 
 # (kind, payload): what a feature tells the POS. The agent adds the event hub's publish, so it reaches
 # GET /v1/events; a listener must not block (it may run on a device thread).
-EventListener = Callable[[str, dict[str, Any]], None]
+EventListener = Callable[[str, dict[str, Any]], Any]  # what it returns is ignored (the hub returns the Event)
 
 
 class Feature(Protocol):

@@ -8,6 +8,7 @@ from typing import Any
 
 from posedge.agent.config import Config
 from posedge.agent.events import EventHub
+from posedge.agent.feature import EventListener
 from posedge.agent.scans.pipeline import pipeline_from_config, scan_limits, scanners_status
 from posedge.drivers.registry import SCANNERS
 
@@ -24,12 +25,13 @@ class Scans:
         self.devices: list[Any] = []  # drivers with .status() -> DeviceStatus and .stop()
         self.disabled: dict[str, str] = {}  # scanner name -> why it is off
         # Always empty: the pipeline publishes on the hub itself, because POST /v1/scans answers with the event's id.
-        self.listeners: list[Any] = []
+        self.listeners: list[EventListener] = []
 
     async def start(self) -> None:
         self.pipeline.start(asyncio.get_running_loop())
         for config in self.config.scanner_configs():
             entry = SCANNERS.get(config.type)
+            assert entry is not None  # load_config accepted only registered types
             usable, reason = entry.usable()
             if not usable:
                 log.warning("event=scanner_disabled scanner=%s reason=%r", config.name, reason)
