@@ -1,16 +1,26 @@
 # The two commands of the README: `make run` and `make test`. Both are idempotent.
+# `make test` runs `make lint` first, so CI (.ci/run -> make test) refuses what the linters refuse.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench system-deps system-deps-test check-python clean
+.PHONY: run test lint bench system-deps system-deps-test check-python clean
 
 run: system-deps $(VENV)/.installed
 	@mkdir -p var
 	$(BIN)/posedge run $(ARGS)
 
-test: system-deps-test $(VENV)/.installed-test
+test: system-deps-test $(VENV)/.installed-test lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (pyflakes, pycodestyle errors, import order) and mypy; settings in pyproject.toml. mypy reads the
+# rooms under their installed names through links (it cannot follow the editable install's hook).
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	@mkdir -p $(VENV)/typecheck/posedge
+	@for f in __init__.py __main__.py; do ln -sfn $(CURDIR)/posedge/$$f $(VENV)/typecheck/posedge/$$f; done
+	@for room in agent drivers sync hq; do [ ! -d $$room ] || ln -sfn $(CURDIR)/$$room $(VENV)/typecheck/posedge/$$room; done
+	$(BIN)/mypy
 
 bench: system-deps-test $(VENV)/.installed-test
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

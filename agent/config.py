@@ -190,7 +190,7 @@ class ScanPattern(ConfigModel):
 
 
 class ScanConfig(ConfigModel):
-    """The scan pipeline (agent/scans.py): duplicates, limits, store-specific code patterns."""
+    """The scan pipeline (agent/scans/): duplicates, limits, store-specific code patterns."""
 
     dedup_ms: int = Field(800, ge=0, le=60000, description="the same code from the same scanner within this window is one scan")
     max_line_bytes: int = Field(4096, ge=64, le=65536, description="longest scan accepted; longer lines are rejected")
@@ -226,7 +226,7 @@ def _default_printers() -> list[dict[str, Any]]:
     # No printer configured: receipts land as files (ESC/POS bytes + PNG preview) in var/receipts.
     return [{"type": "file", "name": "receipts", "path": "var/receipts"}]
 # The till's tables derive ConfigModel, so they are imported once it exists.
-from posedge.agent.till_config import CouponsConfig, HqConfig, MembersConfig, PointsConfig  # noqa: E402
+from posedge.agent.till.config import CouponsConfig, HqConfig, MembersConfig, PointsConfig  # noqa: E402
 
 
 class Config(ConfigModel):

@@ -13,15 +13,15 @@ from posedge import __version__
 from posedge.agent.config import Config
 from posedge.agent.errors import StorageError
 from posedge.agent.events import EventHub
+from posedge.agent.feature import Feature
 from posedge.agent.receipts.feature import Receipts
-from posedge.agent.refunds import Refunds
-from posedge.agent.scans import pipeline_from_config, scan_limits, scanners_status
 from posedge.agent.sales import SaleService
+from posedge.agent.scans.feature import Scans
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
-from posedge.agent.till import Till, receipt_facts
+from posedge.agent.till.feature import Till, receipt_facts
+from posedge.agent.till.refunds import Refunds
 from posedge.agent.token import load_or_create_token
-from posedge.drivers.registry import SCANNERS
 from posedge.sync import outbox
 
 log = logging.getLogger("posedge.agent")
@@ -44,30 +44,30 @@ class Agent:
         self.reader = StoreReader(storage.path, busy_timeout_ms=storage.busy_timeout_ms)
         self.events = EventHub(config.events.buffer)
 
-        # Scanners feed the scan pipeline, which publishes classified (and till-resolved) scans.
-        self.scans = pipeline_from_config(config, self.events)
-        self.devices: list[Any] = []  # drivers with .status() -> DeviceStatus and .stop()
-        self.disabled_scanners: dict[str, str] = {}
-        self.status_providers["scanners"] = lambda: {"devices": scanners_status(self.devices, self.disabled_scanners),
-                                                     "pipeline": self.scans.status()}
-
-        # The till prices a sale before its transaction and records its part inside it.
-        self.till = Till(config, self.reader, self.writer, notify=self.events.publish)
-        self.scans.add_resolver(("member", "coupon", "pickup"), self.till.scan_resolver)
-        self.refunds = Refunds(self.writer, config.coupons.return_on_refund)
-        self.status_providers["till"] = self.till.status
-
-        # Receipts come last among the sale's participants: their contributors read what the till wrote.
+        # The features, in order: each starts after the ones before it and stops before them, and its sale
+        # participants come after theirs (the receipt's contributors read what the till wrote).
+        self.scanning = Scans(config, self.events)
+        self.till = Till(config, self.reader, self.writer)
         self.receipts = Receipts(config, self.writer.submit, self.reader)
-        self.receipts.listeners.append(self.events.publish)  # printer state and printed/failed jobs reach the POS
-        self.receipts.participant.contributors.append(receipt_facts)
-        if self.receipts.signer is not None:  # the till signs the claim in the sale; the receipt prints that token
-            self.till.claim_signer = self.receipts.signer.for_store(config.store.tenant, config.store.id)
-        self.status_providers["receipts"] = self.receipts.status
+        self.features: list[Feature] = [self.scanning, self.till, self.receipts]
 
+        self.scans = self.scanning.pipeline  # POST /v1/scans and payment-code claims go to it
+        self.refunds = Refunds(self.writer, config.coupons.return_on_refund)
         self.sales = SaleService(self.writer, self.reader, config.store)
+        for feature in self.features:
+            feature.listeners.append(self.events.publish)  # what a feature tells the POS reaches GET /v1/events
+            self.sales.participants += feature.participants
+            self.status_providers[feature.name] = feature.status
+        self._link_features()
+
+    def _link_features(self) -> None:
+        """What one feature needs of another: the till prices the sale and resolves member, coupon and pickup
+        scans; the receipt prints the till's facts and the claim the till signed with the store's key."""
         self.sales.pricing = self.till
-        self.sales.participants += [self.till, self.receipts.participant]
+        self.scans.add_resolver(("member", "coupon", "pickup"), self.till.scan_resolver)
+        self.receipts.participant.contributors.append(receipt_facts)
+        if self.receipts.signer is not None:
+            self.till.claim_signer = self.receipts.signer.for_store(self.config.store.tenant, self.config.store.id)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -75,31 +75,16 @@ class Agent:
         failure = await asyncio.to_thread(self.writer.start)
         if failure is not None:
             log.error("event=agent_degraded reason=%s message=%r", failure.code, failure.message)
-        self.scans.start(self.loop)
-        self._start_scanners()
-        await asyncio.to_thread(self.receipts.start)
+        for feature in self.features:
+            await feature.start()
         log.info("event=agent_started version=%s store=%s/%s", __version__, self.config.store.tenant, self.config.store.id)
 
     async def stop(self) -> None:
-        for device in reversed(self.devices):
-            await asyncio.to_thread(device.stop)
-        await asyncio.to_thread(self.receipts.stop)
-        await self.scans.stop()
+        for feature in reversed(self.features):
+            await feature.stop()
         await asyncio.to_thread(self.writer.stop)
         self.reader.close()
         log.info("event=agent_stopped")
-
-    def _start_scanners(self) -> None:
-        for config in self.config.scanner_configs():
-            entry = SCANNERS.get(config.type)
-            usable, reason = entry.usable()
-            if not usable:
-                log.warning("event=scanner_disabled scanner=%s reason=%r", config.name, reason)
-                self.disabled_scanners[config.name] = reason
-                continue
-            driver = SCANNERS.create(config, self.scans, limits=scan_limits(self.config))
-            driver.start()
-            self.devices.append(driver)
 
     # -- health and status -----------------------------------------------------------------
     def storage_failure(self) -> StorageError | None:
@@ -123,7 +108,7 @@ class Agent:
             },
             "storage": storage_status(self),
             "outbox": outbox_status(self.reader),
-            "devices": [device.status().as_dict() for device in self.devices],
+            "devices": [device.status().as_dict() for device in self.scanning.devices],
         }
         for name, provider in self.status_providers.items():
             try:

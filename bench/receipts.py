@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from posedge.agent.claims import ClaimSigner
+from posedge.agent.receipts.claims import ClaimSigner
 from posedge.agent.receipts.config import ReceiptConfig
 from posedge.agent.receipts.escpos import PrinterTraits
 from posedge.agent.receipts.facts import DiscountFacts, LineFacts, MemberFacts, PaymentFacts, SaleFacts

@@ -248,6 +248,7 @@ def run_bare_api(work: Path, count: int) -> list[float]:
     """The baseline: the same HTTP server and framework (uvicorn, httptools, FastAPI) validating the
     same body and committing the same rows with bare sqlite3; no agent (no auth, till, receipts)."""
     import httpx
+
     from conftest import free_port
 
     work.mkdir(parents=True, exist_ok=True)

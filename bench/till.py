@@ -6,7 +6,7 @@ Same run, same disk, same agent process:
      (target: within 2x).
   2. Scan to event: a member code fed to the scan pipeline until its `scan` event (resolved:
      signature checked, member and balance read) is published, next to a plain GTIN scan through
-     the same pipeline (no resolver). Without the scan pipeline (agent/scans.py) on this branch it
+     the same pipeline (no resolver). Without the scan pipeline (agent/scans/) on this branch it
      measures the resolver alone against signature verification alone, and says so.
 
     .venv/bin/python bench/till.py [--sales 300] [--scans 2000] [--dir var/bench]
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from posedge.agent.codes import CodeMinter  # noqa: E402
+from posedge.agent.till.codes import CodeMinter  # noqa: E402
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -100,10 +100,10 @@ def run_sales(work: Path, count: int, hq: CodeMinter) -> tuple[list[float], list
 
 def in_process_till(work: Path, hq: CodeMinter):
     from posedge.agent.config import validate_config
-    from posedge.agent.hq_records import MemberRecord, PhoneHasher, apply_member
     from posedge.agent.store.reader import StoreReader
     from posedge.agent.store.writer import StoreWriter
-    from posedge.agent.till import Till
+    from posedge.agent.till.feature import Till
+    from posedge.agent.till.hq_records import MemberRecord, PhoneHasher, apply_member
 
     config = validate_config({"scanners": [], "storage": {"path": str(work / "scan.db")},
                               "hq": {"public_keys": {hq.kid: hq.public_key_b64}}})
@@ -117,7 +117,7 @@ def in_process_till(work: Path, hq: CodeMinter):
 async def scan_pipeline(till, hq: CodeMinter, count: int) -> tuple[list[float], list[float]] | None:
     try:
         from posedge.agent.events import EventHub
-        from posedge.agent.scans import ScanPipeline
+        from posedge.agent.scans.pipeline import ScanPipeline
         from posedge.drivers.scanners.base import Scan
     except ImportError:
         return None
@@ -175,7 +175,7 @@ def run_scans(work: Path, count: int, hq: CodeMinter) -> None:
             print(line("member code scan -> resolved event", member))
             print(f"  ratio p99 member/GTIN: {percentile(member, 99) / percentile(gtin, 99):.2f}")
             return
-        print("  (agent/scans.py is not on this branch: measuring the resolver alone)")
+        print("  (agent/scans/ is not on this branch: measuring the resolver alone)")
         verify, resolve = await resolver_alone(till, hq, count)
         print(line("signature verification alone", verify))
         print(line("member code -> resolved (read)", resolve))

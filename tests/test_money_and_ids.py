@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from posedge.agent.domain.money import format_yuan, per_mille_amount
 from posedge.agent.domain.sales import SaleIn, TotalsMismatch, mask_reference, sale_totals

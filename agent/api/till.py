@@ -1,7 +1,7 @@
 """The till's routes: quote, refunds, member look-up, coupon validation, pickups, inventory.
 
 `POST /v1/sales` itself stays in agent/api/sales.py; the till takes part in it through
-SaleService.pricing and SaleService.participants (agent/till.py).
+SaleService.pricing and SaleService.participants (agent/till/feature.py).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from posedge.agent.api.auth import require_token
 from posedge.agent.api.body import body_schema, json_body
 from posedge.agent.domain.sales import SALE_ID, SKU
-from posedge.agent.refunds import RefundIn
-from posedge.agent.till import CollectIn, QuoteIn
+from posedge.agent.till.feature import CollectIn, QuoteIn
+from posedge.agent.till.refunds import RefundIn
 
 router = APIRouter(prefix="/v1", tags=["till"], dependencies=[Depends(require_token)])
 

@@ -2,7 +2,7 @@
 
 `price()` is the one function behind both `POST /v1/quote` and `POST /v1/sales`, so a quote and the
 sale made from it always agree. It takes coupons that already passed signature, time, store and
-ledger checks (agent/till.py); here they can still be refused for basket reasons:
+ledger checks (agent/till/feature.py); here they can still be refused for basket reasons:
   not_stackable     more coupons than `[coupons] max_per_sale`, or a second one of a campaign
   min_spend_not_met the basket after line discounts and earlier coupons is below the coupon's `min`
   gift_not_in_basket a gift coupon whose SKU is not on a line (the POS adds the gift line at its price)
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from posedge.agent.codes import CouponCode
+from posedge.agent.till.codes import CouponCode
 
 
 @dataclass(frozen=True)

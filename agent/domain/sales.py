@@ -90,7 +90,7 @@ class SaleIn(InputModel):
     till: str | None = Field(None, pattern=SALE_ID, description="the till (POS terminal) id")
     cashier: str | None = Field(None, max_length=64)
     occurred_at: AwareDatetime | None = Field(None, description="when the sale happened, with time zone")
-    # The till loop (agent/till.py): who, which coupons, how many points; their discounts are in the totals.
+    # The till loop (agent/till/): who, which coupons, how many points; their discounts are in the totals.
     member_code: Code | None = Field(None, description="member code as scanned (signed by HQ)")
     coupons: list[Code] = Field(default_factory=list, max_length=20, description="coupon codes as scanned")
     points_redeemed: StrictInt = Field(0, ge=0, le=10**9, description="points the member spends on this sale")

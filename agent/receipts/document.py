@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from posedge.agent.claims import ClaimFacts, ClaimSigner
 from posedge.agent.domain.money import format_yuan
+from posedge.agent.receipts.claims import ClaimFacts, ClaimSigner
 from posedge.agent.receipts.config import ReceiptConfig
 from posedge.agent.receipts.facts import SaleFacts
 

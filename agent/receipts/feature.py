@@ -7,10 +7,10 @@ import logging
 import sqlite3
 from typing import Any, Callable
 
-from posedge.agent.claims import ClaimKeyError, ClaimSigner
 from posedge.agent.config import Config
 from posedge.agent.domain.sales import mask_reference
 from posedge.agent.errors import AgentError, NotFound
+from posedge.agent.receipts.claims import ClaimKeyError, ClaimSigner
 from posedge.agent.receipts.facts import LineFacts, PaymentFacts, SaleFacts
 from posedge.agent.receipts.queue import (
     EventCallback,
@@ -85,6 +85,8 @@ class ReceiptParticipant:
 
 
 class Receipts:
+    name = "receipts"
+
     def __init__(self, config: Config, submit: Callable, reader: Any) -> None:
         self.config = config
         self.submit = submit
@@ -107,9 +109,19 @@ class Receipts:
             log.error("event=store_key_unavailable path=%s error=%r consequence=%r", path, exc.message, "receipts print without claim QR")
             return None
 
-    # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> None:
-        """Blocking (call in a thread): recover crash-interrupted jobs, report the key, start workers."""
+    # -- lifecycle (agent/feature.py) ------------------------------------------------------
+    @property
+    def participants(self) -> tuple[ReceiptParticipant]:
+        return (self.participant,)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._start)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self._stop)
+
+    def _start(self) -> None:
+        """Blocking: recover crash-interrupted jobs, report the key, start workers."""
         try:
             recovered = self.submit(recover_interrupted).result(timeout=30)
             if recovered:
@@ -129,7 +141,7 @@ class Receipts:
             self.workers[printer_config.name] = worker
             worker.start()
 
-    def stop(self) -> None:
+    def _stop(self) -> None:
         for worker in self.workers.values():
             worker.stop()
 

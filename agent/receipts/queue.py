@@ -225,10 +225,11 @@ class PrinterWorker(threading.Thread):
         try:
             data = self.renderer.escpos(job.facts, self.traits, copy=job.copy, possibly_duplicated=job.possibly_duplicated)
         except Exception as exc:  # a receipt that cannot be rendered will not render next time either
+            error = f"render: {exc}"  # bound here: `exc` is unbound once the except block ends
             log.exception("event=print_job_render_failed job=%s receipt=%s", job.job_id, job.receipt_no)
             self._write(lambda c: c.execute(
-                "UPDATE print_jobs SET state = 'failed', last_error = ? WHERE job_id = ?", (f"render: {exc}", job.job_id)))
-            self._event("receipt_failed", job, error=f"render: {exc}")
+                "UPDATE print_jobs SET state = 'failed', last_error = ? WHERE job_id = ?", (error, job.job_id)))
+            self._event("receipt_failed", job, error=error)
             return True
         sent = False
         try:

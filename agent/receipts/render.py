@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from zoneinfo import ZoneInfo
 
-from posedge.agent.claims import ClaimSigner
+from posedge.agent.receipts.claims import ClaimSigner
 from posedge.agent.receipts.config import ReceiptConfig
 from posedge.agent.receipts.document import build_receipt
 from posedge.agent.receipts.escpos import EscposRenderer, PrinterTraits

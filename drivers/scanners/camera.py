@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from posedge.drivers.registry import SCANNERS, DriverConfig
 from posedge.drivers.scanners.base import ScannerDriver, log
 from posedge.drivers.scanners.decoders import DECODERS, DEFAULT_SYMBOLOGIES, SYMBOLOGIES, FrameDecoder, build_chain
-from posedge.drivers.scanners.framing import check_line, Line
+from posedge.drivers.scanners.framing import Line, check_line
 
 Symbology = Literal[SYMBOLOGIES]  # type: ignore[valid-type]
 DecoderName = Literal[DECODERS]  # type: ignore[valid-type]

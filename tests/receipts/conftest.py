@@ -6,9 +6,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from posedge.agent.claims import ClaimSigner
+from posedge.agent.receipts.claims import ClaimSigner
 from posedge.agent.receipts.config import ReceiptConfig
 from posedge.agent.receipts.facts import DiscountFacts, LineFacts, MemberFacts, PaymentFacts, SaleFacts
+
 from .printer_server import TcpPrinter
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

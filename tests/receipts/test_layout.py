@@ -6,8 +6,7 @@ import unicodedata
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from wcwidth import wcswidth
 
 from posedge.agent.domain.money import format_yuan

@@ -12,7 +12,7 @@ import pytest
 from posedge.drivers.printers.base import PrinterStatusTimeout, PrinterUnavailable, PrinterWriteFailed
 from posedge.drivers.printers.file import FilePrinter, FilePrinterConfig
 from posedge.drivers.printers.network import NetworkPrinter, NetworkPrinterConfig
-from posedge.drivers.printers.serial import SerialPrinter, SerialPrinterConfig
+from posedge.drivers.printers.serial import SerialPrinterConfig
 from posedge.drivers.printers.usb import UsbPrinter, UsbPrinterConfig
 from posedge.drivers.registry import PRINTERS
 

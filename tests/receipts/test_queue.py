@@ -8,13 +8,11 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from conftest import AgentProcess, sale_body
-from posedge.agent.claims import verify_claim
+from conftest import sale_body
+from posedge.agent.receipts.claims import verify_claim
 
 from .conftest import CLAIM_URL
 from .escpos_reader import read_paper, split_jobs

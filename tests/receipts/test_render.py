@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import jwt
 import pytest
 from PIL import Image
 
-from posedge.agent.claims import ClaimSigner, verify_claim
+from posedge.agent.receipts.claims import ClaimSigner, verify_claim
 from posedge.agent.receipts.document import build_receipt
 from posedge.agent.receipts.escpos import EscposRenderer, PrinterTraits
 from posedge.agent.receipts.layout import ReceiptLayout
@@ -146,7 +145,7 @@ def test_claim_key_is_private_and_stable(tmp_path):
 
 
 def test_claim_token_is_deterministic_and_tamper_evident(signer, tmp_path):
-    from posedge.agent.claims import ClaimFacts
+    from posedge.agent.receipts.claims import ClaimFacts
 
     facts = ClaimFacts("sale-9", "store-001", "demo", 990, 9, datetime.now(timezone.utc))
     token = signer.sign(facts)
@@ -165,7 +164,7 @@ def test_claim_token_is_deterministic_and_tamper_evident(signer, tmp_path):
 def test_claim_token_is_byte_for_byte_what_pyjwt_signs(signer):
     """The signer builds the JWS itself (it runs in every sale's transaction); tokens signed before that
     change, by pyjwt, must stay identical so a reprint of an old sale shows the same code."""
-    from posedge.agent.claims import ClaimFacts
+    from posedge.agent.receipts.claims import ClaimFacts
 
     for facts in (ClaimFacts("sale-9", "store-001", "demo", 990, 9, SOLD_AT),
                   ClaimFacts("门店-x", "store-002", "租户", 0, 0, SOLD_AT.astimezone(SHANGHAI))):
@@ -192,7 +191,7 @@ def test_sale_facts_round_trip_and_merge_typed_fields():
 
 
 def test_corrupt_key_file_is_a_clear_error(tmp_path):
-    from posedge.agent.claims import ClaimKeyError
+    from posedge.agent.receipts.claims import ClaimKeyError
 
     path = tmp_path / "store-key.pem"
     path.write_text("garbage")
@@ -200,8 +199,12 @@ def test_corrupt_key_file_is_a_clear_error(tmp_path):
         ClaimSigner.from_file(path)
 
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import (  # noqa: E402
+    HealthCheck,
+    given,
+    settings,
+    strategies as st,  # noqa: E402
+)
 
 from posedge.agent.receipts.facts import LineFacts  # noqa: E402
 

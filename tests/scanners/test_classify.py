@@ -10,8 +10,8 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from posedge.agent import gs1
-from posedge.agent.scans import Classifier, NamedPattern, mask_payment_code
+from posedge.agent.scans import gs1
+from posedge.agent.scans.pipeline import Classifier, NamedPattern, mask_payment_code
 
 EXAMPLES = 2000 if os.environ.get("POSEDGE_SLOW") == "1" else 300
 classify = Classifier().classify

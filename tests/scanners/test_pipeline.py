@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from posedge.agent.events import SUBSCRIBER_QUEUE, EventHub
-from posedge.agent.scans import Classifier, PaymentCodeGone, ScanPipeline
+from posedge.agent.scans.pipeline import Classifier, PaymentCodeGone, ScanPipeline
 from posedge.drivers.scanners.base import Scan
 
 

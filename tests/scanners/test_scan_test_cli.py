@@ -7,7 +7,7 @@ import sys
 
 import cv2
 
-from posedge.agent.scan_test import TEST_CODE
+from posedge.agent.scans.scan_test import TEST_CODE
 from posedge.drivers.scanners.decoders import ZbarDecoder, ZxingDecoder
 
 from .conftest import DEADLINE_S, Pty

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from posedge.agent.codes import CodeMinter, CodeVerifier, Keyring
+from posedge.agent.till.codes import CodeMinter, CodeVerifier, Keyring
 
 STORE = "store-001"
 NOW = 1_790_000_000  # a fixed instant (2026-09-21), so expiry tests need no sleeping
@@ -42,12 +42,12 @@ from typing import Any, Iterator  # noqa: E402
 
 from posedge.agent.config import Config, validate_config  # noqa: E402
 from posedge.agent.domain.sales import SaleIn  # noqa: E402
-from posedge.agent.hq_records import ImportReport, PhoneHasher, apply_batch, parse_record, record_hq_contact  # noqa: E402
-from posedge.agent.refunds import Refunds  # noqa: E402
 from posedge.agent.sales import SaleService  # noqa: E402
 from posedge.agent.store.reader import StoreReader  # noqa: E402
 from posedge.agent.store.writer import StoreWriter  # noqa: E402
-from posedge.agent.till import Till  # noqa: E402
+from posedge.agent.till.feature import Till  # noqa: E402
+from posedge.agent.till.hq_records import ImportReport, PhoneHasher, apply_batch, parse_record, record_hq_contact  # noqa: E402
+from posedge.agent.till.refunds import Refunds  # noqa: E402
 
 
 def till_config(path: Path, minter: CodeMinter, **tables: Any) -> Config:

@@ -12,10 +12,9 @@ import os
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from posedge.agent.codes import CodeRefused
-from posedge.agent.refunds import RefundIn
-from posedge.agent.till import QuoteIn
-
+from posedge.agent.till.codes import CodeRefused
+from posedge.agent.till.feature import QuoteIn
+from posedge.agent.till.refunds import RefundIn
 
 EXAMPLES = 400 if os.environ.get("POSEDGE_SLOW") == "1" else 60
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -109,7 +108,7 @@ def test_points_balance_is_the_sum_of_the_ledger(till, hq, ops):
     till.apply("members", {"member_id": member_id, "version": version, "points": 500})
     for op, amount, points in ops:
         if op == "sale":
-            from posedge.agent.members import balance
+            from posedge.agent.till.members import balance
             have = till.reader.read_sync(lambda c: balance(c, member_id))
             spend = points if points <= have and points // 100 * 100 <= amount // 2 else 0
             sale_id = f"S{next(ids)}"

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from conftest import AgentProcess
-from posedge.agent.codes import CodeMinter, b64url_decode, b64url_encode
+from posedge.agent.till.codes import CodeMinter, b64url_decode, b64url_encode
 
 STORE = "store-1"  # the store id of the root conftest's agents
 RACES = 40 if os.environ.get("POSEDGE_SLOW") == "1" else 6

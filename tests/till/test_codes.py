@@ -8,8 +8,18 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from posedge.agent.codes import (REFUSALS, CodeMinter, CodeRefused, CodeVerifier, Keyring, MemberCode,
-                                 PickupCode, b64url_decode, b64url_encode, looks_like_code)
+from posedge.agent.till.codes import (
+    REFUSALS,
+    CodeMinter,
+    CodeRefused,
+    CodeVerifier,
+    Keyring,
+    MemberCode,
+    PickupCode,
+    b64url_decode,
+    b64url_encode,
+    looks_like_code,
+)
 
 from .conftest import NOW, STORE
 

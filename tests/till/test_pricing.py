@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from posedge.agent.codes import CouponCode
 from posedge.agent.domain.ledger import Entry, Position, current, share
 from posedge.agent.domain.pricing import Line, PointsRules, StackingRules, price, spread
+from posedge.agent.till.codes import CouponCode
 
 NOW = 1_790_000_000
 

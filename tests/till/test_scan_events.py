@@ -31,7 +31,7 @@ def test_a_scanned_pickup_code_shows_the_order(agent, api, hq):  # noqa: F811
     assert event["resolved"]["valid"] is True and event["resolved"]["pickup"]["items"] == [{"sku": "SKU-1", "qty": 1}]
 
 
-def test_hq_double_redemption_verdict_is_published_to_the_pos(make_till, hq):
+def test_hq_double_redemption_verdict_is_published_to_the_pos(make_till, hq):  # noqa: F811
     till = make_till()
     hub = EventHub(100)
     till.till.notify = hub.publish

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from posedge.agent.config import ConfigError, validate_config
-from posedge.agent.codes import CodeMinter
+from posedge.agent.till.codes import CodeMinter
 
 
 def problems(raw) -> list[str]:

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from posedge.agent.codes import CodeRefused
-from posedge.agent.coupons import HqUnreachable, RedemptionRequest, Unreachable, Verdict
-from posedge.agent.hq_records import RecordInvalid, parse_record, record_hq_contact
+from posedge.agent.till.codes import CodeRefused
+from posedge.agent.till.coupons import HqUnreachable, RedemptionRequest, Unreachable, Verdict
+from posedge.agent.till.hq_records import RecordInvalid, parse_record, record_hq_contact
 
 from .conftest import NOW, STORE
 

@@ -23,9 +23,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
-from posedge.agent import gs1
 from posedge.agent.errors import AgentError, InvalidInput, NotFound
 from posedge.agent.events import Event, EventHub
+from posedge.agent.scans import gs1
 from posedge.drivers.scanners.base import Scan, ScanLimits
 from posedge.drivers.scanners.framing import Line, check_line
 

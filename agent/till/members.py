@@ -1,6 +1,6 @@
 """Members as this store knows them, and the points ledger behind their balance.
 
-HQ's records are written by agent/hq_records.py; local points entries by `add_points`. Balance = HQ's balance at
+HQ's records are written by agent/till/hq_records.py; local points entries by `add_points`. Balance = HQ's balance at
 its version plus this store's entries after `points_through` (agent/domain/ledger.py).
 """
 

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
-from posedge.agent.codes import AlreadyRedeemed, CodeRefused, CouponCode, Revoked
-from posedge.agent.hq_records import last_hq_contact
-from posedge.agent.till_config import OfflineCouponPolicy
-
+from posedge.agent.till.codes import AlreadyRedeemed, CodeRefused, CouponCode, Revoked
+from posedge.agent.till.config import OfflineCouponPolicy
+from posedge.agent.till.hq_records import last_hq_contact
 
 # -- online confirmation seam --------------------------------------------------------------------
 

@@ -20,9 +20,9 @@ from pydantic import Field, StrictInt
 from posedge.agent.domain.ledger import share
 from posedge.agent.domain.sales import SALE_ID, InputModel
 from posedge.agent.errors import Conflict, InvalidInput, NotFound
-from posedge.agent.members import add_points, balance
-from posedge.agent.stock import move_stock
 from posedge.agent.store.writer import StoreWriter
+from posedge.agent.till.members import add_points, balance
+from posedge.agent.till.stock import move_stock
 from posedge.sync.outbox import append_event
 
 

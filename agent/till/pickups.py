@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from posedge.agent.errors import AgentError, NotFound
-from posedge.agent.stock import move_stock
+from posedge.agent.till.stock import move_stock
 from posedge.sync.outbox import append_event
 
 

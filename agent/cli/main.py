@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from posedge import __version__
-from posedge.agent import data_cli, db_cli
+from posedge.agent.cli import data as data_cli, db as db_cli
 from posedge.agent.config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -100,8 +100,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 @command("run")
 def cmd_run(args: argparse.Namespace) -> int:
+    from posedge.agent.cli.run import run_agent
     from posedge.agent.logs import setup_logging
-    from posedge.agent.runner import run_agent
 
     config = _load(args.config)
     if config is None:
@@ -133,7 +133,7 @@ def bind_listen_socket(host: str, port: int) -> socket.socket:
 
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
-    from posedge.agent.status_cli import read_status
+    from posedge.agent.cli.status import read_status
 
     config = _load(args.config)
     if config is None:
@@ -212,7 +212,7 @@ def cmd_receipt(args: argparse.Namespace) -> int:
 
 
 def _scan_test_parser(sub: Any) -> None:
-    from posedge.agent.scan_test import add_parser
+    from posedge.agent.scans.scan_test import add_parser
 
     add_parser(sub)
 
@@ -222,7 +222,7 @@ PARSER_EXTENSIONS.append(_scan_test_parser)
 
 @command("scan-test")
 def cmd_scan_test(args: argparse.Namespace) -> int:
-    from posedge.agent.scan_test import run_scan_test
+    from posedge.agent.scans.scan_test import run_scan_test
 
     config = _load(args.config) if args.config else None
     if args.config and config is None:

@@ -1,6 +1,6 @@
 """`posedge data import members|stock|pickups|revocations|verdicts FILE`: HQ records from JSON lines.
 
-The records go through the same apply logic the sync inbox uses (agent/hq_records.py): newer
+The records go through the same apply logic the sync inbox uses (agent/till/hq_records.py): newer
 versions win, older ones are ignored. Stores without HQ, demos and tests load data this way. The
 import counts as contact with HQ (the offline coupon policy counts hours from it). Safe while the
 agent runs: SQLite lets this process write between the agent's transactions (WAL, busy timeout).
@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from posedge.agent.hq_records import KINDS, ImportReport, PhoneHasher, apply_batch, parse_lines, record_hq_contact
+from posedge.agent.till.hq_records import KINDS, ImportReport, PhoneHasher, apply_batch, parse_lines, record_hq_contact
 
 BATCH = 500
 

@@ -23,21 +23,46 @@ from typing import Any, Callable, Iterable
 
 from pydantic import Field, StrictInt
 
-from posedge.agent.codes import (AlreadyRedeemed, CodeRefused, CodeVerifier, CouponCode, Keyring, MemberCode,
-                                 WrongMember, looks_like_code, peek_claims)
 from posedge.agent.config import Config
-from posedge.agent.coupons import (CouponConfirmer, HqRefused, HqUnreachable, Override, RedemptionRequest, Unreachable,
-                                   Verdict, ledger_refusal, offline_decision, verdicts)
 from posedge.agent.domain.pricing import Line, Priced, price
-from posedge.agent.domain.sales import Code, InputModel, SaleIn, SaleLineIn, SALE_ID
+from posedge.agent.domain.sales import SALE_ID, Code, InputModel, SaleIn, SaleLineIn
 from posedge.agent.errors import InvalidInput, NotFound
-from posedge.agent.hq_records import (ImportReport, PhoneHasher, apply_batch, last_hq_contact, parse_lines,
-                                      record_hq_contact)
-from posedge.agent.members import add_points, balance, load_member, member_by_card, member_by_phone_hash
-from posedge.agent.pickups import collect_pickup, read_pickup
-from posedge.agent.stock import move_stock, read_inventory
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
+from posedge.agent.till.codes import (
+    AlreadyRedeemed,
+    CodeRefused,
+    CodeVerifier,
+    CouponCode,
+    Keyring,
+    MemberCode,
+    WrongMember,
+    looks_like_code,
+    peek_claims,
+)
+from posedge.agent.till.coupons import (
+    CouponConfirmer,
+    HqRefused,
+    HqUnreachable,
+    Override,
+    RedemptionRequest,
+    Unreachable,
+    Verdict,
+    ledger_refusal,
+    offline_decision,
+    verdicts,
+)
+from posedge.agent.till.hq_records import (
+    ImportReport,
+    PhoneHasher,
+    apply_batch,
+    last_hq_contact,
+    parse_lines,
+    record_hq_contact,
+)
+from posedge.agent.till.members import add_points, balance, load_member, member_by_card, member_by_phone_hash
+from posedge.agent.till.pickups import collect_pickup, read_pickup
+from posedge.agent.till.stock import move_stock, read_inventory
 from posedge.sync.ids import uuid7
 from posedge.sync.outbox import append_event
 
@@ -129,6 +154,8 @@ def pricing_lines(lines: Iterable[SaleLineIn]) -> list[Line]:
 
 
 class Till:
+    name = "till"
+
     def __init__(self, config: Config, reader: StoreReader, writer: StoreWriter, *, clock: Callable[[], float] = time.time,
                  confirmer: CouponConfirmer | None = None, notify: Notify | None = None,
                  claim_signer: ClaimTokenSigner | None = None) -> None:
@@ -137,7 +164,8 @@ class Till:
         self.writer = writer
         self.clock = clock
         self.confirmer: CouponConfirmer = confirmer or HqUnreachable()
-        self.notify: Notify = notify or (lambda event, payload: None)
+        self.listeners: list[Notify] = []  # events for the POS (pickup collected, coupon verdicts)
+        self.notify: Notify = notify or self._tell_listeners
         self.claim_signer = claim_signer
         self.verifier = CodeVerifier(Keyring(config.hq.public_keys, config.hq.retired_kids), config.store.id,
                                      config.hq.clock_skew_s, config.members.code_max_age_s, clock)
@@ -145,6 +173,21 @@ class Till:
         self.phones = PhoneHasher(secret.get_secret_value() if secret is not None else None)
         self.rules = config.points.rules()
         self.stacking = config.coupons.stacking()
+
+    # -- the feature's lifecycle (agent/feature.py): nothing runs between sales ---------------
+    @property
+    def participants(self) -> tuple["Till"]:
+        return (self,)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def _tell_listeners(self, event: str, payload: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            listener(event, payload)
 
     # -- identification ------------------------------------------------------------------------
     def _member_from_code(self, member_code: str | None, member_id: str | None) -> tuple[str | None, str | None]:
@@ -410,7 +453,7 @@ class Till:
 
     # -- scans -------------------------------------------------------------------------------------
     async def scan_resolver(self, classified: Any, scan: Any) -> dict[str, Any] | None:
-        """The scan pipeline's resolver hook for kinds member, coupon and pickup (agent/scans.py)."""
+        """The scan pipeline's resolver hook for kinds member, coupon and pickup (agent/scans/pipeline.py)."""
         return await self.resolve_scan(classified.text)
 
     async def resolve_scan(self, text: str) -> dict[str, Any] | None:

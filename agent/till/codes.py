@@ -10,7 +10,7 @@ that the verifier never consults the header for anything but `alg` and `kid`.
 Checks run in this order, and the first failure is the answer:
   malformed framing -> bad_alg -> retired_kid / unknown_kid -> bad_signature -> malformed claims
   -> wrong_kind -> not_yet_valid -> expired -> wrong_store -> wrong_member.
-`revoked` and `already_redeemed` need the local ledger; agent/till.py checks them after this.
+`revoked` and `already_redeemed` need the local ledger; agent/till/feature.py checks them after this.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from posedge.agent.codes import load_public_key
 from posedge.agent.config import ConfigModel, resolve_secrets
 from posedge.agent.domain.pricing import PointsRules, StackingRules
+from posedge.agent.till.codes import load_public_key
 
 KID = r"^[A-Za-z0-9._:-]{1,64}$"
 

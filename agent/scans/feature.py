@@ -1,0 +1,50 @@
+"""Scanning as one feature of the agent: the scanner devices and the pipeline they feed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from posedge.agent.config import Config
+from posedge.agent.events import EventHub
+from posedge.agent.feature import EventListener
+from posedge.agent.scans.pipeline import pipeline_from_config, scan_limits, scanners_status
+from posedge.drivers.registry import SCANNERS
+
+log = logging.getLogger("posedge.agent")
+
+
+class Scans:
+    name = "scanners"
+    participants = ()  # a scan is not part of a sale's transaction
+
+    def __init__(self, config: Config, events: EventHub) -> None:
+        self.config = config
+        self.pipeline = pipeline_from_config(config, events)
+        self.devices: list[Any] = []  # drivers with .status() -> DeviceStatus and .stop()
+        self.disabled: dict[str, str] = {}  # scanner name -> why it is off
+        # Always empty: the pipeline publishes on the hub itself, because POST /v1/scans answers with the event's id.
+        self.listeners: list[EventListener] = []
+
+    async def start(self) -> None:
+        self.pipeline.start(asyncio.get_running_loop())
+        for config in self.config.scanner_configs():
+            entry = SCANNERS.get(config.type)
+            assert entry is not None  # load_config accepted only registered types
+            usable, reason = entry.usable()
+            if not usable:
+                log.warning("event=scanner_disabled scanner=%s reason=%r", config.name, reason)
+                self.disabled[config.name] = reason
+                continue
+            driver = SCANNERS.create(config, self.pipeline, limits=scan_limits(self.config))
+            driver.start()
+            self.devices.append(driver)
+
+    async def stop(self) -> None:
+        for device in reversed(self.devices):
+            await asyncio.to_thread(device.stop)
+        await self.pipeline.stop()
+
+    def status(self) -> dict[str, Any]:
+        return {"devices": scanners_status(self.devices, self.disabled), "pipeline": self.pipeline.status()}
