@@ -93,7 +93,7 @@ class ApiConfig(ConfigModel):
     max_body_bytes: int = Field(262_144, ge=1024, le=16_777_216, description="largest request body accepted")
     header_timeout_s: float = Field(10.0, gt=0, le=300, description="a request's line and headers must arrive within this (else the connection is closed)")
     body_timeout_s: float = Field(10.0, gt=0, le=300, description="a request's body must arrive within this after its headers (else 408 body_timeout)")
-    keep_alive_s: float = Field(5.0, gt=0, le=300, description="an idle keep-alive connection is closed after this")
+    keep_alive_s: int = Field(5, ge=1, le=300, description="an idle keep-alive connection is closed after this")
     max_connections: int = Field(512, ge=8, le=65536, description="connections and requests served at once; more get 503 (event streams count)")
 
     @model_validator(mode="before")

@@ -59,6 +59,7 @@ def raw_pyserial(pty, n: int) -> list[float]:
 
 def through_agent(pty, n: int, workdir: Path) -> list[float]:
     import httpx
+
     from scanners.conftest import SseReader, free_port  # noqa: E402 - test helpers: the same real client
 
     port = free_port()
@@ -257,9 +258,9 @@ def bench_confirmed(pipeline, n_codes: int) -> None:
 def bench_camera_driver(empties, sets) -> None:
     """The real driver on a video file, decoding as fast as one core allows (grab + decode threads)."""
     import cv2
-    from scanners.conftest import RecordingSink  # noqa: E402
 
     from posedge.drivers.scanners.camera import CameraScanner, CameraScannerConfig
+    from scanners.conftest import RecordingSink  # noqa: E402
 
     with tempfile.TemporaryDirectory(prefix="posedge-bench-") as tmp:
         path = Path(tmp) / "counter.avi"

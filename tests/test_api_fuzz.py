@@ -13,8 +13,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import SLOW, AgentProcess
 from posedge.agent.api.body import InvalidJson, parse_json

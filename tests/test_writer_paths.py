@@ -10,11 +10,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_store import insert, small_disk_free
 
 from posedge.agent.errors import StorageFull
 from posedge.agent.store.checkpointer import CHECKPOINT_PAGES
 from posedge.agent.store.writer import RECENT_COMMITS, StoreWriter, disk_is_fast
+from test_store import insert, small_disk_free
 
 
 def keys(path: Path) -> list[str]:
