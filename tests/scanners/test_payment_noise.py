@@ -167,9 +167,9 @@ def test_a_payment_shaped_text_under_a_gs1_aim_id_is_a_payment_code() -> None:
 def test_other_events_are_guarded_too() -> None:
     hub = EventHub()
     event = hub.publish("printer", {"printer": "front", "error": "job 287654321098765432 failed"})
-    plain = hub.publish("printer", {"printer": "front", "state": "ok", "job": "6901234567892"})
+    plain = hub.publish("printer", {"printer": "front", "state": "ok", "jobs": ("6901234567892", 7)})
     assert event.data == {"printer": "front", "error": "job 28************5432 failed", "masked": True}
-    assert plain.data == {"printer": "front", "state": "ok", "job": "6901234567892"}
+    assert plain.data == {"printer": "front", "state": "ok", "jobs": ("6901234567892", 7)}
     assert hub.stats()["masked"] == 1
 
 
