@@ -7,6 +7,11 @@ event for one it has seen. Events live in memory only: nothing here is written t
 
 Publishing is safe from any thread; subscribers run on the agent's loop. A subscriber that cannot
 keep up is cut off (it reconnects and resumes from the ring) rather than slowing the publisher.
+
+Defence in depth: whatever a publisher hands over, a run of digits shaped like a WeChat Pay or Alipay
+payment code is masked before the event is kept or sent (`mask_payment_runs`), so a code that slipped
+past classification (noise we did not foresee, a field that should not hold one) never reaches the
+stream, the replay ring or a POST answer that echoes the event.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -25,6 +31,29 @@ log = logging.getLogger("posedge.agent.events")
 
 DEFAULT_CAPACITY = 1000
 SUBSCRIBER_QUEUE = 256
+# A whole run of digits (not part of a longer one) shaped like a customer payment code: WeChat Pay 18
+# digits starting 10-15, Alipay 16-24 digits starting 25-30. agent/scans.py classifies by the same rules.
+PAYMENT_CODE_RUN = re.compile(r"(?<!\d)(?:1[0-5]\d{16}|(?:2[5-9]|30)\d{14,22})(?!\d)")
+
+
+def mask_payment_code(text: str) -> str:
+    """First two digits (the wallet) and last four, the rest starred; length kept."""
+    if len(text) <= 6:
+        return "*" * len(text)
+    return text[:2] + "*" * (len(text) - 6) + text[-4:]
+
+
+def mask_payment_runs(value: Any) -> Any:
+    """`value` (JSON-like: dicts, lists, strings...) with every payment-code-shaped digit run masked."""
+    if isinstance(value, str):
+        return PAYMENT_CODE_RUN.sub(lambda m: mask_payment_code(m.group()), value)
+    if isinstance(value, dict):
+        return {mask_payment_runs(k): mask_payment_runs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_payment_runs(v) for v in value]
+    if isinstance(value, tuple):  # kept a tuple, so an untouched event compares equal to what was given
+        return tuple(mask_payment_runs(v) for v in value)
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +120,18 @@ class EventHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.published = 0
         self.cut_off = 0
+        self.masked = 0  # events the guard had to mask: noise or a field classification did not foresee
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
     def publish(self, type_: str, data: dict[str, Any]) -> Event:
-        """Record an event and hand it to every subscriber. Safe from any thread."""
+        """Record an event and hand it to every subscriber. Safe from any thread.
+
+        Payment-code-shaped digit runs anywhere in `data` are masked first; an event where that
+        happened says `masked: true`.
+        """
+        data = self._guard(data)
         with self._lock:
             event = Event(next(self._ids), type_, data)
             self._ring.append(event)
@@ -113,6 +148,14 @@ class EventHub:
         elif not loop.is_closed():
             loop.call_soon_threadsafe(self._fan_out, event)
         return event
+
+    def _guard(self, data: dict[str, Any]) -> dict[str, Any]:
+        guarded = mask_payment_runs(data)
+        if guarded != data:
+            guarded["masked"] = True
+            with self._lock:
+                self.masked += 1
+        return guarded
 
     def subscribe(self, last_event_id: int | None = None) -> tuple[Subscription, bool]:
         """A new subscription (call on the loop). With `last_event_id`, events after it are replayed first.
@@ -141,7 +184,7 @@ class EventHub:
 
     def stats(self) -> dict[str, Any]:
         return {"published": self.published, "subscribers": len(self._subscribers), "cut_off": self.cut_off,
-                "buffered": len(self._ring)}
+                "buffered": len(self._ring), "masked": self.masked}
 
     def _fan_out(self, event: Event) -> None:
         for sub in list(self._subscribers):

@@ -4,9 +4,11 @@ Drivers hand `Scan`s from their threads (`ScanPipeline` is their `ScanSink`); th
 drops duplicates, classifies each scan strictly, lets resolvers (member/coupon/pickup look-ups)
 add what they know, and publishes a `scan` event to the event hub that `GET /v1/events` streams.
 
-Payment codes (WeChat Pay / Alipay customer codes) are masked in the event, in logs and in status;
-the clear code is kept in memory for a short time only, for the POS to claim once
-(`POST /v1/scans/{id}/payment-code`). Nothing here writes to disk.
+Payment codes (WeChat Pay / Alipay customer codes) are recognised through the noise scanners wrap
+around them (spaces, control characters, AIM ids, GS), masked in the event and in status, and never
+logged: a scan is logged by kind, length and a keyed hash, never its text. The clear code is kept in
+memory for a short time only, for the POS to claim once (`POST /v1/scans/{id}/payment-code`).
+Nothing here writes to disk.
 """
 
 from __future__ import annotations
@@ -14,30 +16,41 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
 import inspect
 import json
 import logging
 import re
+import secrets
 import time
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
 from posedge.agent.errors import AgentError, InvalidInput, NotFound
-from posedge.agent.events import Event, EventHub
+from posedge.agent.events import Event, EventHub, mask_payment_code
 from posedge.agent.scans import gs1
-from posedge.drivers.scanners.base import Scan, ScanLimits
+from posedge.drivers.scanners.base import Scan, ScanLimits, exception_site
 from posedge.drivers.scanners.framing import Line, check_line
 
 log = logging.getLogger("posedge.agent.scans")
 
 BUILTIN_KINDS = ("gtin", "gs1", "payment_code", "member", "coupon", "pickup", "unknown")
 TOKEN_KINDS = {"m": "member", "c": "coupon", "p": "pickup"}
-# WeChat Pay: 18 digits starting 10-15. Alipay: 16-24 digits starting 25-30 (their documented auth_code rules).
+# WeChat Pay: 18 digits starting 10-15. Alipay: 16-24 digits starting 25-30 (their documented auth_code
+# rules). events.PAYMENT_CODE_RUN masks the same shapes anywhere in an event.
 WECHAT_PAY = re.compile(r"^1[0-5]\d{16}$")
 ALIPAY = re.compile(r"^(2[5-9]|30)\d{14,22}$")
 COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{16,}$")
-LOGGED_TEXT_KINDS = frozenset({"gtin", "gs1"})  # other kinds may identify a person or pay: length only
+# An AIM symbology identifier (ISO/IEC 15424) left in the text: the scanner sends it but the framer was
+# not told to split it off (`aim_ids = false`), or it follows other noise, or the POS typed it.
+AIM_PREFIX = re.compile(r"\][A-Za-z][0-9A-Za-z]")
+# Characters a scanner, a keyboard wedge or a POS text field wraps around a code: controls (GS, RS, EOT,
+# CR, ...), format characters (zero-width space, BOM) and lone surrogates; whitespace is tested apart.
+NOISE_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
+LOG_HASH_HEX = 8
 RESOLVE_TIMEOUT_S = 2.0
 QUEUE_MAX = 1000
 
@@ -56,11 +69,25 @@ class Classified:
         return mask_payment_code(self.text) if self.kind == "payment_code" else self.text
 
 
-def mask_payment_code(text: str) -> str:
-    """First two digits (the wallet) and last four, the rest starred; length kept."""
-    if len(text) <= 6:
-        return "*" * len(text)
-    return text[:2] + "*" * (len(text) - 6) + text[-4:]
+def strip_scanner_noise(text: str) -> str:
+    """The text without the noise wrapped around it: leading whitespace, control characters and AIM ids
+    (in any order, repeated), trailing whitespace and control characters. The inside is never touched:
+    a GS between two digit runs is a GS1 separator, not noise (docs/scanners.md, "Payment codes")."""
+    start, end = 0, len(text)
+    while True:
+        while start < end and _is_noise(text[start]):
+            start += 1
+        aim = AIM_PREFIX.match(text, start, end)
+        if aim is None:
+            break
+        start = aim.end()
+    while end > start and _is_noise(text[end - 1]):
+        end -= 1
+    return text[start:end]
+
+
+def _is_noise(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char) in NOISE_CATEGORIES
 
 
 def payment_brand(text: str) -> str | None:
@@ -107,9 +134,13 @@ class Classifier:
         self.patterns = list(patterns)
 
     def classify(self, text: str, symbology: str | None = None) -> Classified:
-        brand = payment_brand(text)
+        # Payment codes are looked for through the noise, and win over every other reading of the text
+        # (GS1 under a ]C1 id included): a payment code mislabelled is a charge authorisation in clear.
+        # The clear text kept for the claim is the bare code, the form the payment provider takes.
+        core = strip_scanner_noise(text)
+        brand = payment_brand(core)
         if brand:
-            return Classified("payment_code", text, {"brand": brand})
+            return Classified("payment_code", core, {"brand": brand})
         token = token_kind(text)
         if token:
             return Classified(token[0], text, token[1])
@@ -202,6 +233,9 @@ class ScanPipeline:
         self._recent: dict[str, dict[str, int]] = {}  # scanner -> text -> monotonic ns last seen
         self._claims: dict[int, _Claim] = {}
         self._rejects = RejectLog()
+        # Keyed per process: log lines can be matched with each other (the same code twice) but the log
+        # cannot be asked whether a given code was scanned (8 hex of a plain hash of a guessed code).
+        self._log_key = secrets.token_bytes(16)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[Scan, asyncio.Future | None]] | None = None
         self._worker: asyncio.Task | None = None
@@ -295,7 +329,9 @@ class ScanPipeline:
             try:
                 event = await self._process(scan)
             except Exception as exc:  # one bad scan must not stop the stream
-                log.exception("event=scan_pipeline_error scanner=%s", scan.scanner)
+                # class and code site only: the message or a traceback may quote the scan
+                log.error("event=scan_pipeline_error scanner=%s error=%s at=%s", scan.scanner,
+                          exc.__class__.__name__, exception_site(exc))
                 if future is not None and not future.done():
                     future.set_exception(exc)
                 continue
@@ -351,7 +387,8 @@ class ScanPipeline:
                 log.warning("event=scan_resolver_timeout kind=%s", classified.kind)
             except Exception as exc:
                 result = {"ok": False, "error": "resolver_failed"}
-                log.exception("event=scan_resolver_failed kind=%s error=%s", classified.kind, exc.__class__.__name__)
+                log.error("event=scan_resolver_failed kind=%s error=%s at=%s", classified.kind,
+                          exc.__class__.__name__, exception_site(exc))
             if result:
                 resolved.update(result)
         return resolved or None
@@ -361,12 +398,15 @@ class ScanPipeline:
         for event_id in [i for i, c in self._claims.items() if c.expires_mono <= now]:
             del self._claims[event_id]
 
-    @staticmethod
-    def _log(event: Event, classified: Classified, scan: Scan) -> None:
-        if classified.kind in LOGGED_TEXT_KINDS:
-            log.info("event=scan id=%d scanner=%s kind=%s text=%s", event.id, scan.scanner, classified.kind, classified.text)
-        else:
-            log.info("event=scan id=%d scanner=%s kind=%s length=%d", event.id, scan.scanner, classified.kind, len(scan.text))
+    def _log(self, event: Event, classified: Classified, scan: Scan) -> None:
+        """Never the text, whatever the kind: the event id ties the line to what the POS saw."""
+        log.info("event=scan id=%d scanner=%s kind=%s length=%d hash=%s", event.id, scan.scanner, classified.kind,
+                 len(scan.text), self.text_hash(scan.text))
+
+    def text_hash(self, text: str) -> str:
+        """A short keyed hash of a scan's text, the same for the same text within this process only."""
+        digest = hmac.new(self._log_key, text.encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return digest.hexdigest()[:LOG_HASH_HEX]
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

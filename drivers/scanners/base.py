@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable, Protocol
@@ -30,6 +31,13 @@ class Scan:
     @classmethod
     def now(cls, text: str, raw: bytes, scanner: str, symbology: str | None = None) -> "Scan":
         return cls(text, raw, symbology, scanner, monotonic_ns(), datetime.now(timezone.utc))
+
+
+def exception_site(exc: BaseException, depth: int = 3) -> str:
+    """Where an exception came from (the innermost frames, `file:line:function`, outermost first), without
+    its message: enough to find a bug, and safe to log when the message may quote a scan."""
+    frames = traceback.extract_tb(exc.__traceback__)[-depth:]
+    return ">".join(f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}:{frame.name}" for frame in frames) or "?"
 
 
 class ScanSink(Protocol):
@@ -97,8 +105,10 @@ class ScannerDriver(threading.Thread):
             except OSError as exc:
                 self._lost(str(exc) or exc.__class__.__name__)
             except Exception as exc:  # a driver bug must not kill the thread silently
-                log.exception("event=scanner_crash scanner=%s", self.config.name)
-                self._lost(f"internal error: {exc.__class__.__name__}: {exc}")
+                # class and code site only: an exception's message may quote the bytes it choked on
+                log.error("event=scanner_crash scanner=%s error=%s at=%s", self.config.name,
+                          exc.__class__.__name__, exception_site(exc))
+                self._lost(f"internal error: {exc.__class__.__name__} at {exception_site(exc)}")
             self.stopping.wait(self._backoff.next_delay())
         self.status_cell.set(DeviceState.STOPPED)
 

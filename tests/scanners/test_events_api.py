@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -162,3 +163,120 @@ def test_payment_codes_are_masked_claimed_once_and_never_logged_or_stored(pty_ag
         data = path.read_bytes()
         for code in (WECHAT, ALIPAY):
             assert code.encode() not in data and code.encode("utf-16-le") not in data, f"{code} found in {path}"
+
+
+# -- payment codes with the noise real scanners and POS fields add ----------------------------------
+
+GS = b"\x1d"
+SERIAL_NOISY = {  # code -> (scanner, bytes as the scanner sends them)
+    "134567890123450001": ("till-1", b" 134567890123450001\r"),
+    "134567890123450002": ("till-1", b"134567890123450002" + GS + b"\r"),
+    "287654321098760003": ("till-1", GS + b"]C1 287654321098760003\x04\r"),  # AIM id after a GS: left in the text
+    "251234567890120004": ("till-1", b"]Q1 251234567890120004\r"),  # AIM split off, a space left
+    "112345678901230005": ("raw-aim", b"]C1112345678901230005\r"),  # aim_ids = false: the id stays in the text
+    "301234567890123456780006": ("raw-aim", b"]E0" + GS + b"301234567890123456780006\r"),
+}
+REJECTED = "134567890123450007"  # with a BEL: the framer refuses it
+POSTED_NOISY = {
+    "101234567890120008": "]C1101234567890120008",
+    "121234567890120009": " \u3000121234567890120009 ",
+    "2912345678900010": "\x1d\x1d2912345678900010\x1d",
+}
+EMBEDDED = "141234567890120011"  # inside a text that is no payment code
+
+
+def masked(code: str) -> str:
+    return code[:2] + "*" * (len(code) - 6) + code[-4:]
+
+
+def collect(reader: SseReader, wanted: dict[str, int]) -> dict[str, list[dict]]:
+    """Events by type until each type in `wanted` has its count (others are kept too), within the deadline."""
+    end = time.monotonic() + DEADLINE_S
+    got: dict[str, list[dict]] = {}
+    while any(len(got.get(type_, [])) < count for type_, count in wanted.items()):
+        event = reader.next(f"{wanted}, got {[(t, len(e)) for t, e in got.items()]}", max(0.01, end - time.monotonic()))
+        got.setdefault(event["type"], []).append(event)
+    return got
+
+
+@pytest.fixture
+def noisy_agent(agent_factory, tmp_path):
+    till, raw = Pty(tmp_path / "by-id-till"), Pty(tmp_path / "by-id-raw")
+    agent = agent_factory(f"""
+[[scanners]]
+type = "serial"
+name = "till-1"
+port = "{till.link}"
+
+[[scanners]]
+type = "serial"
+name = "raw-aim"
+port = "{raw.link}"
+aim_ids = false
+
+[events]
+buffer = 100
+""")
+    agent.config.write_text(agent.config.read_text().replace("scanners = []\n", ""))
+    agent.start()
+    wait_connected(agent, "till-1")
+    wait_connected(agent, "raw-aim")
+    yield agent, {"till-1": till, "raw-aim": raw}
+    till.unplug()
+    raw.unplug()
+
+
+def test_noisy_payment_codes_from_a_serial_scanner_and_the_pos_never_leave_in_clear(noisy_agent) -> None:
+    """GIVEN payment codes wrapped in spaces, GS, EOT and AIM ids, read on real serial ptys and posted
+    by the POS, and one inside an order text WHEN the POS follows the stream, replays it and claims the
+    codes THEN each is a masked payment_code (the other masked too), claims give the bare code, and after
+    a sale and a stop none of the codes is in the log, the database or its WAL."""
+    agent, ptys = noisy_agent
+    with agent.client() as client:
+        marker = client.post("/v1/scans", json={"text": "6901234567892"}).json()["event"]
+        live = SseReader(client)
+        for scanner, data in SERIAL_NOISY.values():
+            ptys[scanner].write(data)
+        ptys["till-1"].write(REJECTED.encode() + b"\x07\r")
+        arrived = collect(live, {"scan": len(SERIAL_NOISY), "scan_rejected": 1})
+        serial, refused = arrived["scan"], arrived["scan_rejected"][0]
+        posted = [client.post("/v1/scans", json={"text": text}).json() for text in POSTED_NOISY.values()]
+        order = client.post("/v1/scans", json={"text": f"ORDER:{EMBEDDED}/A"}).json()
+        gs1 = client.post("/v1/scans", json={"text": "]C110123456\x1d2112345678"}).json()["event"]
+        live.close()
+        replay = SseReader(client, last_event_id=str(marker["id"]))
+        replayed = [replay.next_of("scan") for _ in range(len(SERIAL_NOISY) + len(POSTED_NOISY) + 2)]
+        replay.close()
+
+        payments = serial + [answer["event"] for answer in posted]
+        assert all(e["kind"] == "payment_code" and e["masked"] is True for e in payments), payments
+        codes = {**SERIAL_NOISY, **POSTED_NOISY}
+        assert sorted(e["text"] for e in payments) == sorted(masked(code) for code in codes)
+        assert {e["scanner"] for e in serial} == {"till-1", "raw-aim"}
+        assert refused["reason"] == "control_char"
+        assert order["event"]["kind"] == "unknown" and order["event"]["masked"] is True
+        assert order["event"]["text"] == f"ORDER:{masked(EMBEDDED)}/A"
+        assert gs1["kind"] == "gs1" and gs1["details"]["serial"] == "12345678"  # a GS inside is GS1, not noise
+        assert [e["id"] for e in replayed] == sorted(e["id"] for e in replayed)
+        for code, event in ((code, e) for e in payments for code in codes if e["text"] == masked(code)):
+            claim = client.post(f"/v1/scans/{event['id']}/payment-code").json()
+            assert claim["text"] == code  # the bare code, as the payment provider wants it
+        sent = json.dumps([serial, refused, posted, order, replayed], ensure_ascii=False)
+        sale = client.post("/v1/sales", json={
+            "lines": [{"sku": "6901234567892", "name": "水", "qty": 1, "unit_price_fen": 300}],
+            "payments": [{"method": "wechat", "amount_fen": 300}]})
+        assert sale.status_code in (200, 201), sale.text
+        status = client.get("/v1/status").text
+        storage = Path(re.search(r'path = "(.+posedge\.db)"', agent.config.read_text())[1])
+        running = {path.name: path.read_bytes() for path in storage.parent.glob("posedge.db*")}
+    assert any(name.endswith("-wal") for name in running), running.keys()
+    assert agent.stop() == 0
+    all_codes = [*codes, REJECTED, EMBEDDED]
+    for code in all_codes:
+        assert code not in sent and code not in status, code
+    scan_lines = [line for line in agent.log_text().splitlines() if "event=scan " in line]
+    assert len(scan_lines) == 1 + len(codes) + 2 and all(" hash=" in line and "text=" not in line for line in scan_lines)
+    stopped = {path.name: path.read_bytes() for path in [agent.log, *storage.parent.glob("posedge.db*")]}
+    for where, data in [*running.items(), *stopped.items()]:
+        for code in all_codes:
+            assert code.encode() not in data and code.encode("utf-16-le") not in data, f"{code} found in {where}"
