@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
 from posedge.agent.errors import AgentError, InvalidInput, NotFound
-from posedge.agent.events import Event, EventHub, mask_payment_code
+from posedge.agent.events import Event, EventHub, mask_payment_code, mask_payment_runs
 from posedge.agent.scans import gs1
 from posedge.drivers.scanners.base import Scan, ScanLimits, exception_site
 from posedge.drivers.scanners.framing import Line, check_line
@@ -212,7 +212,8 @@ class RejectLog:
             return None
         self._last[key] = now
         suppressed = self._suppressed.pop(key, 0)
-        log.warning("event=scan_rejected scanner=%s reason=%s detail=%r suppressed=%d", scanner, reason, detail, suppressed)
+        log.warning("event=scan_rejected scanner=%s reason=%s detail=%r suppressed=%d", mask_payment_runs(scanner),
+                    reason, mask_payment_runs(detail), suppressed)
         return suppressed
 
 
@@ -330,7 +331,7 @@ class ScanPipeline:
                 event = await self._process(scan)
             except Exception as exc:  # one bad scan must not stop the stream
                 # class and code site only: the message or a traceback may quote the scan
-                log.error("event=scan_pipeline_error scanner=%s error=%s at=%s", scan.scanner,
+                log.error("event=scan_pipeline_error scanner=%s error=%s at=%s", mask_payment_runs(scan.scanner),
                           exc.__class__.__name__, exception_site(exc))
                 if future is not None and not future.done():
                     future.set_exception(exc)
@@ -400,8 +401,9 @@ class ScanPipeline:
 
     def _log(self, event: Event, classified: Classified, scan: Scan) -> None:
         """Never the text, whatever the kind: the event id ties the line to what the POS saw."""
-        log.info("event=scan id=%d scanner=%s kind=%s length=%d hash=%s", event.id, scan.scanner, classified.kind,
-                 len(scan.text), self.text_hash(scan.text))
+        # The POS names its own scanner (POST /v1/scans): a name is masked like any text that may hold a code.
+        log.info("event=scan id=%d scanner=%s kind=%s length=%d hash=%s", event.id, mask_payment_runs(scan.scanner),
+                 classified.kind, len(scan.text), self.text_hash(scan.text))
 
     def text_hash(self, text: str) -> str:
         """A short keyed hash of a scan's text, the same for the same text within this process only."""

@@ -248,3 +248,22 @@ def test_a_driver_crash_logs_and_reports_the_error_class_not_the_bytes(caplog: p
     assert driver.status().last_error.startswith("internal error: ValueError at ")
     assert driver.status().last_error.endswith("test_payment_noise.py:" + str(CRASH_LINE) + ":read_device")
     assert "134567890123456789" not in driver.status().last_error
+
+
+def test_a_scanner_name_shaped_like_a_payment_code_is_masked_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """GIVEN a POS that names its scanner with a payment code (POST /v1/scans takes any [A-Za-z0-9_.-] name)
+    WHEN it scans
+    THEN the scan line carries the name masked, never in clear."""
+    code = "134567890123456789"
+
+    async def main():
+        pipeline = ScanPipeline(EventHub(), dedup_ms=0)
+        pipeline.start()
+        await pipeline.submit_text("6901234567892", scanner=code)
+        await pipeline.stop()
+
+    with caplog.at_level(logging.INFO, logger="posedge.agent.scans"):
+        asyncio.run(asyncio.wait_for(main(), 10))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event=scan ")]
+    assert len(lines) == 1 and "scanner=13************6789" in lines[0]
+    assert code not in caplog.text
