@@ -140,14 +140,15 @@ def sale_totals(sale: SaleIn, extra_discount_fen: int = 0) -> SaleTotals:
     return SaleTotals(gross, discount, total, paid)
 
 
-_PAYMENT_CODE = re.compile(r"^(1[0-5]\d{16}|(2[5-9]|30)\d{14,22})$")
+# A whole digit run shaped like a WeChat Pay or Alipay code, anywhere (scanner noise may surround it).
+_PAYMENT_CODE = re.compile(r"(?<!\d)(1[0-5]\d{16}|(2[5-9]|30)\d{14,22})(?!\d)")
 
 
 def mask_reference(reference: str | None) -> str | None:
     """Keep the last 4 characters. A customer payment code pasted by mistake is masked whole."""
     if reference is None:
         return None
-    if _PAYMENT_CODE.match(reference) or len(reference) <= 4:
+    if _PAYMENT_CODE.search(reference) or len(reference) <= 4:
         return "*" * min(len(reference), 8)
     return "*" * (len(reference) - 4) + reference[-4:]
 
