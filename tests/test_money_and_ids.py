@@ -66,7 +66,7 @@ def test_uuid7_is_version_7_and_time_ordered() -> None:
 
 
 @given(st.sampled_from(["134567890123456789", "2812345678901234567"]),
-       st.text(alphabet=" \t\x1d\r]C1ab-", max_size=4), st.text(alphabet=" \t\x1d\r-", max_size=4))
+       st.text(alphabet=" \t\x1d\r]Cab-", max_size=4), st.text(alphabet=" \t\x1d\r-", max_size=4))
 def test_a_payment_code_pasted_with_noise_as_a_reference_is_masked_whole(code: str, before: str, after: str) -> None:
     masked = mask_reference(before + code + after)
     assert masked is not None and set(masked) == {"*"}
