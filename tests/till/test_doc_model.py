@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from posedge.agent.codes import CouponCode
 from posedge.agent.domain.pricing import Line, PointsRules, StackingRules, price
@@ -138,3 +138,74 @@ def test_a_model_written_from_the_doc_prices_every_basket_as_the_agent_does(line
     assert [(c.reason, c.discount_fen) for c in agent.coupons] == model["coupons"]
     assert agent.points_reason == model["points_reason"]
     assert agent.points_earned == model["earned"]
+
+
+# -- refunds: the "Refund shares" rules, against the agent's Refunds on a real SQLite file -----------
+
+import itertools  # noqa: E402
+
+import pytest  # noqa: E402
+
+from hypothesis import HealthCheck  # noqa: E402
+
+from posedge.agent.refunds import RefundIn  # noqa: E402
+from posedge.agent.till import QuoteIn  # noqa: E402
+
+ids = itertools.count()
+
+
+def doc_share(whole: int, after: int, before: int, total: int) -> int:
+    return whole * after // total - whole * before // total if total > 0 else 0
+
+
+def doc_refund(paid: list[int], gross: list[int], qty: list[int], before: list[int], after: list[int],
+               earned: int, redeemed: int) -> dict:
+    weights = paid if any(paid) else [g or q for g, q in zip(gross, qty)]
+    money = {i + 1: doc_share(p, a, b, q) for i, (p, q, b, a) in enumerate(zip(paid, qty, before, after)) if a != b}
+    refunded = lambda done: sum(w * d // q for w, d, q in zip(weights, done, qty))  # noqa: E731
+    r_before, r_after, total = refunded(before), refunded(after), sum(weights)
+    return {"money": money, "reversed": doc_share(earned, r_after, r_before, total),
+            "returned": doc_share(redeemed, r_after, r_before, total)}
+
+
+@pytest.fixture
+def till(make_till):
+    """One till for every hypothesis example (ids are unique); redeem_max_percent 100, so points can pay all."""
+    return make_till(coupons={"offline": {"max_hours_since_hq": 0, "max_value_fen": 10**9, "max_per_day_per_till": 10**6}},
+                     points={"tiers": {"gold": 3}})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prices=st.lists(st.tuples(st.integers(1, 5), st.one_of(st.integers(0, 120), st.integers(0, 3_000))), min_size=1, max_size=4),
+       off=st.sampled_from([0, 150, 10**6]), points=st.sampled_from([0, 100, 500, 2000]),
+       picks=st.lists(st.integers(0, 10**6), min_size=1, max_size=8))
+@example(prices=[(2, 50), (1, 0)], off=0, points=100, picks=[0, 2, 1])  # paid entirely by points: gross, then qty
+def test_a_refund_model_written_from_the_doc_gives_back_what_the_agent_gives_back(till, hq, prices, off, points, picks):
+    member_id, sale_id = f"D{next(ids)}", f"DS{next(ids)}"
+    till.apply("members", {"member_id": member_id, "version": 1, "tier": "gold", "points": 10_000})
+    lines = [{"sku": f"R{i}", "qty": q, "unit_price_fen": p} for i, (q, p) in enumerate(prices)]
+    codes = [hq.coupon(f"DC{next(ids)}", off=off)] if off else []
+    quote = till.run(till.till.quote(QuoteIn.model_validate({"lines": lines, "member_id": member_id, "coupons": codes,
+                                                             "points_redeemed": points})))
+    codes = [c for c, o in zip(codes, quote["coupons"]) if o["applied"]]
+    spent = quote["points_redeemed"]
+    till.sale({"sale_id": sale_id, "lines": lines, "member_id": member_id, "coupons": codes, "points_redeemed": spent,
+               "payments": [{"method": "cash", "amount_fen": quote["total_fen"]}] if quote["total_fen"] else []})
+    paid = [l["net_fen"] for l in quote["lines"]]
+    gross = [l["gross_fen"] for l in quote["lines"]]
+    qty = [q for q, _ in prices]
+    done = [0] * len(qty)
+    for n, pick in enumerate(picks):
+        open_lines = [i for i in range(len(qty)) if done[i] < qty[i]]
+        if not open_lines:
+            break
+        i = open_lines[pick % len(open_lines)]
+        take = 1 + pick % (qty[i] - done[i])
+        after = list(done)
+        after[i] += take
+        model = doc_refund(paid, gross, qty, done, after, quote["points_earned"], spent)
+        _, answer = till.run(till.refunds.refund(sale_id, RefundIn.model_validate(
+            {"refund_id": f"{sale_id}-{n}", "lines": [{"line_no": i + 1, "qty": take}]})))
+        assert {l["line_no"]: l["refund_fen"] for l in answer["lines"]} == model["money"]
+        assert (answer["points_reversed"], answer["points_returned"]) == (model["reversed"], model["returned"])
+        done = after
