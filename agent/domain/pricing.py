@@ -6,7 +6,7 @@ ledger checks (agent/till/feature.py); here they can still be refused for basket
   not_stackable     more coupons than `[coupons] max_per_sale`, or a second one of a campaign
   min_spend_not_met the basket after line discounts and earlier coupons is below the coupon's `min`
   gift_not_in_basket a gift coupon whose SKU is not on a line (the POS adds the gift line at its price)
-  no_benefit        the coupon would take nothing off (the basket is already at zero)
+  no_benefit        the coupon would take nothing off (the basket, or every line of the gift SKU, is at zero)
 Order: line discounts (from the POS) -> coupons in the order scanned -> points -> earning.
 Every discount is spread over the lines by largest remainder, so line figures add up exactly.
 """
@@ -209,13 +209,22 @@ def _apply_coupon(coupon: CouponCode, lines: Sequence[Line], nets: list[int], ap
 
 
 def _gift_cut(sku: str, lines: Sequence[Line], nets: list[int]) -> list[int] | None:
-    """One unit of the gift SKU free: the first line with it gives up one unit's price (what is left of it)."""
-    for i, line in enumerate(lines):
-        if line.sku == sku:
-            cuts = [0] * len(lines)
-            cuts[i] = nets[i] if line.piece_fen is None else min(line.piece_fen, nets[i])
-            return cuts
-    return None
+    """One unit of the gift SKU free: the first line of it with something left to pay gives up one
+    unit's price (or what is left of it; a weighed line all of it). None: the SKU is on no line.
+
+    A line already at zero (a POS discount or an earlier coupon took it all) is passed over, so a
+    payable piece further down the basket still gets the gift; if every line of the SKU is at zero
+    the cut is all zeros and the caller answers no_benefit.
+    """
+    on_lines = [i for i, line in enumerate(lines) if line.sku == sku]
+    if not on_lines:
+        return None
+    cuts = [0] * len(lines)
+    payable = next((i for i in on_lines if nets[i] > 0), None)
+    if payable is not None:
+        line = lines[payable]
+        cuts[payable] = nets[payable] if line.piece_fen is None else min(line.piece_fen, nets[payable])
+    return cuts
 
 
 def _points_reason(asked: int, available: int | None, basis: int, rules: PointsRules) -> str | None:

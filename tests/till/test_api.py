@@ -146,6 +146,50 @@ def test_sale_with_member_coupon_and_points_matches_its_quote_and_commits_everyt
     assert (again["valid"], again["reason"]) == (False, "already_redeemed")
 
 
+def test_tier_comes_from_the_member_code_when_scanned_and_from_the_store_record_by_member_id(agent, api, hq):
+    """HQ minted the code minutes ago; the store's record may be days old (offline): the code's tier wins."""
+    imported(agent, "members", {"member_id": "M-TIER", "version": 1, "tier": "basic", "points": 0})
+    lines = basket(10000)
+    by_code = api.post("/v1/quote", json={"member_code": hq.member("M-TIER", "gold"), "lines": lines}).json()
+    by_id = api.post("/v1/quote", json={"member_id": "M-TIER", "lines": lines}).json()
+    both = api.post("/v1/quote", json={"member_code": hq.member("M-TIER", "gold"), "member_id": "M-TIER",
+                                       "lines": lines}).json()
+    assert [(q["tier"], q["points_earned"]) for q in (by_code, by_id, both)] == [("gold", 200), ("basic", 100), ("gold", 200)]
+    looked_up = api.get("/v1/members/lookup", params={"code": hq.member("M-TIER", "gold")}).json()
+    assert looked_up["tier"] == "gold"
+    sale = api.post("/v1/sales", json={"sale_id": "tier-by-code", "member_code": hq.member("M-TIER", "gold"),
+                                       "lines": lines, "payments": cash(10000)})
+    assert sale.status_code == 201, sale.text
+    assert (sale.json()["points_earned"], sale.json()["points_balance"]) == (200, 200)
+    with db(agent) as conn:
+        assert conn.execute("SELECT tier FROM till_sales WHERE sale_id = 'tier-by-code'").fetchone() == ("gold",)
+        assert conn.execute("SELECT tier FROM members WHERE member_id = 'M-TIER'").fetchone() == ("basic",)
+
+
+def test_gift_coupon_takes_the_first_line_of_its_sku_with_something_left_to_pay(agent, api, hq):
+    # Line 1: the POS already gave this mug away (discount = the line); line 3 holds two payable mugs.
+    lines = [{"sku": "MUG", "qty": 1, "unit_price_fen": 800, "discount_fen": 800},
+             {"sku": "TEA", "qty": 1, "unit_price_fen": 1500},
+             {"sku": "MUG", "qty": 2, "unit_price_fen": 800}]
+    gift = hq.coupon("CP-GIFT-2ND", "gift-mug", gift="MUG")
+    quote = api.post("/v1/quote", json={"coupons": [gift], "lines": lines}).json()
+    assert [c["applied"] for c in quote["coupons"]] == [True]
+    assert [l["coupon_discount_fen"] for l in quote["lines"]] == [0, 0, 800]
+    assert quote["total_fen"] == 1500 + 800
+    sale = api.post("/v1/sales", json={"sale_id": "gift-2nd-line", "till": "T-GIFT", "coupons": [gift], "lines": lines,
+                                       "payments": cash(2300)})
+    assert sale.status_code == 201, sale.text
+    assert sale.json()["coupons"] == [{"coupon_id": "CP-GIFT-2ND", "campaign": "gift-mug", "discount_fen": 800,
+                                       "mode": "offline"}]
+    with db(agent) as conn:
+        priced = json.loads(conn.execute("SELECT lines FROM till_sales WHERE sale_id = 'gift-2nd-line'").fetchone()[0])
+    assert [l["net_fen"] for l in priced] == [0, 1500, 800]
+    free_already = [lines[0], lines[1]]
+    refused = api.post("/v1/sales", json={"till": "T-GIFT", "coupons": [hq.coupon("CP-GIFT-NONE", gift="MUG")],
+                                          "lines": free_already, "payments": cash(1500)})
+    assert (refused.status_code, refused.json()["code"], refused.json()["coupon_index"]) == (422, "no_benefit", 0)
+
+
 def test_refused_coupon_is_422_with_its_reason_and_nothing_is_recorded(agent, api, hq):
     for code, reason in [(hq.coupon("CP-W", st=["store-9"]), "wrong_store"),
                          (hq.coupon("CP-M", off=100, min=99999), "min_spend_not_met"),

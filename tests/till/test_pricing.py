@@ -37,6 +37,32 @@ def test_gift_not_in_basket_is_refused():
     assert price([Line("A", 1000)], [coupon(gift="CUP")]).coupons[0].reason == "gift_not_in_basket"
 
 
+def test_gift_passes_over_a_line_with_nothing_left_to_pay_and_takes_the_next_line_of_its_sku():
+    # The POS gave the first CUP away already (discount = the line); the second CUP is payable.
+    lines = [Line("CUP", 800, 800, 800), Line("A", 1000), Line("CUP", 2 * 800, 0, 800)]
+    priced = price(lines, [coupon(gift="CUP")])
+    assert priced.coupons[0].applied
+    assert [l.coupon_discount_fen for l in priced.lines] == [0, 0, 800]
+
+
+def test_second_gift_coupon_takes_the_next_line_once_the_first_gift_emptied_its_line():
+    lines = [Line("CUP", 800, 0, 800), Line("CUP", 800, 0, 800)]
+    two = [coupon("G1", "x", gift="CUP"), coupon("G2", "x", gift="CUP")]
+    priced = price(lines, two, StackingRules(max_per_sale=2, same_campaign=True))
+    assert [l.coupon_discount_fen for l in priced.lines] == [800, 800]
+    assert priced.total_fen == 0
+
+
+def test_gift_whose_every_line_is_already_free_is_no_benefit_not_missing():
+    lines = [Line("CUP", 800, 800, 800), Line("A", 1000)]
+    assert price(lines, [coupon(gift="CUP")]).coupons[0].reason == "no_benefit"
+
+
+def test_gift_on_a_weighed_line_takes_what_is_left_of_the_whole_line():
+    lines = [Line("CHEESE", 1234, 234, None)]
+    assert price(lines, [coupon(gift="CHEESE")]).coupon_discount_fen == 1000
+
+
 def test_minimum_spend_is_checked_on_the_discounted_basket():
     lines = [Line("A", 10000, discount_fen=1000)]  # 90 yuan after the line discount
     assert price(lines, [coupon(off=500, min=9000)]).coupons[0].applied
@@ -106,6 +132,23 @@ def test_totals_never_negative_integer_and_lines_add_up(lines, coupons, stack, s
     assert priced.points_earned >= 0 and isinstance(priced.points_earned, int)
     if priced.points_reason is None and points:
         assert priced.points_discount_fen == points // 10 * 7
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=lines_st, sku=st.integers(0, 6))
+def test_gift_is_refused_only_when_no_line_of_its_sku_has_anything_left_to_pay(lines, sku):
+    gift = f"S{sku}"
+    outcome = price(lines, [coupon(gift=gift)]).coupons[0]
+    own = [l for l in lines if l.sku == gift]
+    payable = [l for l in own if l.net_fen > 0]
+    if not own:
+        assert outcome.reason == "gift_not_in_basket"
+    elif not payable or (payable[0].piece_fen == 0):
+        assert outcome.reason == "no_benefit"
+    else:
+        first = payable[0]
+        assert outcome.applied
+        assert outcome.discount_fen == (first.net_fen if first.piece_fen is None else min(first.piece_fen, first.net_fen))
 
 
 @given(amount=st.integers(-5, 10**9), weights=st.lists(st.integers(0, 10**7), max_size=20))
