@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from hypothesis import example, given, settings, strategies as st
 
-from posedge.agent.codes import CouponCode
 from posedge.agent.domain.pricing import Line, PointsRules, StackingRules, price
+from posedge.agent.till.codes import CouponCode
 
 NOW = 1_790_000_000
 
@@ -145,11 +145,10 @@ def test_a_model_written_from_the_doc_prices_every_basket_as_the_agent_does(line
 import itertools  # noqa: E402
 
 import pytest  # noqa: E402
-
 from hypothesis import HealthCheck  # noqa: E402
 
-from posedge.agent.refunds import RefundIn  # noqa: E402
-from posedge.agent.till import QuoteIn  # noqa: E402
+from posedge.agent.till.feature import QuoteIn  # noqa: E402
+from posedge.agent.till.refunds import RefundIn  # noqa: E402
 
 ids = itertools.count()
 

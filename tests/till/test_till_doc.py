@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from conftest import AgentProcess
-from posedge.agent.codes import CodeMinter
+from posedge.agent.till.codes import CodeMinter
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "till.md"
 CONFIG_BLOCK = re.compile(r"^```toml example-config\n(.*?)^```", re.S | re.M)
