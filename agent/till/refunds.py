@@ -33,7 +33,8 @@ class RefundLineIn(InputModel):
 
 class RefundIn(InputModel):
     refund_id: str = Field(pattern=SALE_ID, description="POS's id for the refund; a retry with the same id is answered once")
-    lines: list[RefundLineIn] | None = Field(None, max_length=500, description="absent: everything not yet refunded")
+    lines: list[RefundLineIn] | None = Field(None, min_length=1, max_length=500,
+                                             description="absent: everything not yet refunded; never empty")
     reason: str | None = Field(None, max_length=200)
     till: str | None = Field(None, pattern=SALE_ID)
     cashier: str | None = Field(None, max_length=64)

@@ -327,6 +327,20 @@ def test_refunds_partial_then_full_reverse_points_stock_and_return_the_coupon(ag
     assert api.post("/v1/sales/nope/refunds", json={"refund_id": "rf-3"}).status_code == 404
 
 
+def test_a_refund_with_an_empty_line_list_is_refused_and_records_nothing(agent, api):
+    """GIVEN a sale WHEN the POS posts a refund with "lines": [] THEN 422 on `lines`, no refund row, no event."""
+    api.post("/v1/sales", json={"sale_id": "refund-empty", "lines": basket(1000), "payments": cash(1000)}).raise_for_status()
+    refused = api.post("/v1/sales/refund-empty/refunds", json={"refund_id": "rf-empty", "lines": []})
+    assert (refused.status_code, refused.json()["code"]) == (422, "invalid_input"), refused.text
+    assert "lines" in refused.text
+    with db(agent) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM refunds WHERE refund_id = 'rf-empty'").fetchone() == (0,)
+        assert conn.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'refund' AND payload LIKE '%rf-empty%'"
+                            ).fetchone() == (0,)
+    whole = api.post("/v1/sales/refund-empty/refunds", json={"refund_id": "rf-empty"})
+    assert (whole.status_code, whole.json()["refund_fen"]) == (201, 1000)
+
+
 def test_sale_without_member_records_a_claim(agent, api):
     sale = api.post("/v1/sales", json={"sale_id": "claim-1", "lines": basket(12345), "payments": cash(12345)}).json()
     assert sale["claim_points"] == 123 and sale["claim_expires_at"] > sale["recorded_at"]
