@@ -15,8 +15,10 @@ import logging
 import sqlite3
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,10 +48,14 @@ class PrintJob:
     receipt_no: str
     sale_id: str
     printer: str
-    facts: SaleFacts
+    facts_json: str  # read when rendering: facts this version cannot read fail that one job, not the queue
     copy: bool
     possibly_duplicated: bool
     attempts: int
+
+    @cached_property
+    def facts(self) -> SaleFacts:
+        return SaleFacts.from_dict(loads(self.facts_json))
 
     @property
     def label(self) -> str:
@@ -61,7 +67,7 @@ class PrintJob:
         job_id, kind, receipt_no, sale_id, printer, facts, copy, dup, attempts, state = tuple(row)
         # Still `sending`: this process sent it and could not record the outcome (storage trouble).
         dup = bool(dup) or state == "sending"
-        return cls(job_id, kind, receipt_no, sale_id, printer, SaleFacts.from_dict(loads(facts)), bool(copy), dup, attempts)
+        return cls(job_id, kind, receipt_no, sale_id, printer, facts, bool(copy), dup, attempts)
 
 
 JOB_COLUMNS = "job_id, kind, receipt_no, sale_id, printer, facts, copy, possibly_duplicated, attempts, state"
@@ -106,6 +112,15 @@ def recover_interrupted(conn: sqlite3.Connection) -> int:
     ).rowcount
 
 
+def render_error(exc: BaseException) -> str:
+    """`TypeError at document.py:31 in _member`: the class and the innermost frame, no message."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return exc.__class__.__name__
+    last = frames[-1]
+    return f"{exc.__class__.__name__} at {Path(last.filename).name}:{last.lineno} in {last.name}"
+
+
 # -- the worker ------------------------------------------------------------------------------------
 
 
@@ -137,6 +152,8 @@ class PrinterWorker(threading.Thread):
         self.problem: str | None = None
         self.last_error: str | None = None
         self.printed = 0
+        self.render_failures = 0
+        self.last_render_error: dict[str, Any] | None = None
         self._expect_until = 0.0
         self._drawer: list[concurrent.futures.Future] = []
         self._drawer_wanted = threading.Event()
@@ -172,6 +189,8 @@ class PrinterWorker(threading.Thread):
             "problem": self.problem,
             "last_error": self.last_error,
             "printed": self.printed,
+            "render_failures": self.render_failures,
+            "last_render_error": self.last_render_error,
         }
 
     # -- the thread ------------------------------------------------------------------------
@@ -225,10 +244,7 @@ class PrinterWorker(threading.Thread):
         try:
             data = self.renderer.escpos(job.facts, self.traits, copy=job.copy, possibly_duplicated=job.possibly_duplicated)
         except Exception as exc:  # a receipt that cannot be rendered will not render next time either
-            log.exception("event=print_job_render_failed job=%s receipt=%s", job.job_id, job.receipt_no)
-            self._write(lambda c: c.execute(
-                "UPDATE print_jobs SET state = 'failed', last_error = ? WHERE job_id = ?", (f"render: {exc}", job.job_id)))
-            self._event("receipt_failed", job, error=f"render: {exc}")
+            self._render_failed(job, render_error(exc))
             return True
         sent = False
         try:
@@ -256,6 +272,20 @@ class PrinterWorker(threading.Thread):
         self._set_state("ready", None)
         self._event("receipt_printed", job)
         return True
+
+    def _render_failed(self, job: PrintJob, error: str) -> None:
+        """Set the job aside as `failed` and say so everywhere: log, status, event stream.
+
+        `error` names the exception class and where it was raised, never its message: the message
+        of an exception raised on a receipt's facts may quote them (names, a masked phone...)."""
+        log.error("event=receipt_render_failed printer=%s job=%s sale_id=%s receipt=%s error=%r",
+                  self.printer.name, job.job_id, job.sale_id, job.receipt_no, error)
+        self.render_failures += 1
+        self.last_render_error = {"job_id": job.job_id, "receipt_no": job.receipt_no, "error": error, "at": _now()}
+        last_error = f"render: {error}"
+        self._write(lambda c: c.execute(
+            "UPDATE print_jobs SET state = 'failed', last_error = ? WHERE job_id = ?", (last_error, job.job_id)))
+        self._event("receipt_failed", job, reason="render_failed", error=last_error)
 
     def _ready_or_raise(self) -> None:
         health = self.printer.status()
@@ -318,6 +348,6 @@ class PrinterWorker(threading.Thread):
 
     def _event(self, kind: str, job: PrintJob, **extra: Any) -> None:
         self.on_event(kind, {
-            "printer": self.printer.name, "job_id": job.job_id, "receipt_no": job.receipt_no,
+            "printer": self.printer.name, "job_id": job.job_id, "receipt_no": job.receipt_no, "sale_id": job.sale_id,
             "copy": job.copy, "possibly_duplicated": job.possibly_duplicated, **extra,
         })
