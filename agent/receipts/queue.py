@@ -25,7 +25,7 @@ from typing import Any, Callable
 from posedge.agent.receipts.facts import SaleFacts
 from posedge.agent.receipts.render import ReceiptRenderer
 from posedge.drivers.base import Backoff
-from posedge.drivers.printers.base import PrinterConnection, PrinterFault, PrinterNotReady, PrinterUnavailable
+from posedge.drivers.printers.base import PrinterConnection, PrinterFault, PrinterNotReady, PrinterUnavailable, PrinterWriteFailed
 from posedge.sync.encoding import dumps, loads
 
 log = logging.getLogger("posedge.agent.receipts")
@@ -261,7 +261,7 @@ class PrinterWorker(threading.Thread):
                 raise
             sent = True
             self._after_write(job)
-            self._ready_or_raise()
+            self._confirm_printed()
         except PrinterFault as fault:
             self._failed(job, fault, maybe_sent=sent)
             return False
@@ -286,6 +286,14 @@ class PrinterWorker(threading.Thread):
         self._write(lambda c: c.execute(
             "UPDATE print_jobs SET state = 'failed', last_error = ? WHERE job_id = ?", (last_error, job.job_id)))
         self._event("receipt_failed", job, reason="render_failed", error=last_error)
+
+    def _confirm_printed(self) -> None:
+        """Status after the job's bytes went out. The connection dropping now is a failed write, not an
+        unreachable printer: the receipt may be (half) on paper (docs/receipts.md)."""
+        try:
+            self._ready_or_raise()
+        except PrinterUnavailable as fault:
+            raise PrinterWriteFailed(fault.detail) from None
 
     def _ready_or_raise(self) -> None:
         health = self.printer.status()

@@ -2,7 +2,8 @@
 
 Controls: `paper_out`, `cover_open`, `offline` (status bits); `silent` (reads, never answers);
 `refuse()` / `accept()` (listening socket closed / reopened on the same port); `close_after`
-(drop the connection after N more job bytes, like a printer losing power mid-receipt).
+(drop the connection after N more job bytes, like a printer losing power mid-receipt);
+`close_after_job` (drop it once, right after a whole job, through its cut, arrived).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class TcpPrinter:
         self.offline = False
         self.silent = False
         self.close_after: int | None = None
+        self.close_after_job = False
         self.on_bytes: Callable[[int], None] | None = None
         self.received = bytearray()  # job bytes, status queries taken out
         self.queries = 0
@@ -153,6 +155,10 @@ class TcpPrinter:
                     return True
             else:
                 self.received += job
+                if self.close_after_job and b"\x1dV" in job:
+                    self.close_after_job = False
+                    self._changed.notify_all()
+                    return True
             total = len(self.received)
             self._changed.notify_all()
         if self.on_bytes is not None:

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from conftest import AgentProcess, sale_body
 from posedge.agent.claims import verify_claim
 
+from scanners.conftest import SseReader
+
 from .conftest import CLAIM_URL
 from .escpos_reader import read_paper, split_jobs
 
@@ -143,6 +145,23 @@ def test_printer_dropping_mid_receipt_gets_it_again_marked_possibly_duplicated(a
     resent = read_paper(data[200:])
     assert receipt_no_of(resent) == answer["receipt_no"]
     assert DUPLICATE in [l.strip() for l in resent.lines]
+
+
+def test_reset_after_the_whole_job_was_written_is_a_failed_write_and_resent_marked(agent_factory, tcp_printer):
+    """GIVEN a printer that drops the connection right after a whole receipt arrived WHEN the agent asks its
+    status THEN the POS sees `printer_write_failed` (bytes went out), not `printer_unavailable`, and the
+    receipt comes again marked possibly duplicated."""
+    tcp_printer.close_after_job = True
+    agent = agent_factory(printer_config(tcp_printer.port)).start()
+    with agent.client() as client:
+        stream = SseReader(client)
+        answer = client.post("/v1/sales", json=sale_body("w-1", 300)).json()
+        waiting = stream.next_of("printer")
+        papers = receipts(tcp_printer.wait_for(cut_count(2)))
+        stream.close()
+    assert (waiting["state"], waiting["problem"], waiting["waiting_receipt"]) == ("waiting", "printer_write_failed", answer["receipt_no"])
+    assert [receipt_no_of(p) for p in papers] == [answer["receipt_no"]] * 2
+    assert DUPLICATE not in [l.strip() for l in papers[0].lines] and DUPLICATE in [l.strip() for l in papers[1].lines]
 
 
 def test_crash_while_sending_is_resent_after_restart_marked_possibly_duplicated(agent_factory, tcp_printer):
