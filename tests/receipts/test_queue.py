@@ -164,6 +164,22 @@ def test_reset_after_the_whole_job_was_written_is_a_failed_write_and_resent_mark
     assert DUPLICATE not in [l.strip() for l in papers[0].lines] and DUPLICATE in [l.strip() for l in papers[1].lines]
 
 
+def test_flooding_printer_holds_the_receipt_with_a_reason_and_prints_it_when_quiet(agent_factory, tcp_printer):
+    """GIVEN a printer flooding bytes that are no status answers WHEN a sale is made THEN status says
+    printer_status_garbled and nothing is sent; once the flood stops the receipt prints, once."""
+    tcp_printer.flood = True
+    agent = agent_factory(printer_config(tcp_printer.port)).start()
+    with agent.client() as client:
+        answer = client.post("/v1/sales", json=sale_body("f-1", 300)).json()
+        status = wait_until(lambda: printer_status(client)["problem"] == "printer_status_garbled" and printer_status(client),
+                            what="printer_status_garbled")
+        assert status["queued"] == 1 and tcp_printer.data() == b""
+        tcp_printer.flood = False
+        [paper] = receipts(tcp_printer.wait_for(cut_count(1)))
+        wait_until(lambda: printer_status(client)["state"] == "ready", what="ready")
+    assert receipt_no_of(paper) == answer["receipt_no"] and DUPLICATE not in [l.strip() for l in paper.lines]
+
+
 def test_crash_while_sending_is_resent_after_restart_marked_possibly_duplicated(agent_factory, tcp_printer):
     agent = agent_factory(printer_config(tcp_printer.port, timeout=5.0)).start()
 
