@@ -155,6 +155,7 @@ class PrinterWorker(threading.Thread):
         self.render_failures = 0
         self.last_render_error: dict[str, Any] | None = None
         self._expect_until = 0.0
+        self._next_idle_check = 0.0
         self._drawer: list[concurrent.futures.Future] = []
         self._drawer_wanted = threading.Event()
         self._lock = threading.Lock()
@@ -213,6 +214,7 @@ class PrinterWorker(threading.Thread):
         self._serve_drawer()
         job = self._next_job()
         if job is None:
+            self._check_idle_status()
             self._idle_wait()
         elif not self._print(job):
             self._pause(self.backoff.next_delay())
@@ -222,9 +224,42 @@ class PrinterWorker(threading.Thread):
         self._drawer_wanted.wait(delay)
 
     def _idle_wait(self) -> None:
-        expecting = time.monotonic() < self._expect_until
-        self.wake.wait(0.02 if expecting else self.poll_s)
+        now = time.monotonic()
+        expecting = now < self._expect_until
+        wait = 0.02 if expecting else self.poll_s
+        if self._idle_interval:
+            wait = min(wait, max(0.0, self._next_idle_check - now))
+        self.wake.wait(wait)
         self.wake.clear()
+
+    @property
+    def _idle_interval(self) -> float:
+        """Seconds between status queries while idle; 0 when not asked for or the transport cannot tell."""
+        if not self.printer.can_read_status:
+            return 0.0
+        return float(getattr(self.printer.config, "idle_status_interval_s", 0.0) or 0.0)
+
+    def _check_idle_status(self) -> None:
+        """Between jobs, so paper running out (or a cover left open) shows when it happens, not at the next sale."""
+        interval = self._idle_interval
+        if not interval or time.monotonic() < self._next_idle_check:
+            return
+        self._next_idle_check = time.monotonic() + interval
+        try:
+            self._ready_or_raise()
+        except PrinterFault as fault:
+            problem = fault.detail if isinstance(fault, PrinterNotReady) else fault.code
+            self.last_error = str(fault)
+            if self._set_state("waiting", problem, error=str(fault)):
+                log.info("event=printer_waiting printer=%s problem=%s error=%r idle=true", self.printer.name, problem, str(fault))
+            return
+        if self.state == "waiting":
+            self._recovered()
+
+    def _recovered(self) -> None:
+        self.last_error = None
+        if self._set_state("ready", None):
+            log.info("event=printer_ready printer=%s", self.printer.name)
 
     def _next_job(self) -> PrintJob | None:
         try:
@@ -269,7 +304,7 @@ class PrinterWorker(threading.Thread):
             "UPDATE print_jobs SET state = 'done', done_at = ?, last_error = NULL WHERE job_id = ?", (_now(), job.job_id)))
         self.printed += 1
         self.backoff.reset()
-        self._set_state("ready", None)
+        self._recovered()
         self._event("receipt_printed", job)
         return True
 

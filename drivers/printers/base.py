@@ -39,6 +39,10 @@ class PrinterConfig(DriverConfig):
     cut: Literal["full", "partial", "none"] = Field("full", description="paper cut after each receipt")
     drawer_pin: Literal[2, 5] = Field(2, description="cash drawer kick pin")
     timeout_s: float = Field(3.0, gt=0, le=60, description="connect, write and status deadline in seconds")
+    idle_status_interval_s: float = Field(
+        5.0, ge=0, le=3600,
+        description="while no receipt is waiting, ask status every this many seconds (paper out shows at once); 0: only around jobs",
+    )
 
 
 def prepare_escpos() -> None:

@@ -164,6 +164,30 @@ def test_reset_after_the_whole_job_was_written_is_a_failed_write_and_resent_mark
     assert DUPLICATE not in [l.strip() for l in papers[0].lines] and DUPLICATE in [l.strip() for l in papers[1].lines]
 
 
+def test_paper_running_out_while_idle_shows_at_once_and_clears_on_recovery(agent_factory, tcp_printer):
+    """GIVEN a network printer that printed a receipt and sits idle WHEN its paper runs out THEN, with no sale,
+    the POS sees it on the event stream and in status (with last_error); paper back, the printer is ready
+    again and last_error is cleared."""
+    agent = agent_factory(printer_config(tcp_printer.port) + "idle_status_interval_s = 0.2\n").start()
+    with agent.client() as client:
+        client.post("/v1/sales", json=sale_body("i-1", 300))
+        tcp_printer.wait_for(cut_count(1))
+        wait_until(lambda: printer_status(client)["state"] == "ready", what="ready after the receipt")
+        stream = SseReader(client)
+        tcp_printer.paper_out = True
+        out = stream.next_of("printer")
+        waiting = printer_status(client)
+        tcp_printer.paper_out = False
+        back = stream.next_of("printer")
+        ready = printer_status(client)
+        stream.close()
+    assert (out["state"], out["problem"]) == ("waiting", "paper_out") and "waiting_receipt" not in out
+    assert (waiting["state"], waiting["problem"], waiting["queued"]) == ("waiting", "paper_out", 0)
+    assert "paper_out" in waiting["last_error"]
+    assert (back["state"], back["problem"]) == ("ready", None)
+    assert (ready["state"], ready["problem"], ready["last_error"]) == ("ready", None, None)
+
+
 def test_flooding_printer_holds_the_receipt_with_a_reason_and_prints_it_when_quiet(agent_factory, tcp_printer):
     """GIVEN a printer flooding bytes that are no status answers WHEN a sale is made THEN status says
     printer_status_garbled and nothing is sent; once the flood stops the receipt prints, once."""
