@@ -15,7 +15,7 @@ import time
 from typing import Callable
 
 DLE_EOT = b"\x10\x04"
-FLOOD = b"\xff" * 4096  # 0xff is never a status byte (bits 0 and 7 set)
+FLOOD = b"\xff" * 16384  # 0xff is never a status byte (bits 0 and 7 set)
 
 
 class TcpPrinter:
@@ -195,7 +195,7 @@ class TcpPrinter:
     def _answer(self, client: socket.socket, n: int) -> None:
         with self._lock:
             self.queries += 1
-        if self.silent:
+        if self.silent or self.flood:  # a flooding printer's answers are lost in the flood
             return
         value = 0x12
         if n == 1 and (self.offline or self.cover_open or self.paper_out):
