@@ -162,6 +162,7 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"printer {printer['name']} ({printer.get('type', '?')}): {printer['state']}"
                      + (f" {printer['problem']}" if printer.get("problem") else "")
                      + (f", {printer['queued']} queued" if printer.get("queued") else "")
+                     + (f", {printer['render_failures']} not rendered" if printer.get("render_failures") else "")
                      + (f" - {printer['reason']}" if printer.get("reason") else ""))
     return "\n".join(lines)
 

@@ -26,17 +26,17 @@ PAYMENT_LABELS = {
 }
 
 
-def mask_phone(phone: str) -> str:
-    """Keep the first three and last four digits of a mobile number: 138****5678."""
-    digits = "".join(ch for ch in phone if ch.isdigit())
+def mask_phone(phone: str | None) -> str:
+    """Keep the first three and last four digits of a mobile number: 138****5678; "" for no phone."""
+    digits = "".join(ch for ch in phone or "" if ch.isdigit())
     if len(digits) >= 7:
         return f"{digits[:3]}****{digits[-4:]}"
     return "****" + digits[-2:] if digits else ""
 
 
-def mask_reference(reference: str) -> str:
+def mask_reference(reference: str | None) -> str:
     """Show only the last four characters of a payment or coupon reference."""
-    reference = reference.strip()
+    reference = (reference or "").strip()
     if not reference:
         return ""
     return "****" + reference[-4:] if len(reference) > 4 else "****"
@@ -164,7 +164,10 @@ def _member(facts: SaleFacts) -> tuple[Row, ...]:
     member = facts.member
     if member is None:
         return ()
-    rows = [Row("会员", mask_phone(member.phone) + (f" {member.level}" if member.level else ""))]
+    # Members known only from their signed code, or imported without a phone, have no phone here:
+    # the row still says "member" (and the tier when known), and the points follow.
+    who = " ".join(part for part in (mask_phone(member.phone), member.level) if part)
+    rows = [Row("会员", who)]
     if member.points_earned:
         rows.append(Row("本次积分", f"+{member.points_earned}"))
     if member.points_balance is not None:

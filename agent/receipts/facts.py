@@ -49,7 +49,7 @@ class PaymentFacts:
 
 @dataclass(frozen=True)
 class MemberFacts:
-    phone: str  # printed masked
+    phone: str = ""  # printed masked; "" when the store has no phone for the member (known only by code)
     points_earned: int = 0
     points_balance: int | None = None
     level: str = ""
@@ -109,7 +109,15 @@ def _tuple_of(kind: type) -> Any:
 def _member(value: Any) -> MemberFacts | None:
     if not value:
         return None
-    return value if isinstance(value, MemberFacts) else MemberFacts(**value)
+    if isinstance(value, MemberFacts):
+        return value
+    # The till reads these from nullable columns (members.phone_masked, till_sales.tier): None is "none".
+    return MemberFacts(
+        phone=str(value.get("phone") or ""),
+        points_earned=int(value.get("points_earned") or 0),
+        points_balance=None if value.get("points_balance") is None else int(value["points_balance"]),
+        level=str(value.get("level") or ""),
+    )
 
 
 def _sold_at(value: Any) -> datetime:

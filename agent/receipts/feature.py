@@ -39,6 +39,12 @@ class PrinterUnavailableError(AgentError):
     message = "the receipt printer cannot do that now"
 
 
+class DrawerTimeout(AgentError):
+    code = "drawer_timeout"
+    status = 503
+    message = "the printer did not take the drawer kick in time (busy or not answering); it will not open later"
+
+
 class NoPrinter(AgentError):
     code = "no_printer"
     status = 503
@@ -183,17 +189,20 @@ class Receipts:
         worker = self.workers.get(self.receipt_printer or "")
         if worker is None:
             raise NoPrinter()
+        # Timing out cancels the request (wrap_future passes the cancel on), so a worker that gets to it
+        # later skips it: a drawer never opens by surprise minutes after the cashier gave up.
         try:
             await asyncio.wait_for(asyncio.wrap_future(worker.request_drawer()), timeout)
         except PrinterFault as fault:
             raise PrinterUnavailableError(str(fault), printer=worker.printer.name, reason=fault.code) from None
         except AgentError:
             raise
+        except TimeoutError:  # before Exception, which it is (asyncio.TimeoutError is TimeoutError)
+            log.warning("event=drawer_open_timeout printer=%s timeout_s=%g", worker.printer.name, timeout)
+            raise DrawerTimeout(printer=worker.printer.name, timeout_s=timeout) from None
         except Exception as exc:
             log.error("event=drawer_open_failed printer=%s error=%r", worker.printer.name, str(exc))
             raise PrinterUnavailableError(f"drawer kick failed: {exc}", printer=worker.printer.name) from None
-        except asyncio.TimeoutError:
-            raise PrinterUnavailableError("the printer is busy or not answering", printer=worker.printer.name) from None
         return {"opened": True, "printer": worker.printer.name}
 
     async def preview_png(self, receipt_no: str) -> bytes:

@@ -15,15 +15,17 @@ import logging
 import sqlite3
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
 from posedge.agent.receipts.facts import SaleFacts
 from posedge.agent.receipts.render import ReceiptRenderer
 from posedge.drivers.base import Backoff
-from posedge.drivers.printers.base import PrinterConnection, PrinterFault, PrinterNotReady, PrinterUnavailable
+from posedge.drivers.printers.base import PrinterConnection, PrinterFault, PrinterNotReady, PrinterUnavailable, PrinterWriteFailed
 from posedge.sync.encoding import dumps, loads
 
 log = logging.getLogger("posedge.agent.receipts")
@@ -46,10 +48,14 @@ class PrintJob:
     receipt_no: str
     sale_id: str
     printer: str
-    facts: SaleFacts
+    facts_json: str  # read when rendering: facts this version cannot read fail that one job, not the queue
     copy: bool
     possibly_duplicated: bool
     attempts: int
+
+    @cached_property
+    def facts(self) -> SaleFacts:
+        return SaleFacts.from_dict(loads(self.facts_json))
 
     @property
     def label(self) -> str:
@@ -61,7 +67,7 @@ class PrintJob:
         job_id, kind, receipt_no, sale_id, printer, facts, copy, dup, attempts, state = tuple(row)
         # Still `sending`: this process sent it and could not record the outcome (storage trouble).
         dup = bool(dup) or state == "sending"
-        return cls(job_id, kind, receipt_no, sale_id, printer, SaleFacts.from_dict(loads(facts)), bool(copy), dup, attempts)
+        return cls(job_id, kind, receipt_no, sale_id, printer, facts, bool(copy), dup, attempts)
 
 
 JOB_COLUMNS = "job_id, kind, receipt_no, sale_id, printer, facts, copy, possibly_duplicated, attempts, state"
@@ -106,6 +112,15 @@ def recover_interrupted(conn: sqlite3.Connection) -> int:
     ).rowcount
 
 
+def render_error(exc: BaseException) -> str:
+    """`TypeError at document.py:31 in _member`: the class and the innermost frame, no message."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return exc.__class__.__name__
+    last = frames[-1]
+    return f"{exc.__class__.__name__} at {Path(last.filename).name}:{last.lineno} in {last.name}"
+
+
 # -- the worker ------------------------------------------------------------------------------------
 
 
@@ -137,7 +152,10 @@ class PrinterWorker(threading.Thread):
         self.problem: str | None = None
         self.last_error: str | None = None
         self.printed = 0
+        self.render_failures = 0
+        self.last_render_error: dict[str, Any] | None = None
         self._expect_until = 0.0
+        self._next_idle_check = 0.0
         self._drawer: list[concurrent.futures.Future] = []
         self._drawer_wanted = threading.Event()
         self._lock = threading.Lock()
@@ -172,6 +190,8 @@ class PrinterWorker(threading.Thread):
             "problem": self.problem,
             "last_error": self.last_error,
             "printed": self.printed,
+            "render_failures": self.render_failures,
+            "last_render_error": self.last_render_error,
         }
 
     # -- the thread ------------------------------------------------------------------------
@@ -194,6 +214,7 @@ class PrinterWorker(threading.Thread):
         self._serve_drawer()
         job = self._next_job()
         if job is None:
+            self._check_idle_status()
             self._idle_wait()
         elif not self._print(job):
             self._pause(self.backoff.next_delay())
@@ -203,9 +224,42 @@ class PrinterWorker(threading.Thread):
         self._drawer_wanted.wait(delay)
 
     def _idle_wait(self) -> None:
-        expecting = time.monotonic() < self._expect_until
-        self.wake.wait(0.02 if expecting else self.poll_s)
+        now = time.monotonic()
+        expecting = now < self._expect_until
+        wait = 0.02 if expecting else self.poll_s
+        if self._idle_interval:
+            wait = min(wait, max(0.0, self._next_idle_check - now))
+        self.wake.wait(wait)
         self.wake.clear()
+
+    @property
+    def _idle_interval(self) -> float:
+        """Seconds between status queries while idle; 0 when not asked for or the transport cannot tell."""
+        if not self.printer.can_read_status:
+            return 0.0
+        return float(getattr(self.printer.config, "idle_status_interval_s", 0.0) or 0.0)
+
+    def _check_idle_status(self) -> None:
+        """Between jobs, so paper running out (or a cover left open) shows when it happens, not at the next sale."""
+        interval = self._idle_interval
+        if not interval or time.monotonic() < self._next_idle_check:
+            return
+        self._next_idle_check = time.monotonic() + interval
+        try:
+            self._ready_or_raise()
+        except PrinterFault as fault:
+            problem = fault.detail if isinstance(fault, PrinterNotReady) else fault.code
+            self.last_error = str(fault)
+            if self._set_state("waiting", problem, error=str(fault)):
+                log.info("event=printer_waiting printer=%s problem=%s error=%r idle=true", self.printer.name, problem, str(fault))
+            return
+        if self.state == "waiting":
+            self._recovered()
+
+    def _recovered(self) -> None:
+        self.last_error = None
+        if self._set_state("ready", None):
+            log.info("event=printer_ready printer=%s", self.printer.name)
 
     def _next_job(self) -> PrintJob | None:
         try:
@@ -225,11 +279,7 @@ class PrinterWorker(threading.Thread):
         try:
             data = self.renderer.escpos(job.facts, self.traits, copy=job.copy, possibly_duplicated=job.possibly_duplicated)
         except Exception as exc:  # a receipt that cannot be rendered will not render next time either
-            error = f"render: {exc}"  # bound here: `exc` is unbound once the except block ends
-            log.exception("event=print_job_render_failed job=%s receipt=%s", job.job_id, job.receipt_no)
-            self._write(lambda c: c.execute(
-                "UPDATE print_jobs SET state = 'failed', last_error = ? WHERE job_id = ?", (error, job.job_id)))
-            self._event("receipt_failed", job, error=error)
+            self._render_failed(job, render_error(exc))
             return True
         sent = False
         try:
@@ -246,7 +296,7 @@ class PrinterWorker(threading.Thread):
                 raise
             sent = True
             self._after_write(job)
-            self._ready_or_raise()
+            self._confirm_printed()
         except PrinterFault as fault:
             self._failed(job, fault, maybe_sent=sent)
             return False
@@ -254,9 +304,31 @@ class PrinterWorker(threading.Thread):
             "UPDATE print_jobs SET state = 'done', done_at = ?, last_error = NULL WHERE job_id = ?", (_now(), job.job_id)))
         self.printed += 1
         self.backoff.reset()
-        self._set_state("ready", None)
+        self._recovered()
         self._event("receipt_printed", job)
         return True
+
+    def _render_failed(self, job: PrintJob, error: str) -> None:
+        """Set the job aside as `failed` and say so everywhere: log, status, event stream.
+
+        `error` names the exception class and where it was raised, never its message: the message
+        of an exception raised on a receipt's facts may quote them (names, a masked phone...)."""
+        log.error("event=receipt_render_failed printer=%s job=%s sale_id=%s receipt=%s error=%r",
+                  self.printer.name, job.job_id, job.sale_id, job.receipt_no, error)
+        self.render_failures += 1
+        self.last_render_error = {"job_id": job.job_id, "receipt_no": job.receipt_no, "error": error, "at": _now()}
+        last_error = f"render: {error}"
+        self._write(lambda c: c.execute(
+            "UPDATE print_jobs SET state = 'failed', last_error = ? WHERE job_id = ?", (last_error, job.job_id)))
+        self._event("receipt_failed", job, reason="render_failed", error=last_error)
+
+    def _confirm_printed(self) -> None:
+        """Status after the job's bytes went out. The connection dropping now is a failed write, not an
+        unreachable printer: the receipt may be (half) on paper (docs/receipts.md)."""
+        try:
+            self._ready_or_raise()
+        except PrinterUnavailable as fault:
+            raise PrinterWriteFailed(fault.detail) from None
 
     def _ready_or_raise(self) -> None:
         health = self.printer.status()
@@ -319,6 +391,6 @@ class PrinterWorker(threading.Thread):
 
     def _event(self, kind: str, job: PrintJob, **extra: Any) -> None:
         self.on_event(kind, {
-            "printer": self.printer.name, "job_id": job.job_id, "receipt_no": job.receipt_no,
+            "printer": self.printer.name, "job_id": job.job_id, "receipt_no": job.receipt_no, "sale_id": job.sale_id,
             "copy": job.copy, "possibly_duplicated": job.possibly_duplicated, **extra,
         })

@@ -23,6 +23,12 @@ log = logging.getLogger("posedge.drivers.printers")
 
 DLE_EOT = b"\x10\x04"
 STATUS_PRINTER, STATUS_OFFLINE_CAUSE, STATUS_PAPER = 1, 2, 4
+# A printer may send bytes nobody asked for (echoes, automatic status, a fault that floods the line).
+# They are read in blocks, and only so many: past these a status query gives up instead of reading
+# the flood byte by byte for as long as it lasts.
+READ_BLOCK = 4096  # bytes asked of the transport per read
+DRAIN_LIMIT = 64 * 1024  # stale bytes dropped before a query, at most; then the query goes ahead
+NOISE_LIMIT = 4096  # bytes that are not a status answer tolerated while waiting for one
 
 
 class PrinterConfig(DriverConfig):
@@ -33,6 +39,10 @@ class PrinterConfig(DriverConfig):
     cut: Literal["full", "partial", "none"] = Field("full", description="paper cut after each receipt")
     drawer_pin: Literal[2, 5] = Field(2, description="cash drawer kick pin")
     timeout_s: float = Field(3.0, gt=0, le=60, description="connect, write and status deadline in seconds")
+    idle_status_interval_s: float = Field(
+        5.0, ge=0, le=3600,
+        description="while no receipt is waiting, ask status every this many seconds (paper out shows at once); 0: only around jobs",
+    )
 
 
 def prepare_escpos() -> None:
@@ -79,6 +89,11 @@ class PrinterWriteFailed(PrinterFault):
 class PrinterStatusTimeout(PrinterFault):
     code = "printer_status_timeout"
     message = "printer did not answer a status query in time"
+
+
+class PrinterStatusGarbled(PrinterFault):
+    code = "printer_status_garbled"
+    message = "printer sends bytes that are not status answers"
 
 
 class PrinterNotReady(PrinterFault):
@@ -156,8 +171,9 @@ class PrinterConnection:
         """Bytes available before `deadline` (time.monotonic()), b"" when none came."""
         raise NotImplementedError
 
-    def _drain(self) -> None:
-        """Drop stale input (late answers, echoes) before a status query."""
+    def _drain(self, deadline: float) -> None:
+        """Drop stale input (late answers, echoes) before a status query: at most DRAIN_LIMIT bytes, and
+        never past `deadline`."""
 
     def _close(self) -> None:
         raise NotImplementedError
@@ -194,7 +210,7 @@ class PrinterConnection:
             return None
         self.open()
         try:
-            self._drain()
+            self._drain(time.monotonic() + self.config.timeout_s)
             printer = self._query(STATUS_PRINTER)
             cause = self._query(STATUS_OFFLINE_CAUSE)
             paper = self._query(STATUS_PAPER)
@@ -209,12 +225,19 @@ class PrinterConnection:
     def _query(self, n: int) -> int:
         self._send(DLE_EOT + bytes([n]), "")
         deadline = time.monotonic() + self.config.timeout_s
+        noise = 0
         while True:
-            answer = self._read(1, deadline)
-            if not answer:
+            block = self._read(READ_BLOCK, deadline)
+            if not block:
                 raise PrinterStatusTimeout(f"DLE EOT {n} unanswered after {self.config.timeout_s:g}s")
-            if _status_byte(answer[0]):
-                return answer[0]
+            # The query went out before this block was read, so its answer is the first status byte in it;
+            # whatever follows was not asked for.
+            answer = next((value for value in block if _status_byte(value)), None)
+            if answer is not None:
+                return answer
+            noise += len(block)
+            if noise > NOISE_LIMIT:
+                raise PrinterStatusGarbled(f"{noise} bytes and no answer to DLE EOT {n}")
 
     def close(self) -> None:
         if not self._open_now:

@@ -9,7 +9,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from posedge.drivers.printers.base import PrinterConfig, PrinterConnection, PrinterUnavailable, prepare_escpos
+from posedge.drivers.printers.base import (
+    DRAIN_LIMIT,
+    READ_BLOCK,
+    PrinterConfig,
+    PrinterConnection,
+    PrinterUnavailable,
+    prepare_escpos,
+)
 from posedge.drivers.registry import PRINTERS
 
 
@@ -62,10 +69,13 @@ class NetworkPrinter(PrinterConnection):
             raise ConnectionResetError("printer closed the connection")
         return data
 
-    def _drain(self) -> None:
-        while select.select([self._sock], [], [], 0)[0]:
-            if not self._sock.recv(4096):
+    def _drain(self, deadline: float) -> None:
+        dropped = 0
+        while dropped < DRAIN_LIMIT and time.monotonic() < deadline and select.select([self._sock], [], [], 0)[0]:
+            chunk = self._sock.recv(READ_BLOCK)
+            if not chunk:
                 raise ConnectionResetError("printer closed the connection")
+            dropped += len(chunk)
 
     def _close(self) -> None:
         conn, self._escpos = self._escpos, None

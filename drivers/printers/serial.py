@@ -56,9 +56,13 @@ class SerialPrinter(PrinterConnection):
         if remaining <= 0:
             return b""
         port.timeout = remaining
-        return port.read(size)
+        first = port.read(1)  # read(size) would wait for all `size` bytes: an answer is one
+        waiting = min(port.in_waiting, size - 1) if first else 0
+        if waiting <= 0:
+            return first
+        return first + port.read(waiting)
 
-    def _drain(self) -> None:
+    def _drain(self, deadline: float) -> None:  # the driver drops its input buffer at once
         self._escpos.device.reset_input_buffer()
 
     def _close(self) -> None:

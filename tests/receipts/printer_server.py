@@ -2,7 +2,9 @@
 
 Controls: `paper_out`, `cover_open`, `offline` (status bits); `silent` (reads, never answers);
 `refuse()` / `accept()` (listening socket closed / reopened on the same port); `close_after`
-(drop the connection after N more job bytes, like a printer losing power mid-receipt).
+(drop the connection after N more job bytes, like a printer losing power mid-receipt);
+`close_after_job` (drop it once, right after a whole job, through its cut, arrived); `flood`
+(send bytes that are not status answers, as fast as the connection takes them, until turned off).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from typing import Callable
 
 DLE_EOT = b"\x10\x04"
+FLOOD = b"\xff" * 16384  # 0xff is never a status byte (bits 0 and 7 set)
 
 
 class TcpPrinter:
@@ -23,6 +26,7 @@ class TcpPrinter:
         self.offline = False
         self.silent = False
         self.close_after: int | None = None
+        self.close_after_job = False
         self.on_bytes: Callable[[int], None] | None = None
         self.received = bytearray()  # job bytes, status queries taken out
         self.queries = 0
@@ -32,6 +36,19 @@ class TcpPrinter:
         self._listener: socket.socket | None = None
         self._clients: list[socket.socket] = []
         self._stopping = False
+        self._flooding = threading.Event()
+        self.flood_bytes = 0  # sent while flooding
+
+    @property
+    def flood(self) -> bool:
+        return self._flooding.is_set()
+
+    @flood.setter
+    def flood(self, on: bool) -> None:
+        if on:
+            self._flooding.set()
+        else:
+            self._flooding.clear()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "TcpPrinter":
@@ -98,6 +115,7 @@ class TcpPrinter:
                 self._clients.append(client)
                 self.connections += 1
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+            threading.Thread(target=self._flood, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
         pending = b""
@@ -113,6 +131,17 @@ class TcpPrinter:
             pending = self._consume(client, pending)
             if pending is None:
                 return
+
+    def _flood(self, client: socket.socket) -> None:
+        while not self._stopping and client.fileno() != -1:
+            if not self._flooding.wait(0.1):
+                continue
+            try:
+                client.sendall(FLOOD)
+            except OSError:
+                return
+            with self._lock:
+                self.flood_bytes += len(FLOOD)
 
     def _consume(self, client: socket.socket, data: bytes) -> bytes | None:
         """Record job bytes, answer complete status queries; returns an incomplete tail to keep."""
@@ -153,6 +182,10 @@ class TcpPrinter:
                     return True
             else:
                 self.received += job
+                if self.close_after_job and b"\x1dV" in job:
+                    self.close_after_job = False
+                    self._changed.notify_all()
+                    return True
             total = len(self.received)
             self._changed.notify_all()
         if self.on_bytes is not None:
@@ -162,7 +195,7 @@ class TcpPrinter:
     def _answer(self, client: socket.socket, n: int) -> None:
         with self._lock:
             self.queries += 1
-        if self.silent:
+        if self.silent or self.flood:  # a flooding printer's answers are lost in the flood
             return
         value = 0x12
         if n == 1 and (self.offline or self.cover_open or self.paper_out):

@@ -76,6 +76,19 @@ def test_masks_hide_phone_and_references():
     assert mask_phone("+86 138-1234-5678") == "861****5678"
     assert mask_reference("4200001234567890") == "****7890"
     assert mask_reference("123") == "****"
+    assert mask_phone(None) == mask_phone("") == mask_reference(None) == ""
+
+
+def test_member_without_phone_prints_member_tier_and_points(receipt_config, signer):
+    """GIVEN a member the store knows only from the signed code (the till stores no phone, maybe no tier)
+    WHEN the receipt is laid out THEN it still says member, the tier when known, and the points."""
+    stored = sample_facts().to_dict() | {"member": {"phone": None, "level": "gold", "points_earned": 21, "points_balance": 21}}
+    lines = [line.rstrip() for line in lay_out(SaleFacts.from_dict(stored), receipt_config, signer).text_lines()]
+    assert lines[lines.index("会员                        gold"):][:3] == [
+        "会员                        gold", "本次积分                     +21", "积分余额                      21"]
+    bare = sample_facts().to_dict() | {"member": {"phone": None, "level": None, "points_earned": 0, "points_balance": 0}}
+    lines = [line.rstrip() for line in lay_out(SaleFacts.from_dict(bare), receipt_config, signer).text_lines()]
+    assert "会员" in lines and "积分余额                       0" in lines
 
 
 def test_58mm_receipt_reads_line_by_line(receipt_config, signer):

@@ -9,7 +9,13 @@ import tty
 
 import pytest
 
-from posedge.drivers.printers.base import PrinterStatusTimeout, PrinterUnavailable, PrinterWriteFailed
+from posedge.drivers.printers.base import (
+    PrinterFault,
+    PrinterStatusGarbled,
+    PrinterStatusTimeout,
+    PrinterUnavailable,
+    PrinterWriteFailed,
+)
 from posedge.drivers.printers.file import FilePrinter, FilePrinterConfig
 from posedge.drivers.printers.network import NetworkPrinter, NetworkPrinterConfig
 from posedge.drivers.printers.serial import SerialPrinterConfig
@@ -43,6 +49,30 @@ def test_silent_printer_times_out_on_status(tcp_printer):
         printer.status()
     tcp_printer.silent = False
     assert printer.status().problem() is None  # reconnects by itself
+
+
+def test_flooding_printer_gives_a_garbled_status_not_a_hang_and_recovers(tcp_printer):
+    """GIVEN a printer flooding bytes that are no status answers WHEN its status is asked THEN the query ends
+    (blocks read, a bound on what is drained and on the noise) with printer_status_garbled; flood over, it reads."""
+    tcp_printer.flood = True
+    printer = network(tcp_printer.port, timeout=2.0)
+    outcome: list[BaseException | object] = []
+    asking = threading.Thread(target=lambda: outcome.append(_status_or_fault(printer)), daemon=True)
+    asking.start()
+    asking.join(10)
+    assert not asking.is_alive(), "the status query never ended while the printer flooded"
+    assert isinstance(outcome[0], PrinterStatusGarbled) and outcome[0].code == "printer_status_garbled"
+    assert tcp_printer.flood_bytes > 0
+    tcp_printer.flood = False
+    assert printer.status().problem() is None  # a new connection, no flood on it
+    printer.close()
+
+
+def _status_or_fault(printer):
+    try:
+        return printer.status()
+    except PrinterFault as fault:
+        return fault
 
 
 def test_refused_connection_is_unavailable_and_recovers(tcp_printer):

@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from conftest import sale_body
 from posedge.agent.receipts.claims import verify_claim
 
+from scanners.conftest import SseReader
+
 from .conftest import CLAIM_URL
 from .escpos_reader import read_paper, split_jobs
 
@@ -141,6 +143,63 @@ def test_printer_dropping_mid_receipt_gets_it_again_marked_possibly_duplicated(a
     resent = read_paper(data[200:])
     assert receipt_no_of(resent) == answer["receipt_no"]
     assert DUPLICATE in [l.strip() for l in resent.lines]
+
+
+def test_reset_after_the_whole_job_was_written_is_a_failed_write_and_resent_marked(agent_factory, tcp_printer):
+    """GIVEN a printer that drops the connection right after a whole receipt arrived WHEN the agent asks its
+    status THEN the POS sees `printer_write_failed` (bytes went out), not `printer_unavailable`, and the
+    receipt comes again marked possibly duplicated."""
+    tcp_printer.close_after_job = True
+    agent = agent_factory(printer_config(tcp_printer.port)).start()
+    with agent.client() as client:
+        stream = SseReader(client)
+        answer = client.post("/v1/sales", json=sale_body("w-1", 300)).json()
+        waiting = stream.next_of("printer")
+        papers = receipts(tcp_printer.wait_for(cut_count(2)))
+        stream.close()
+    assert (waiting["state"], waiting["problem"], waiting["waiting_receipt"]) == ("waiting", "printer_write_failed", answer["receipt_no"])
+    assert [receipt_no_of(p) for p in papers] == [answer["receipt_no"]] * 2
+    assert DUPLICATE not in [l.strip() for l in papers[0].lines] and DUPLICATE in [l.strip() for l in papers[1].lines]
+
+
+def test_paper_running_out_while_idle_shows_at_once_and_clears_on_recovery(agent_factory, tcp_printer):
+    """GIVEN a network printer that printed a receipt and sits idle WHEN its paper runs out THEN, with no sale,
+    the POS sees it on the event stream and in status (with last_error); paper back, the printer is ready
+    again and last_error is cleared."""
+    agent = agent_factory(printer_config(tcp_printer.port) + "idle_status_interval_s = 0.2\n").start()
+    with agent.client() as client:
+        client.post("/v1/sales", json=sale_body("i-1", 300))
+        tcp_printer.wait_for(cut_count(1))
+        wait_until(lambda: printer_status(client)["state"] == "ready", what="ready after the receipt")
+        stream = SseReader(client)
+        tcp_printer.paper_out = True
+        out = stream.next_of("printer")
+        waiting = printer_status(client)
+        tcp_printer.paper_out = False
+        back = stream.next_of("printer")
+        ready = printer_status(client)
+        stream.close()
+    assert (out["state"], out["problem"]) == ("waiting", "paper_out") and "waiting_receipt" not in out
+    assert (waiting["state"], waiting["problem"], waiting["queued"]) == ("waiting", "paper_out", 0)
+    assert "paper_out" in waiting["last_error"]
+    assert (back["state"], back["problem"]) == ("ready", None)
+    assert (ready["state"], ready["problem"], ready["last_error"]) == ("ready", None, None)
+
+
+def test_flooding_printer_holds_the_receipt_with_a_reason_and_prints_it_when_quiet(agent_factory, tcp_printer):
+    """GIVEN a printer flooding bytes that are no status answers WHEN a sale is made THEN status says
+    printer_status_garbled and nothing is sent; once the flood stops the receipt prints, once."""
+    tcp_printer.flood = True
+    agent = agent_factory(printer_config(tcp_printer.port)).start()
+    with agent.client() as client:
+        answer = client.post("/v1/sales", json=sale_body("f-1", 300)).json()
+        status = wait_until(lambda: printer_status(client)["problem"] == "printer_status_garbled" and printer_status(client),
+                            what="printer_status_garbled")
+        assert status["queued"] == 1 and tcp_printer.data() == b""
+        tcp_printer.flood = False
+        [paper] = receipts(tcp_printer.wait_for(cut_count(1)))
+        wait_until(lambda: printer_status(client)["state"] == "ready", what="ready")
+    assert receipt_no_of(paper) == answer["receipt_no"] and DUPLICATE not in [l.strip() for l in paper.lines]
 
 
 def test_crash_while_sending_is_resent_after_restart_marked_possibly_duplicated(agent_factory, tcp_printer):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from posedge.agent.receipts.config import ReceiptConfig
 from posedge.agent.receipts.queue import PrinterWorker, insert_job
 from posedge.agent.receipts.render import ReceiptRenderer
@@ -132,3 +134,44 @@ def file_printer_worker(tmp_path, signer, submit, db):
     worker = PrinterWorker(FilePrinter(FilePrinterConfig(name="lp", path=out)), renderer, submit, db,
                            lambda kind, payload: None, backoff=Backoff(0.05, 0.1), poll_s=0.1)
     return worker, out
+
+
+def test_drawer_kick_that_times_out_says_so_and_never_opens_later(tmp_path, tcp_printer):
+    """GIVEN a receipt printer whose worker cannot get to a drawer kick in time WHEN the POS asks to open the
+    drawer THEN it is answered `drawer_timeout` (not a generic failure), and when the worker gets going the
+    abandoned kick is skipped: only the next kick reaches the printer."""
+    import asyncio
+
+    from posedge.agent.config import validate_config
+    from posedge.agent.receipts.feature import DrawerTimeout, Receipts
+    from posedge.agent.store.reader import StoreReader
+    from posedge.drivers.registry import PRINTERS
+
+    db = tmp_path / "posedge.db"
+    config = validate_config({"store": {"id": "store-001"}, "storage": {"path": str(db)}, "scanners": [],
+                              "printers": [{"type": "network", "name": "front", "host": "127.0.0.1",
+                                            "port": tcp_printer.port, "timeout_s": 0.5}]})
+    writer = StoreWriter(db)
+    assert writer.start() is None
+    reader = StoreReader(db)
+    receipts = Receipts(config, writer.submit, reader)
+    # The worker exists but is not running yet: as busy as a worker can be.
+    worker = PrinterWorker(PRINTERS.create(config.printer_configs()[0]), receipts.renderer, writer.submit, db,
+                           receipts._emit, backoff=Backoff(0.05, 0.2), poll_s=0.1)
+    receipts.workers["front"] = worker
+    try:
+        with pytest.raises(DrawerTimeout) as timed_out:
+            asyncio.run(receipts.open_drawer(timeout=0.2))
+        assert (timed_out.value.code, timed_out.value.status, timed_out.value.details["printer"]) == ("drawer_timeout", 503, "front")
+        worker.start()
+        assert asyncio.run(receipts.open_drawer(timeout=10)) == {"opened": True, "printer": "front"}
+        # A card-only receipt after it: once it is done, its status query after the bytes was answered,
+        # so everything sent before is on record, an abandoned kick included if it had gone out.
+        writer.submit(lambda c: insert_job(c, sample_facts(cash=False), "front")).result(5)
+        worker.notify()
+        wait_for(lambda: worker.printed == 1, what="the receipt after the kicks")
+        assert read_paper(tcp_printer.data()).drawer_pulses == [2]
+    finally:
+        worker.stop()
+        writer.stop()
+        reader.close()
