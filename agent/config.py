@@ -192,6 +192,11 @@ class ScanConfig(ConfigModel):
     max_line_bytes: int = Field(4096, ge=64, le=65536, description="longest scan accepted; longer lines are rejected")
     max_scans_per_s: float = Field(20.0, gt=0, le=1000, description="more scans per second from one scanner is a flood")
     payment_claim_s: float = Field(60.0, gt=0, le=600, description="how long the POS may claim a payment code's clear text")
+    line_timeout_ms: int = Field(250, ge=20, le=5000, description="scanners with a suffix: after this much silence, bytes "
+                                 "without their suffix are a rejected half line, and skipping an over-long line ends")
+    min_length: int = Field(4, ge=1, le=64, description="scanner codes shorter than this are line noise: rejected (too_short)")
+    check_symbology: bool = Field(True, description="codes whose AIM id says EAN/UPC (]E0-]E4) must have its digits, "
+                                  "length and check digit, or are rejected")
     patterns: list[ScanPattern] = Field(default_factory=list, description="[[scan.patterns]]: extra named code formats")
 
     @field_validator("patterns")

@@ -98,6 +98,7 @@ class Agent:
                 self.disabled_scanners[config.name] = reason
                 continue
             driver = SCANNERS.create(config, self.scans, limits=scan_limits(self.config))
+            driver.listeners.append(self.events.publish)  # state changes reach the POS, like printer states
             driver.start()
             self.devices.append(driver)
 
