@@ -171,11 +171,13 @@ class ScannerDriver(threading.Thread):
             log.info("event=scanner_disconnected scanner=%s error=%r", self.config.name, error)
 
     def _set_state(self, state: DeviceState, error: str | None = None) -> bool:
-        """Record a state; a change (not every retry) is published as a "scanner" event."""
+        """Record a state; a change of state or error (not every retry) is published as a "scanner" event.
+
+        The driver type goes in `driver`: an event's `type` is its own ("scanner")."""
         if not self.status_cell.set(state, error):
             return False
         status = self.status_cell.snapshot()
-        payload = {"scanner": status.name, "type": status.type, "state": status.state.value,
+        payload = {"scanner": status.name, "driver": status.type, "state": status.state.value,
                    "last_error": status.last_error, "since": status.since.isoformat()}
         for listener in list(self.listeners):
             try:
