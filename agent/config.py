@@ -91,6 +91,7 @@ class ApiConfig(ConfigModel):
     cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed to call the API")
     allowed_hosts: list[str] = Field(default_factory=list, description="extra Host names accepted besides the listen address")
     max_body_bytes: int = Field(262_144, ge=1024, le=16_777_216, description="largest request body accepted")
+    shutdown_grace_s: float = Field(3.0, ge=0.5, le=120, description="at stop, how long requests in flight may take to finish")
 
     @model_validator(mode="before")
     @classmethod

@@ -8,7 +8,7 @@ import logging
 import signal
 import socket
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 import uvicorn
 
@@ -24,6 +24,16 @@ class AgentServer(uvicorn.Server):
     (not only once the server listens), `serve()` then returns normally, the agent stops in order
     and the process exits 0. (uvicorn itself re-raises the signal after its shutdown, which would
     kill the process before the agent's own shutdown ran.)"""
+
+    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Long-lived responses (the event stream) end first, so the server's wait for requests in
+        # flight is short and nothing is cancelled mid-response (no CancelledError at ERROR).
+        self.before_shutdown()
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -47,8 +57,8 @@ async def run_agent(config: Config, sock: socket.socket) -> int:
         return 1
     server = AgentServer(uvicorn.Config(
         build_app(agent), log_level="warning", access_log=False, lifespan="off",
-        timeout_graceful_shutdown=3, server_header=False,
-    ))
+        timeout_graceful_shutdown=config.api.shutdown_grace_s, server_header=False,
+    ), before_shutdown=agent.events.close_streams)
     with server.catch_stop_signals():
         await agent.start()
         banner = asyncio.create_task(_banner_when_listening(server, config))

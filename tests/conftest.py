@@ -24,10 +24,10 @@ def free_port() -> int:
 
 
 def write_config(home: Path, port: int, extra: str = "", storage: Path | None = None, top: str = "",
-                 storage_keys: str = "") -> Path:
+                 storage_keys: str = "", api_keys: str = "") -> Path:
     """A config for a test agent living in `home`: no terminal scanner, no broker connection.
-    `top`: top-level keys (before the first table), e.g. "printers = []"; `storage_keys`: more keys
-    of [storage]; `extra`: tables at the end."""
+    `top`: top-level keys (before the first table), e.g. "printers = []"; `storage_keys`, `api_keys`:
+    more keys of [storage], [api]; `extra`: tables at the end."""
     storage = storage or home / "var" / "posedge.db"
     config = home / "posedge.toml"
     config.write_text(
@@ -46,6 +46,7 @@ path = "{storage}"
 listen = "127.0.0.1:{port}"
 token_file = "{home / 'var' / 'api-token'}"
 cors_origins = ["http://pos.local:3000"]
+{api_keys}
 
 [mqtt]
 enabled = false
@@ -60,10 +61,10 @@ class AgentProcess:
     """`posedge run` as a real process, with the controls tests need (start, kill -9, stop)."""
 
     def __init__(self, home: Path, extra_config: str = "", storage: Path | None = None, top_config: str = "",
-                 storage_keys: str = "") -> None:
+                 storage_keys: str = "", api_keys: str = "") -> None:
         self.home = home
         self.port = free_port()
-        self.config = write_config(home, self.port, extra_config, storage, top_config, storage_keys)
+        self.config = write_config(home, self.port, extra_config, storage, top_config, storage_keys, api_keys)
         self.proc: subprocess.Popen | None = None
         self.log = home / "agent.log"
         self.url = f"http://127.0.0.1:{self.port}"
@@ -120,10 +121,10 @@ def agent_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[AgentProcess] = []
 
     def make(extra_config: str = "", storage: Path | None = None, home: Path | None = None,
-             top_config: str = "", storage_keys: str = "") -> AgentProcess:
+             top_config: str = "", storage_keys: str = "", api_keys: str = "") -> AgentProcess:
         agent_home = home or tmp_path / f"agent{len(started)}"
         agent_home.mkdir(parents=True, exist_ok=True)
-        agent = AgentProcess(agent_home, extra_config, storage, top_config, storage_keys)
+        agent = AgentProcess(agent_home, extra_config, storage, top_config, storage_keys, api_keys)
         started.append(agent)
         return agent
 
