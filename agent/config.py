@@ -95,6 +95,7 @@ class ApiConfig(ConfigModel):
     body_timeout_s: float = Field(10.0, gt=0, le=300, description="a request's body must arrive within this after its headers (else 408 body_timeout)")
     keep_alive_s: int = Field(5, ge=1, le=300, description="an idle keep-alive connection is closed after this")
     max_connections: int = Field(512, ge=8, le=65536, description="connections and requests served at once; more get 503 (event streams count)")
+    shutdown_grace_s: int = Field(3, ge=1, le=120, description="at stop, how long requests in flight may take to finish")
 
     @model_validator(mode="before")
     @classmethod
@@ -196,6 +197,11 @@ class ScanConfig(ConfigModel):
     max_line_bytes: int = Field(4096, ge=64, le=65536, description="longest scan accepted; longer lines are rejected")
     max_scans_per_s: float = Field(20.0, gt=0, le=1000, description="more scans per second from one scanner is a flood")
     payment_claim_s: float = Field(60.0, gt=0, le=600, description="how long the POS may claim a payment code's clear text")
+    line_timeout_ms: int = Field(250, ge=20, le=5000, description="scanners with a suffix: after this much silence, bytes "
+                                 "without their suffix are a rejected half line, and skipping an over-long line ends")
+    min_length: int = Field(4, ge=1, le=64, description="scanner codes shorter than this are line noise: rejected (too_short)")
+    check_symbology: bool = Field(True, description="codes whose AIM id says EAN/UPC (]E0-]E4) must have its digits, "
+                                  "length and check digit, or are rejected")
     patterns: list[ScanPattern] = Field(default_factory=list, description="[[scan.patterns]]: extra named code formats")
 
     @field_validator("patterns")

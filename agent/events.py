@@ -102,13 +102,19 @@ class Subscription:
             except asyncio.TimeoutError:
                 return None
             if event is None:
-                raise EOFError("subscriber fell behind")
+                raise EOFError("subscriber fell behind" if self.lagged else "the agent is stopping")
             if event.id > self._last_id:
                 self._last_id = event.id
                 return event
 
     def close(self) -> None:
         self._hub._drop(self)
+
+    def end(self) -> None:
+        """The agent is stopping: the reader ends its stream at once, after what is already queued."""
+        if self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
 
 
 class EventHub:
@@ -118,6 +124,7 @@ class EventHub:
         self._subscribers: set[Subscription] = set()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
         self.published = 0
         self.cut_off = 0
         self.masked = 0  # events the guard had to mask: noise or a field classification did not foresee
@@ -176,7 +183,17 @@ class EventHub:
                 backlog = []  # an id from the future: nothing to replay, but say so
         sub = Subscription(self, backlog)
         self._subscribers.add(sub)
+        if self._closing:
+            sub.end()
         return sub, gap
+
+    def close_streams(self) -> None:
+        """End every subscription (call on the loop, first thing at stop): open event streams then
+        finish like any response, instead of holding the server's shutdown until its grace period
+        runs out and their tasks are cancelled. Subscriptions made afterwards end at once."""
+        self._closing = True
+        for sub in list(self._subscribers):
+            sub.end()
 
     def recent(self, limit: int = 50) -> list[Event]:
         with self._lock:

@@ -71,7 +71,7 @@ async def events(request: Request) -> StreamingResponse:
                 try:
                     event = await subscription.next(heartbeat_s)
                 except EOFError:
-                    return  # fell behind: the client reconnects with Last-Event-ID
+                    return  # fell behind, or the agent is stopping: the client reconnects with Last-Event-ID
                 if event is None:
                     if await request.is_disconnected():
                         return

@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -28,6 +28,16 @@ class AgentServer(uvicorn.Server):
     (not only once the server listens), `serve()` then returns normally, the agent stops in order
     and the process exits 0. (uvicorn itself re-raises the signal after its shutdown, which would
     kill the process before the agent's own shutdown ran.)"""
+
+    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Long-lived responses (the event stream) end first, so the server's wait for requests in
+        # flight is short and nothing is cancelled mid-response (no CancelledError at ERROR).
+        self.before_shutdown()
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -96,7 +106,7 @@ def server_config(app: Any, api: ApiConfig) -> uvicorn.Config:
         logging.getLogger(name).addFilter(RedactExceptions())
     return uvicorn.Config(
         app, http=header_timeout_protocol(api.header_timeout_s, app.counters), log_level="warning",
-        access_log=False, lifespan="off", timeout_graceful_shutdown=3, server_header=False,
+        access_log=False, lifespan="off", timeout_graceful_shutdown=api.shutdown_grace_s, server_header=False,
         limit_concurrency=api.max_connections, timeout_keep_alive=api.keep_alive_s,
     )
 
@@ -108,7 +118,7 @@ async def run_agent(config: Config, sock: socket.socket) -> int:
     except (OSError, ValueError) as exc:
         print(f"posedge: cannot start: {exc}", file=sys.stderr)
         return 1
-    server = AgentServer(server_config(build_app(agent), config.api))
+    server = AgentServer(server_config(build_app(agent), config.api), before_shutdown=agent.events.close_streams)
     with server.catch_stop_signals():
         await agent.start()
         banner = asyncio.create_task(_banner_when_listening(server, config))

@@ -25,7 +25,13 @@ from typing import Any, Callable
 from posedge.agent.receipts.facts import SaleFacts
 from posedge.agent.receipts.render import ReceiptRenderer
 from posedge.drivers.base import Backoff
-from posedge.drivers.printers.base import PrinterConnection, PrinterFault, PrinterNotReady, PrinterUnavailable, PrinterWriteFailed
+from posedge.drivers.printers.base import (
+    PrinterConnection,
+    PrinterFault,
+    PrinterNotReady,
+    PrinterUnavailable,
+    PrinterWriteFailed,
+)
 from posedge.sync.encoding import dumps, loads
 
 log = logging.getLogger("posedge.agent.receipts")

@@ -24,7 +24,8 @@ class Scans:
         self.pipeline = pipeline_from_config(config, events)
         self.devices: list[Any] = []  # drivers with .status() -> DeviceStatus and .stop()
         self.disabled: dict[str, str] = {}  # scanner name -> why it is off
-        # Always empty: the pipeline publishes on the hub itself, because POST /v1/scans answers with the event's id.
+        # Scanner state changes ("scanner" events) go to these, like printer states. Scans themselves do not:
+        # the pipeline publishes on the hub itself, because POST /v1/scans answers with the event's id.
         self.listeners: list[EventListener] = []
 
     async def start(self) -> None:
@@ -38,6 +39,7 @@ class Scans:
                 self.disabled[config.name] = reason
                 continue
             driver = SCANNERS.create(config, self.pipeline, limits=scan_limits(self.config))
+            driver.listeners.extend(self.listeners)  # the agent joined its listeners before start
             driver.start()
             self.devices.append(driver)
 

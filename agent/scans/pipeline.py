@@ -428,7 +428,10 @@ def pipeline_from_config(config: Any, hub: EventHub) -> ScanPipeline:
 
 
 def scan_limits(config: Any) -> ScanLimits:
-    return ScanLimits(max_line_bytes=config.scan.max_line_bytes, max_scans_per_s=config.scan.max_scans_per_s)
+    scan = config.scan
+    return ScanLimits(max_line_bytes=scan.max_line_bytes, max_scans_per_s=scan.max_scans_per_s,
+                      line_timeout_s=scan.line_timeout_ms / 1000.0, min_length=scan.min_length,
+                      check_symbology=scan.check_symbology)
 
 
 def scanners_status(devices: Iterable[Any], disabled: dict[str, str]) -> list[dict[str, Any]]:

@@ -8,11 +8,20 @@ import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from posedge.drivers.base import Backoff, DeviceState, DeviceStatus, StatusCell, monotonic_ns
 from posedge.drivers.registry import DriverConfig
-from posedge.drivers.scanners.framing import DEFAULT_MAX_LINE_BYTES, Frame, Line, LineFramer, Rejected, Suffix
+from posedge.drivers.scanners.framing import (
+    DEFAULT_LINE_TIMEOUT_S,
+    DEFAULT_MAX_LINE_BYTES,
+    Frame,
+    Line,
+    LineFramer,
+    Rejected,
+    Suffix,
+)
+from posedge.drivers.scanners.sanity import DEFAULT_MIN_LENGTH, CodeRules
 
 log = logging.getLogger("posedge.drivers.scanners")
 
@@ -54,6 +63,13 @@ class ScanLimits:
 
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     max_scans_per_s: float = 20.0  # a person scans a few codes a second; more is a flood or a loop
+    line_timeout_s: float = DEFAULT_LINE_TIMEOUT_S  # with a suffix: a pause that ends a half line
+    min_length: int = DEFAULT_MIN_LENGTH  # shorter codes are line noise
+    check_symbology: bool = True  # EAN/UPC (AIM ]E) codes must have their digits, length and check digit
+
+    @property
+    def code_rules(self) -> CodeRules:
+        return CodeRules(self.min_length, self.check_symbology)
 
 
 class FloodGuard:
@@ -75,11 +91,15 @@ class FloodGuard:
         return False
 
 
+EventCallback = Callable[[str, dict[str, Any]], Any]  # (event type, payload), like EventHub.publish
+
+
 class ScannerDriver(threading.Thread):
     """A daemon thread per scanner: open the device, read until it fails, back off, retry.
 
     Subclasses implement `read_device()`, which opens the device, calls `self.connected()`,
     and loops until `self.stopping` is set or the device fails (raise OSError for that).
+    Each change of state goes to `listeners` as a "scanner" event (called from the driver's thread).
     """
 
     kind = "scanner"
@@ -93,6 +113,7 @@ class ScannerDriver(threading.Thread):
         self.status_cell = StatusCell(config.name, config.type, self.kind)
         self._backoff = Backoff()
         self._flood = FloodGuard(self.limits.max_scans_per_s)
+        self.listeners: list[EventCallback] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
@@ -110,7 +131,7 @@ class ScannerDriver(threading.Thread):
                           exc.__class__.__name__, exception_site(exc))
                 self._lost(f"internal error: {exc.__class__.__name__} at {exception_site(exc)}")
             self.stopping.wait(self._backoff.next_delay())
-        self.status_cell.set(DeviceState.STOPPED)
+        self._set_state(DeviceState.STOPPED)
 
     def stop(self, timeout: float = 2.0) -> None:
         self.stopping.set()
@@ -130,7 +151,7 @@ class ScannerDriver(threading.Thread):
 
     def connected(self) -> None:
         self._backoff.reset()
-        if self.status_cell.set(DeviceState.CONNECTED):
+        if self._set_state(DeviceState.CONNECTED):
             log.info("event=scanner_connected scanner=%s type=%s", self.config.name, self.config.type)
 
     def emit(self, text: str, raw: bytes, symbology: str | None = None) -> None:
@@ -153,16 +174,34 @@ class ScannerDriver(threading.Thread):
                 self.reject(frame.reason, frame.detail)
 
     def new_framer(self, suffix: Suffix, prefix: str = "", gap_ms: int = 50, parse_aim: bool = True) -> LineFramer:
-        return LineFramer(suffix, prefix.encode("utf-8"), self.limits.max_line_bytes, gap_ms / 1000.0, parse_aim)
+        limits = self.limits
+        return LineFramer(suffix, prefix.encode("utf-8"), limits.max_line_bytes, gap_ms / 1000.0, parse_aim,
+                          limits.line_timeout_s, limits.code_rules)
 
     def failed(self, error: str) -> None:
         """The device is there but misbehaves (bad frames, refused grab...): state ERROR, retried."""
-        if self.status_cell.set(DeviceState.ERROR, error):
+        if self._set_state(DeviceState.ERROR, error):
             log.warning("event=scanner_error scanner=%s error=%r", self.config.name, error)
 
     def _lost(self, error: str) -> None:
-        if self.status_cell.set(DeviceState.DISCONNECTED, error):
+        if self._set_state(DeviceState.DISCONNECTED, error):
             log.info("event=scanner_disconnected scanner=%s error=%r", self.config.name, error)
+
+    def _set_state(self, state: DeviceState, error: str | None = None) -> bool:
+        """Record a state; a change of state or error (not every retry) is published as a "scanner" event.
+
+        The driver type goes in `driver`: an event's `type` is its own ("scanner")."""
+        if not self.status_cell.set(state, error):
+            return False
+        status = self.status_cell.snapshot()
+        payload = {"scanner": status.name, "driver": status.type, "state": status.state.value,
+                   "last_error": status.last_error, "since": status.since.isoformat()}
+        for listener in list(self.listeners):
+            try:
+                listener("scanner", payload)
+            except Exception:  # a listener's bug must not stop reading
+                log.exception("event=scanner_listener_failed scanner=%s", self.config.name)
+        return True
 
 
 class FdScannerDriver(ScannerDriver):

@@ -12,9 +12,15 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Union
 
+from posedge.drivers.scanners.sanity import PERMISSIVE, CodeRules, code_problem
+
 Suffix = Literal["cr", "lf", "crlf", "tab", "none"]
 SUFFIX_BYTES: dict[str, bytes] = {"cr": b"\r", "lf": b"\n", "crlf": b"\r\n", "tab": b"\t", "none": b""}
 DEFAULT_MAX_LINE_BYTES = 4096
+# With a suffix: silence after which bytes without their terminator are a dead half line. A scanner
+# sends a whole code in one burst (20 bytes take 20 ms at 9600 baud; a keyboard wedge types a key every
+# 5-20 ms); a person needs far longer between two scans. The margin covers network bridges.
+DEFAULT_LINE_TIMEOUT_S = 0.25
 
 # GS (FNC1 in GS1 element strings), RS and EOT (ISO/IEC 15434 envelopes) are data, not noise.
 ALLOWED_CONTROLS = frozenset("\x1d\x1e\x04")
@@ -31,7 +37,8 @@ class Line:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    reason: str  # too_long | invalid_utf8 | control_char | nul_byte | half_line | empty_after_prefix
+    reason: str  # too_long | invalid_utf8 | control_char | nul_byte | half_line | empty_after_prefix,
+    #              too_short | bad_symbology | bad_check_digit (drivers/scanners/sanity.py)
     detail: str  # human text; describes the frame (lengths, positions), never its content
 
 
@@ -74,16 +81,24 @@ class LineFramer:
     With a suffix, a frame ends at the suffix. With suffix "none", a frame ends when no byte has
     arrived for `gap_s` (the caller passes monotonic seconds and calls `poll` when reads time out).
     A line over the cap is rejected once and the rest of it skipped up to the next suffix.
+
+    With a suffix, a pause of `line_timeout_s` also ends a frame: bytes left from before it are a
+    rejected half line (garbage, or a code cut short), and the skipping of an over-long line ends, so
+    the code sent after the pause is read on its own. Lines that frame cleanly must still pass
+    `rules` (minimum length, symbology checks) to come out as a `Line`.
     """
 
     def __init__(self, suffix: Suffix = "cr", prefix: bytes = b"", max_bytes: int = DEFAULT_MAX_LINE_BYTES,
-                 gap_s: float = 0.05, parse_aim: bool = True) -> None:
+                 gap_s: float = 0.05, parse_aim: bool = True, line_timeout_s: float = DEFAULT_LINE_TIMEOUT_S,
+                 rules: CodeRules = PERMISSIVE) -> None:
         self.terminator = SUFFIX_BYTES[suffix]
         self.suffix = suffix
         self.prefix = prefix
         self.max_bytes = max_bytes
         self.gap_s = gap_s
         self.parse_aim = parse_aim
+        self.line_timeout_s = line_timeout_s
+        self.rules = rules
         self._buffer = bytearray()
         self._skipping = False  # inside an over-long line, already rejected
         self._last_byte_at: float | None = None
@@ -91,10 +106,9 @@ class LineFramer:
     def feed(self, data: bytes, now: float = 0.0) -> list[Frame]:
         if not data:
             return []
-        frames: list[Frame] = []
+        frames = self.poll(now)  # a pause before these bytes ends what was pending
+        self._last_byte_at = now
         if not self.terminator:
-            frames += self.poll(now)
-            self._last_byte_at = now
             self._append(data, frames)
             return frames
         self._buffer += data
@@ -116,15 +130,21 @@ class LineFramer:
         return frames
 
     def poll(self, now: float) -> list[Frame]:
-        """Close a frame after the inter-character gap (suffix "none" only)."""
-        if self.terminator or self._last_byte_at is None or now - self._last_byte_at < self.gap_s:
+        """After a pause: without a suffix, close the frame; with one, drop what is pending as a half line."""
+        pause = self.line_timeout_s if self.terminator else self.gap_s
+        if self._last_byte_at is None or now - self._last_byte_at < pause:
             return []
         self._last_byte_at = None
         frames: list[Frame] = []
         frame, self._buffer = bytes(self._buffer), bytearray()
         skipping, self._skipping = self._skipping, False
-        if frame and not skipping:
+        if not frame or skipping:
+            return frames  # an over-long line was rejected already
+        if not self.terminator:
             self._complete(frame, frames)
+        elif _trim_line_noise(frame, self.suffix):  # a lone other half of CRLF is no half line
+            frames.append(Rejected("half_line", f"{len(frame)} bytes without a terminator, then a pause of "
+                                                f"{pause * 1000:.0f} ms or more (noise, or a code cut short)"))
         return frames
 
     def close(self) -> list[Frame]:
@@ -161,6 +181,10 @@ class LineFramer:
         if not trimmed:
             return
         checked = check_line(trimmed, self.prefix, self.max_bytes, self.parse_aim)
+        if isinstance(checked, Line):
+            problem = code_problem(checked.text, checked.symbology, self.rules)
+            if problem is not None:
+                checked = Rejected(*problem)
         if isinstance(checked, Line) and trimmed != frame:
             checked = Line(checked.text, frame, checked.symbology)  # raw as received: shows the real suffix
         frames.append(checked)

@@ -15,12 +15,11 @@ from functools import lru_cache
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from posedge.agent.claims import ClaimFacts, ClaimSigner
 from posedge.agent.config import validate_config
 from posedge.agent.domain.sales import SaleIn, sale_totals
+from posedge.agent.receipts.claims import ClaimFacts, ClaimSigner
 from posedge.agent.receipts.config import ReceiptConfig
 from posedge.agent.receipts.escpos import PrinterTraits
 from posedge.agent.receipts.facts import SaleFacts
@@ -28,7 +27,7 @@ from posedge.agent.receipts.feature import facts_from_sale
 from posedge.agent.receipts.render import ReceiptRenderer
 from posedge.agent.sales import RecordedSale
 from posedge.agent.store.schema import migrate
-from posedge.agent.till import receipt_facts
+from posedge.agent.till.feature import receipt_facts
 from posedge.sync.encoding import dumps, loads
 
 from .escpos_reader import read_paper

@@ -11,7 +11,7 @@ import sys
 from datetime import datetime, timezone
 
 from conftest import sale_body
-from posedge.agent.codes import CodeMinter
+from posedge.agent.till.codes import CodeMinter
 from scanners.conftest import SseReader
 
 from .test_queue import cut_count, printer_config, printer_status, receipt_no_of, receipts, wait_until

@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from conftest import sale_body
 from posedge.agent.receipts.claims import verify_claim
-
 from scanners.conftest import SseReader
 
 from .conftest import CLAIM_URL

@@ -280,3 +280,30 @@ def test_noisy_payment_codes_from_a_serial_scanner_and_the_pos_never_leave_in_cl
     for where, data in [*running.items(), *stopped.items()]:
         for code in all_codes:
             assert code.encode() not in data and code.encode("utf-16-le") not in data, f"{code} found in {where}"
+
+
+def test_stopping_with_a_stream_client_connected_ends_the_stream_quietly_and_promptly(agent_factory) -> None:
+    """GIVEN a POS connected to /v1/events and a long shutdown grace period WHEN the agent gets SIGTERM
+    THEN the stream ends, the process exits 0 well before the grace period would end, and the log has no
+    traceback, CancelledError or 'graceful shutdown exceeded'."""
+    import signal
+    import subprocess
+
+    grace_s = 30
+    agent = agent_factory("[events]\nheartbeat_s = 0.2\n", api_keys=f"shutdown_grace_s = {grace_s}").start()
+    # No read timeout: a client that gave up would end the stream itself; heartbeats keep it busy.
+    with httpx.Client(base_url=agent.url, headers={"Authorization": f"Bearer {agent.token}"},
+                      timeout=httpx.Timeout(10.0, read=None)) as client:
+        reader = SseReader(client)
+        assert reader.status == 200
+        agent.proc.send_signal(signal.SIGTERM)
+        try:
+            code = agent.proc.wait(grace_s / 2)  # a generous margin: half the grace period
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the agent still runs {grace_s / 2} s after SIGTERM:\n{agent.log_text()}") from None
+        reader.close()
+    log = agent.log_text()
+    assert code == 0, log
+    assert "event=agent_stopped" in log
+    for sign in ("Traceback", "CancelledError", "graceful shutdown exceeded", " ERROR "):
+        assert sign not in log, log

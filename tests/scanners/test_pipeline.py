@@ -113,6 +113,29 @@ def test_a_subscriber_that_falls_behind_is_cut_off_and_can_resume() -> None:
     assert [e.data["n"] for e in replayed][:3] == [1, 2, 3]
 
 
+def test_closing_the_streams_ends_every_subscription_after_what_was_queued() -> None:
+    """GIVEN two subscribers, one with an event queued WHEN the agent closes the streams THEN each gets what
+    was queued, then the end; a subscription made afterwards ends at once; nobody counts as cut off."""
+    async def main():
+        hub = EventHub()
+        hub.bind(asyncio.get_running_loop())
+        busy, _ = hub.subscribe()
+        idle, _ = hub.subscribe()
+        hub.publish("scan", {"n": 1})
+        await idle.next(1)
+        hub.close_streams()
+        queued = await busy.next(1)
+        ends = []
+        for sub in (busy, idle, hub.subscribe()[0]):
+            with pytest.raises(EOFError, match="stopping"):
+                await sub.next(1)
+            ends.append(True)
+        return queued, ends, hub
+
+    queued, ends, hub = run(main())
+    assert queued.data == {"n": 1} and ends == [True, True, True] and hub.cut_off == 0
+
+
 def test_events_published_from_other_threads_arrive_in_order() -> None:
     async def main():
         hub = EventHub()
