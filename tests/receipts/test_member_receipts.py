@@ -13,21 +13,9 @@ from datetime import datetime, timezone
 from conftest import sale_body
 from posedge.agent.till.codes import CodeMinter
 from scanners.conftest import SseReader
+from till.test_api import till_config  # the till's keys and tiers: the member sale is the till's own
 
 from .test_queue import cut_count, printer_config, printer_status, receipt_no_of, receipts, wait_until
-
-
-def till_config(hq: CodeMinter) -> str:
-    return f"""
-[hq]
-clock_skew_s = 30
-[hq.public_keys]
-"{hq.kid}" = "{hq.public_key_b64}"
-[members]
-phone_hash_key = "test-phone-key"
-[points.tiers]
-gold = 2
-"""
 
 
 def member_line(paper) -> str:
