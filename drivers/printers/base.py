@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import Field
 
@@ -146,13 +146,18 @@ def parse_health(printer: int, cause: int, paper: int) -> PrinterHealth:
 # -- connection base -------------------------------------------------------------------------------
 
 
-class PrinterConnection:
-    """One printer. Used by one thread at a time (the print worker); opens lazily, reopens after faults."""
+ConfigT = TypeVar("ConfigT", bound=PrinterConfig)
+
+
+class PrinterConnection(Generic[ConfigT]):
+    """One printer. Used by one thread at a time (the print worker); opens lazily, reopens after faults.
+
+    Generic in its config table, so that each transport reads its own keys (host, port, path...)."""
 
     kind = "printer"
     can_read_status = False
 
-    def __init__(self, config: PrinterConfig) -> None:
+    def __init__(self, config: ConfigT) -> None:
         self.config = config
         self._open_now = False
 

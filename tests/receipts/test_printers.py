@@ -182,6 +182,20 @@ def test_file_printer_directory_keeps_one_file_per_job(tmp_path):
     assert printer.job_path("../../etc/x") == tmp_path / "receipts" / ".._.._etc_x.bin"
 
 
+def test_file_printer_whose_directory_became_a_file_reopens_it_as_a_file(tmp_path):
+    target = tmp_path / "receipts"
+    printer = FilePrinter(FilePrinterConfig(name="receipts", path=target))
+    printer.write(JOB, "S001-0001")  # opened as a directory
+    (target / "S001-0001.bin").unlink()
+    target.rmdir()
+    target.write_bytes(b"")  # replaced by a file (a device node, say) while the connection was open
+    with pytest.raises(PrinterUnavailable, match="was a directory when opened"):
+        printer.write(JOB, "S001-0002")  # nothing sent: a clear fault, not a crash on a missing handle
+    printer.write(JOB, "S001-0002")
+    printer.close()
+    assert target.read_bytes() == JOB
+
+
 def test_file_printer_appends_to_a_device_or_file(tmp_path):
     target = tmp_path / "lp0.out"
     target.write_bytes(b"")
