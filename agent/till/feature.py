@@ -30,6 +30,7 @@ from posedge.agent.errors import InvalidInput, NotFound
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
 from posedge.agent.till.codes import (
+    KINDS,
     AlreadyRedeemed,
     CodeRefused,
     CodeVerifier,
@@ -292,7 +293,7 @@ class Till:
                                   "points_redeemed": till_sale.priced.points_redeemed}
         answer["coupons"] = self._redeem(conn, sale, till_sale, now)
         if till_sale.member_id is not None:
-            answer.update(self._points(conn, sale, till_sale, now))
+            answer.update(self._points(conn, sale, till_sale.member_id, till_sale, now))
         else:
             answer.update(self._claim(conn, sale, till_sale, now))
         self._stock_out(conn, sale, now)
@@ -345,8 +346,9 @@ class Till:
             raise
         return decision.mode, decision.limit
 
-    def _points(self, conn: sqlite3.Connection, sale: Any, till_sale: TillSale, now: datetime) -> dict[str, Any]:
-        member_id, priced = till_sale.member_id, till_sale.priced
+    def _points(self, conn: sqlite3.Connection, sale: Any, member_id: str, till_sale: TillSale,
+                now: datetime) -> dict[str, Any]:
+        priced = till_sale.priced
         before = balance(conn, member_id)
         if priced.points_redeemed > before:
             raise BASKET_REFUSALS["insufficient_points"](points_balance=before)
@@ -463,8 +465,9 @@ class Till:
         try:
             claims = self.verifier.verify(text)
         except CodeRefused as exc:
-            peek = peek_claims(text) or {}
-            kind = {"m": "member", "c": "coupon", "p": "pickup"}.get(peek.get("k"), "unknown")
+            # The unverified payload may hold anything: a list or an object under "k" is "unknown" too.
+            k = (peek_claims(text) or {}).get("k")
+            kind = KINDS.get(k, "unknown") if isinstance(k, str) else "unknown"
             return {"kind": kind, "valid": False, "reason": exc.code, "message": exc.message}
         if isinstance(claims, MemberCode):
             member = await self.reader.read(lambda conn: load_member(conn, claims.sub, claims.tier))

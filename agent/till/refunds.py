@@ -103,7 +103,8 @@ class Refunds:
 
     def _apply(self, conn: sqlite3.Connection, facts: SaleFacts, wanted: dict[int, int], body: RefundIn,
                now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        lines, refund_fen = [], 0
+        lines: list[dict[str, Any]] = []
+        refund_fen = 0
         weight_total = sum(_weight(l, facts) for l in facts.lines)
         weight_before = weight_after = 0
         for line in facts.lines:
@@ -121,20 +122,21 @@ class Refunds:
         answer: dict[str, Any] = {"refund_id": body.refund_id, "sale_id": facts.sale_id, "refund_fen": refund_fen,
                                   "lines": lines, "complete": complete}
         if facts.member_id is not None:
-            answer.update(self._points(conn, facts, weight_before, weight_after, weight_total, body.refund_id, now))
+            answer.update(self._points(conn, facts, facts.member_id, weight_before, weight_after, weight_total,
+                                       body.refund_id, now))
         else:
             answer.update(_claim(conn, facts.sale_id, weight_before, weight_after, weight_total))
         answer["coupons_returned"] = self._coupons(conn, facts.sale_id, body.refund_id, complete, now)
         return answer, movements
 
-    def _points(self, conn: sqlite3.Connection, facts: SaleFacts, before: int, after: int, total: int,
-                refund_id: str, now: datetime) -> dict[str, Any]:
+    def _points(self, conn: sqlite3.Connection, facts: SaleFacts, member_id: str, before: int, after: int,
+                total: int, refund_id: str, now: datetime) -> dict[str, Any]:
         reversed_ = share(facts.points_earned, after, before, total)
         returned = share(facts.points_redeemed, after, before, total)
         deltas = [(-reversed_, "refund_earn"), (returned, "refund_redeem")]
-        add_points(conn, facts.member_id, [(d, r) for d, r in deltas if d], facts.sale_id, refund_id, now)
-        return {"member_id": facts.member_id, "points_reversed": reversed_, "points_returned": returned,
-                "points_balance": balance(conn, facts.member_id)}
+        add_points(conn, member_id, [(d, r) for d, r in deltas if d], facts.sale_id, refund_id, now)
+        return {"member_id": member_id, "points_reversed": reversed_, "points_returned": returned,
+                "points_balance": balance(conn, member_id)}
 
     def _coupons(self, conn: sqlite3.Connection, sale_id: str, refund_id: str, complete: bool, now: datetime) -> list[str]:
         if self.return_coupons != "full_refund" or not complete:
@@ -165,11 +167,11 @@ def _weight(line: SoldLine, facts: SaleFacts) -> int:
 def _wanted(facts: SaleFacts, body: RefundIn) -> dict[int, int]:
     by_no = {l.line_no: l for l in facts.lines}
     if body.lines is None:
-        wanted = {l.line_no: l.qty - facts.refunded.get(l.line_no, 0) for l in facts.lines}
-        wanted = {k: v for k, v in wanted.items() if v > 0}
-        if not wanted:
+        per_line = {l.line_no: l.qty - facts.refunded.get(l.line_no, 0) for l in facts.lines}
+        everything_left = {k: v for k, v in per_line.items() if v > 0}
+        if not everything_left:
             raise RefundTooMuch("everything on this sale has already been refunded", sale_id=facts.sale_id)
-        return wanted
+        return everything_left
     wanted: dict[int, int] = {}
     for item in body.lines:
         if item.line_no not in by_no:
