@@ -142,8 +142,9 @@ class EscposRenderer:
 def _fit(path: str, dots: int):
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.load()
+    with Image.open(path) as opened:
+        opened.load()
+        image: Image.Image = opened
         if image.width > dots:
             image = image.resize((dots, max(1, image.height * dots // image.width)))
         return image.convert("RGB")

@@ -132,13 +132,14 @@ class Receipts:
             recovered = self.submit(recover_interrupted).result(timeout=30)
             if recovered:
                 log.warning("event=print_jobs_recovered count=%d note=%r", recovered, "re-sent marked possibly duplicated")
-            if self.signer is not None:
-                self.submit(self._report_key).result(timeout=30)
+            signer = self.signer
+            if signer is not None:
+                self.submit(lambda conn: self._report_key(conn, signer)).result(timeout=30)
         except Exception as exc:  # storage down: the workers still start and retry reading
             log.error("event=receipts_start_degraded error=%r", str(exc))
         for printer_config in self.config.printer_configs():
-            entry = PRINTERS.get(printer_config.type)
-            usable, reason = entry.usable()
+            entry = PRINTERS.get(printer_config.type)  # load_config accepts only registered types
+            usable, reason = entry.usable() if entry is not None else (False, f"no printer driver {printer_config.type!r}")
             if not usable:
                 self.disabled[printer_config.name] = (printer_config.type, reason)
                 log.warning("event=printer_disabled printer=%s reason=%r", printer_config.name, reason)
@@ -151,11 +152,11 @@ class Receipts:
         for worker in self.workers.values():
             worker.stop()
 
-    def _report_key(self, conn: sqlite3.Connection) -> None:
-        kid = self.signer.kid
+    def _report_key(self, conn: sqlite3.Connection, signer: ClaimSigner) -> None:
+        kid = signer.kid
         if conn.execute("SELECT 1 FROM outbox WHERE kind = 'store_key' AND key = ?", (kid,)).fetchone():
             return
-        append_event(conn, "store_key", kid, {"tenant": self.config.store.tenant, "store_id": self.config.store.id, "jwk": self.signer.jwk})
+        append_event(conn, "store_key", kid, {"tenant": self.config.store.tenant, "store_id": self.config.store.id, "jwk": signer.jwk})
 
     def notify(self, printer: str) -> None:
         worker = self.workers.get(printer)

@@ -84,7 +84,9 @@ def insert_job(conn: sqlite3.Connection, facts: SaleFacts, printer: str, kind: s
         "INSERT INTO print_jobs (kind, receipt_no, sale_id, printer, facts, copy, created_at) VALUES (?,?,?,?,?,?,?)",
         (kind, facts.receipt_no, facts.sale_id, printer, dumps(facts), int(copy), _now()),
     )
-    return int(cursor.lastrowid)
+    if cursor.lastrowid is None:  # sqlite3 sets it on every INSERT that adds a row; None would be a driver bug
+        raise sqlite3.DatabaseError("INSERT INTO print_jobs gave no row id")
+    return cursor.lastrowid
 
 
 def next_job(conn: sqlite3.Connection, printer: str) -> PrintJob | None:
