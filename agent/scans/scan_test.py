@@ -149,27 +149,29 @@ def describe(config: DriverConfig) -> str:
 
 def discover() -> list[Candidate]:
     """Scanner-like devices on this PC, each as a driver config that listens without grabbing."""
+    from posedge.drivers.scanners.camera import CameraScannerConfig
+    from posedge.drivers.scanners.hid import HidScannerConfig, list_input_devices
+    from posedge.drivers.scanners.hidpos import HidPosScannerConfig, list_hidpos_devices
+    from posedge.drivers.scanners.serial import SerialScannerConfig
+
     found: list[Candidate] = []
-    model = SCANNERS.config_model
     try:
         from serial.tools import list_ports
 
         for i, port in enumerate(sorted(list_ports.comports(), key=lambda p: p.device)):
-            config = model("serial")(type="serial", name=f"found-serial-{i}", port=port.device, suffix="none", gap_ms=60)
+            config: DriverConfig = SerialScannerConfig(type="serial", name=f"found-serial-{i}", port=port.device, suffix="none", gap_ms=60)
             found.append(Candidate(describe(config) + f" {port.description}", config))
     except ImportError:
         pass
-    from posedge.drivers.scanners.hid import list_input_devices
-    from posedge.drivers.scanners.hidpos import list_hidpos_devices
 
     for i, (path, name, vid, pid) in enumerate(list_input_devices()):
-        config = model("hid")(type="hid", name=f"found-hid-{i}", path=path, grab=False)
+        config = HidScannerConfig(type="hid", name=f"found-hid-{i}", path=path, grab=False)
         found.append(Candidate(f"hid {path} {name!r} usb_id={vid:04x}:{pid:04x}", config))
     for i, (path, vid, pid) in enumerate(list_hidpos_devices()):
-        config = model("hidpos")(type="hidpos", name=f"found-hidpos-{i}", path=path)
+        config = HidPosScannerConfig(type="hidpos", name=f"found-hidpos-{i}", path=path)
         found.append(Candidate(f"hidpos {path} usb_id={vid:04x}:{pid:04x}", config))
     for i, video in enumerate(sorted(Path("/dev").glob("video*"))):
-        config = model("camera")(type="camera", name=f"found-camera-{i}", source=str(video))
+        config = CameraScannerConfig(type="camera", name=f"found-camera-{i}", source=str(video))
         found.append(Candidate(describe(config), config))
     return found
 

@@ -112,7 +112,7 @@ class FrameSlot:
 
 def is_linear(symbology: str | None) -> bool:
     """AIM ids of 1D symbologies: ]A Code 39, ]C Code 128, ]E EAN/UPC, ]F Codabar, ]G Code 93, ]I ITF, ]e DataBar."""
-    return bool(symbology) and symbology[:2] in ("]A", "]C", "]E", "]F", "]G", "]I", "]e")
+    return symbology is not None and symbology[:2] in ("]A", "]C", "]E", "]F", "]G", "]I", "]e")
 
 
 @SCANNERS.register("camera", CameraScannerConfig, _usable)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
@@ -22,13 +22,19 @@ def _usable() -> tuple[bool, str]:
     return True, ""
 
 
+if TYPE_CHECKING:
+    StopBits = float  # PEP 586 leaves floats out of Literal, so mypy refuses the one below
+else:
+    StopBits = Literal[1, 1.5, 2]  # pydantic checks for the three values pyserial takes
+
+
 class SerialScannerConfig(DriverConfig):
     type: Literal["serial"] = "serial"
     port: str = Field(description="device path (/dev/ttyACM0, /dev/serial/by-id/...) or usb:VID:PID[:SERIAL]")
     baudrate: int = Field(9600, ge=50, le=4_000_000, description="bits per second")
     bytesize: Literal[5, 6, 7, 8] = Field(8, description="data bits")
     parity: Literal["N", "E", "O", "M", "S"] = Field("N", description="parity: N, E, O, M or S")
-    stopbits: Literal[1, 1.5, 2] = Field(1, description="stop bits")
+    stopbits: StopBits = Field(1, description="stop bits")
     rtscts: bool = Field(False, description="RTS/CTS hardware flow control")
     xonxoff: bool = Field(False, description="XON/XOFF software flow control")
     suffix: Literal["cr", "lf", "crlf", "tab", "none"] = Field("cr", description="what ends a scan; none: a pause ends it")
