@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
@@ -192,7 +192,7 @@ def _check_depth_and_strings(data: Any) -> None:
                 stack.append((value, depth + 1))
 
 
-def invalid_input(errors: list[Any]) -> InvalidInput:
+def invalid_input(errors: Sequence[Any]) -> InvalidInput:
     fields = [field_error(e) for e in errors]
     summary = "; ".join(f"{f['field'] or 'body'}: {f['problem']}" for f in fields[:5])
     return InvalidInput(summary, errors=fields)
