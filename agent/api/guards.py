@@ -134,9 +134,10 @@ class RequestGuard:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
+                limit = self.max_body_bytes
                 await send_error(send, 413, "body_too_large",
-                                 f"request body is over the limit of {self.max_body_bytes} bytes ([api] max_body_bytes)",
-                                 limit_bytes=self.max_body_bytes)
+                                 f"request body is over the limit of {limit} bytes ([api] max_body_bytes)",
+                                 limit_bytes=limit)
         except Exception as exc:  # already answered and logged by the app's handler; never re-raised to uvicorn
             error_id = log_unexpected(scope, exc)
             if not started:

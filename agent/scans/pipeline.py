@@ -181,7 +181,8 @@ class ScanRejected(InvalidInput):
 
 class PaymentCodeGone(NotFound):
     code = "payment_code_gone"
-    message = "no payment code to claim for this scan: it was claimed already, expired, or the scan is not a payment code"
+    message = ("no payment code to claim for this scan: it was claimed already, expired,"
+               " or the scan is not a payment code")
 
 
 class ScanPipelineBusy(AgentError):

@@ -18,7 +18,9 @@ from posedge.drivers.registry import PRINTERS
 
 class FilePrinterConfig(PrinterConfig):
     type: Literal["file"] = "file"
-    path: Path = Field(Path("var/receipts"), description="device node, file (appended), or directory (one <receipt_no>.bin per job)")
+    path: Path = Field(
+        Path("var/receipts"), description="device node, file (appended), or directory (one <receipt_no>.bin per job)"
+    )
     preview: bool = Field(True, description="in directory mode, also keep a <receipt_no>.png preview of each receipt")
 
 

@@ -24,7 +24,9 @@ class NetworkPrinterConfig(PrinterConfig):
     type: Literal["network"] = "network"
     host: str = Field(..., min_length=1, max_length=253, description="printer IP address or host name")
     port: int = Field(9100, ge=1, le=65535, description="raw printing port")
-    status: bool = Field(True, description="ask DLE EOT status before and after each job (false for printers that never answer)")
+    status: bool = Field(
+        True, description="ask DLE EOT status before and after each job (false for printers that never answer)"
+    )
 
 
 @PRINTERS.register("network", NetworkPrinterConfig)

@@ -16,7 +16,9 @@ class SerialPrinterConfig(PrinterConfig):
     port: str = Field(..., min_length=1, description="device path, like /dev/ttyUSB0 or /dev/serial/by-id/...")
     baudrate: int = Field(9600, ge=1200, le=921600, description="line speed")
     flow: Literal["none", "rtscts", "dsrdtr", "xonxoff"] = Field("none", description="flow control")
-    status: bool = Field(True, description="ask DLE EOT status before and after each job (false for printers that never answer)")
+    status: bool = Field(
+        True, description="ask DLE EOT status before and after each job (false for printers that never answer)"
+    )
 
 
 @PRINTERS.register("serial", SerialPrinterConfig)
@@ -31,7 +33,8 @@ class SerialPrinter(PrinterConnection[SerialPrinterConfig]):
         from escpos.printer import Serial
 
         cfg = self.config
-        conn = Serial(cfg.port, cfg.baudrate, timeout=cfg.timeout_s, xonxoff=cfg.flow == "xonxoff", dsrdtr=cfg.flow == "dsrdtr")
+        conn = Serial(cfg.port, cfg.baudrate, timeout=cfg.timeout_s,
+                      xonxoff=cfg.flow == "xonxoff", dsrdtr=cfg.flow == "dsrdtr")
         try:
             conn.open(raise_not_found=True)
         except Exception as exc:

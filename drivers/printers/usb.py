@@ -63,7 +63,8 @@ class UsbPrinter(PrinterConnection[UsbPrinterConfig]):
     def _claimed(self) -> Any:
         # The base class opens before every send and read; a device let go of here is a fault, not a crash.
         if self._device is None:
-            raise PrinterUnavailable(f"USB device {self.config.vendor_id:04x}:{self.config.product_id:04x} is not claimed")
+            usb_id = f"{self.config.vendor_id:04x}:{self.config.product_id:04x}"
+            raise PrinterUnavailable(f"USB device {usb_id} is not claimed")
         return self._device
 
     def _send(self, data: bytes, label: str) -> None:

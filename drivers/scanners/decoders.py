@@ -63,7 +63,8 @@ class ZxingDecoder:
         except ImportError:
             raise DecoderUnavailable("zxing-cpp is not installed (pip install zxing-cpp)") from None
         self._zx = zxingcpp
-        self._formats = zxingcpp.BarcodeFormats([getattr(zxingcpp.BarcodeFormat, ZXING_FORMATS[s]) for s in symbologies])
+        formats = [getattr(zxingcpp.BarcodeFormat, ZXING_FORMATS[s]) for s in symbologies]
+        self._formats = zxingcpp.BarcodeFormats(formats)
         # Fast options on live frames; "thorough" (rotation, downscale, inversion) for the second look.
         self._thorough = thorough
 
@@ -131,7 +132,9 @@ class OpenCvQrDecoder:
         return [Decoded(text, text.encode("utf-8"), "]Q1", self.name)]
 
 
-DECODER_CLASSES: dict[str, Callable[..., Decoder]] = {"zxing": ZxingDecoder, "pyzbar": ZbarDecoder, "opencv": OpenCvQrDecoder}
+DECODER_CLASSES: dict[str, Callable[..., Decoder]] = {
+    "zxing": ZxingDecoder, "pyzbar": ZbarDecoder, "opencv": OpenCvQrDecoder,
+}
 
 
 def build_chain(names: tuple[str, ...], symbologies: tuple[str, ...]) -> tuple[list[Decoder], list[str]]:

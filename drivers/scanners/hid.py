@@ -34,12 +34,17 @@ SYSFS_INPUT = Path("/sys/class/input")
 
 class HidScannerConfig(DriverConfig):
     type: Literal["hid"] = "hid"
-    path: str | None = Field(None, description="event device path (/dev/input/by-id/...-event-kbd); or use device_name/usb_id")
-    device_name: str | None = Field(None, max_length=128, description="part of the device's name, as `posedge scan-test` shows it")
+    path: str | None = Field(
+        None, description="event device path (/dev/input/by-id/...-event-kbd); or use device_name/usb_id"
+    )
+    device_name: str | None = Field(None, max_length=128,
+                                    description="part of the device's name, as `posedge scan-test` shows it")
     usb_id: str | None = Field(None, description="USB VID:PID in hex, like 0c2e:0b61")
     grab: bool = Field(True, description="grab the device exclusively so scans do not type into other windows")
     layout: Literal["us"] = Field("us", description="keyboard layout the scanner types in")
-    terminator: Literal["enter", "tab", "none"] = Field("enter", description="key that ends a scan; none: a pause ends it")
+    terminator: Literal["enter", "tab", "none"] = Field(
+        "enter", description="key that ends a scan; none: a pause ends it"
+    )
     gap_ms: int = Field(80, ge=5, le=2000, description="with terminator none: silence that ends a scan")
     aim_ids: bool = Field(True, description="parse AIM symbology identifiers at the start of a scan")
 

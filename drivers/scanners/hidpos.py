@@ -156,5 +156,6 @@ class HidPosScanner(FdScannerDriver):
         for path, vid, pid in list_hidpos_devices():
             if wanted is None or f"{vid:04x}:{pid:04x}" == wanted:
                 return path
-        raise FileNotFoundError("no HID-POS scanner (usage page 0x8C) found" + (f" with USB id {wanted}" if wanted else "")
-                                + "; is the scanner in HID-POS mode and plugged in?")
+        with_id = f" with USB id {wanted}" if wanted else ""
+        raise FileNotFoundError(f"no HID-POS scanner (usage page 0x8C) found{with_id}"
+                                "; is the scanner in HID-POS mode and plugged in?")

@@ -37,7 +37,9 @@ class SerialScannerConfig(DriverConfig):
     stopbits: StopBits = Field(1, description="stop bits")
     rtscts: bool = Field(False, description="RTS/CTS hardware flow control")
     xonxoff: bool = Field(False, description="XON/XOFF software flow control")
-    suffix: Literal["cr", "lf", "crlf", "tab", "none"] = Field("cr", description="what ends a scan; none: a pause ends it")
+    suffix: Literal["cr", "lf", "crlf", "tab", "none"] = Field(
+        "cr", description="what ends a scan; none: a pause ends it"
+    )
     gap_ms: int = Field(50, ge=5, le=2000, description="with suffix none: silence that ends a scan")
     prefix: str = Field("", max_length=16, description="prefix the scanner adds before each code, removed")
     aim_ids: bool = Field(True, description="parse AIM symbology identifiers (]E0, ]Q1...) at the start of a scan")
@@ -63,8 +65,8 @@ def resolve_port(port: str) -> str:
     for info in sorted(list_ports.comports(), key=lambda p: p.device):
         if info.vid == vid and info.pid == pid and (serial_number is None or info.serial_number == serial_number):
             return info.device
-    raise FileNotFoundError(f"no serial port with USB id {match[1]}:{match[2]}" + (f" serial {serial_number}" if serial_number else "")
-                            + " (unplugged?)")
+    with_serial = f" serial {serial_number}" if serial_number else ""
+    raise FileNotFoundError(f"no serial port with USB id {match[1]}:{match[2]}{with_serial} (unplugged?)")
 
 
 @SCANNERS.register("serial", SerialScannerConfig, _usable)

@@ -58,7 +58,8 @@ def place(code: Any, size: tuple[int, int] = (640, 480), angle_deg: float = 0.0,
     frame = cv2.add(counter, rng.integers(0, 12, size=(height, width), dtype=np.uint8))  # counter texture
     panel = cv2.copyMakeBorder(code, 24, 24, 24, 24, cv2.BORDER_CONSTANT, value=255)
     if scale != 1.0:
-        panel = cv2.resize(panel, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        panel = cv2.resize(panel, None, fx=scale, fy=scale, interpolation=interpolation)
     ph, pw = panel.shape
     src = np.array([[0, 0], [pw, 0], [pw, ph], [0, ph]], dtype=np.float32)
     cx, cy = width / 2 + rng.uniform(-30, 30), height / 2 + rng.uniform(-20, 20)
