@@ -122,7 +122,9 @@ class PtyPrinter:
                 if data[i : i + 2] == b"\x10\x04" and i + 2 < len(data):
                     n = data[i + 2]
                     if self.answer:
-                        value = 0x12 | (0x60 if n == 4 and self.paper_out else 0) | (0x08 if n == 1 and self.paper_out else 0)
+                        paper_bits = 0x60 if n == 4 and self.paper_out else 0
+                        offline_bit = 0x08 if n == 1 and self.paper_out else 0
+                        value = 0x12 | paper_bits | offline_bit
                         os.write(self.master, bytes([value]))
                     i += 3
                     continue
