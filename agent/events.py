@@ -98,14 +98,14 @@ class Subscription:
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             try:
-                event = await asyncio.wait_for(self._queue.get(), max(0.0, remaining))
+                queued = await asyncio.wait_for(self._queue.get(), max(0.0, remaining))
             except asyncio.TimeoutError:
                 return None
-            if event is None:
+            if queued is None:
                 raise EOFError("subscriber fell behind" if self.lagged else "the agent is stopping")
-            if event.id > self._last_id:
-                self._last_id = event.id
-                return event
+            if queued.id > self._last_id:
+                self._last_id = queued.id
+                return queued
 
     def close(self) -> None:
         self._hub._drop(self)

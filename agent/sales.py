@@ -86,11 +86,13 @@ class SaleService:
         try:
             return sale_totals(sale, extra_discount_fen)
         except TotalsMismatch as exc:
-            raise TotalsInvalid(str(exc), field="payments", expected_fen=exc.expected_fen, found_fen=exc.found_fen) from None
+            raise TotalsInvalid(str(exc), field="payments", expected_fen=exc.expected_fen,
+                                found_fen=exc.found_fen) from None
 
     def _record(self, conn: sqlite3.Connection, sale: SaleIn, sale_id: str, body_hash: str, totals: SaleTotals,
                 adjustment: Any = None) -> SaleOutcome:
-        existing = conn.execute("SELECT body_sha256, response, receipt_no FROM sales WHERE sale_id = ?", (sale_id,)).fetchone()
+        existing = conn.execute("SELECT body_sha256, response, receipt_no FROM sales WHERE sale_id = ?",
+                                (sale_id,)).fetchone()
         if existing is not None:
             if existing[0] != body_hash:
                 raise SaleConflict(sale_id=sale_id, receipt_no=existing[2])
@@ -105,7 +107,8 @@ class SaleService:
         if extra:
             body.update(extra)
             conn.execute("UPDATE sales SET response = ? WHERE sale_id = ?", (dumps(body), sale_id))
-        append_event(conn, "sale", sale_id, {**_sale_event(recorded, self.store, answer), **extra, **recorded.event_extra})
+        event = {**_sale_event(recorded, self.store, answer), **extra, **recorded.event_extra}
+        append_event(conn, "sale", sale_id, event)
         return SaleOutcome(created=True, body=body)
 
     def _recorded_sale(self, conn: sqlite3.Connection, sale: SaleIn, sale_id: str, totals: SaleTotals,
@@ -194,7 +197,8 @@ def read_sale(conn: sqlite3.Connection, sale_id: str) -> dict[str, Any] | None:
         "SELECT line_no, sku, name, qty, unit, unit_price_fen, discount_fen, amount_fen FROM sale_lines"
         " WHERE sale_id = ? ORDER BY line_no", (sale_id,)).fetchall()
     payments = conn.execute(
-        "SELECT seq, method, amount_fen, reference_masked AS reference FROM sale_payments WHERE sale_id = ? ORDER BY seq",
+        "SELECT seq, method, amount_fen, reference_masked AS reference FROM sale_payments"
+        " WHERE sale_id = ? ORDER BY seq",
         (sale_id,)).fetchall()
     sale = {k: row[k] for k in row.keys() if k not in ("body_sha256", "response")}
     sale["lines"] = [dict(l) for l in lines]

@@ -31,8 +31,11 @@ NAMES = ["可口可乐 500ml", "农夫山泉 550ml", "康师傅红烧牛肉面",
 
 def typical_sale(n: int = 0) -> SaleFacts:
     """Sale `n`: its own receipt number, time, items (a rotating pick), quantities and prices."""
-    lines = tuple(LineFacts(NAMES[(i + n) % len(NAMES)], 1 + (i + n) % 3, 350 + 100 * i + n, (1 + (i + n) % 3) * (350 + 100 * i + n))
-                  for i in range(20))
+    def item(i: int) -> LineFacts:
+        qty, unit_price = 1 + (i + n) % 3, 350 + 100 * i + n
+        return LineFacts(NAMES[(i + n) % len(NAMES)], qty, unit_price, qty * unit_price)
+
+    lines = tuple(item(i) for i in range(20))
     total = sum(line.amount_fen for line in lines) - 500
     return SaleFacts(
         sale_id=f"bench-{n}", receipt_no=f"20261123-{42 + n:04d}", tenant="demo", store_id="store-001",
@@ -59,7 +62,8 @@ def pct(samples: list[float], q: float) -> float:
 
 
 def fresh_renderer(signer: ClaimSigner) -> ReceiptRenderer:
-    return ReceiptRenderer("posedge 演示门店", ZoneInfo("Asia/Shanghai"), ReceiptConfig(claim_url="https://mp.example.cn/c?t="), signer)
+    config = ReceiptConfig(claim_url="https://mp.example.cn/c?t=")
+    return ReceiptRenderer("posedge 演示门店", ZoneInfo("Asia/Shanghai"), config, signer)
 
 
 def main() -> int:
@@ -86,15 +90,19 @@ def main() -> int:
         "python-escpos Dummy, same text, no layout (baseline)": timed_each(baseline, N),
         "posedge receipt -> ESC/POS bytes": timed_each(lambda i: renderer.escpos(typical_sale(i), traits), N),
         # A fresh renderer each time: the first receipt a running agent draws (no glyph or line cached).
-        "posedge receipt -> PNG preview, first of a process": timed_each(lambda i: fresh_renderer(signer).png(typical_sale(i)), 10),
+        "posedge receipt -> PNG preview, first of a process":
+            timed_each(lambda i: fresh_renderer(signer).png(typical_sale(i)), 10),
         # One renderer, every receipt a different sale: its glyph and line caches as in a running agent.
-        "posedge receipt -> PNG preview, a different sale each": timed_each(lambda i: renderer.png(typical_sale(i)), max(20, N // 3)),
+        "posedge receipt -> PNG preview, a different sale each":
+            timed_each(lambda i: renderer.png(typical_sale(i)), max(20, N // 3)),
     }
     base = statistics.median(results["python-escpos Dummy, same text, no layout (baseline)"])
-    print(f"receipt: {len(facts.lines)} item lines, {len(texts[0])} printed text lines, 58 mm; samples: {N}, each another sale")
+    print(f"receipt: {len(facts.lines)} item lines, {len(texts[0])} printed text lines, 58 mm;"
+          f" samples: {N}, each another sale")
     for name, samples in results.items():
         ratio = statistics.median(samples) / base
-        print(f"{name:55s} p50 {pct(samples, 0.5):8.3f} ms  p99 {pct(samples, 0.99):8.3f} ms  ratio {ratio:6.2f}x baseline")
+        print(f"{name:55s} p50 {pct(samples, 0.5):8.3f} ms  p99 {pct(samples, 0.99):8.3f} ms"
+              f"  ratio {ratio:6.2f}x baseline")
     return 0
 
 

@@ -57,7 +57,8 @@ from posedge.sync.ids import uuid7  # noqa: E402
 
 
 def sale(client: int, n: int) -> dict:
-    lines = [{"sku": f"69012345{k:05d}", "name": "商品 %d" % k, "qty": 1 + k, "unit_price_fen": 150 + k} for k in range(3)]
+    lines = [{"sku": f"69012345{k:05d}", "name": "商品 %d" % k, "qty": 1 + k, "unit_price_fen": 150 + k}
+             for k in range(3)]
     total = sum(l["qty"] * l["unit_price_fen"] for l in lines)
     return {"sale_id": f"c{client}-{n:06d}", "lines": lines, "till": f"till-{client}",
             "payments": [{"method": "wechat", "amount_fen": total, "reference": "4200001234567890123456"}]}
@@ -76,11 +77,14 @@ def bare_commit(conn: sqlite3.Connection, s: SaleIn) -> None:
     seq = conn.execute("INSERT INTO receipt_counters VALUES ('d', 1) ON CONFLICT (business_day) DO UPDATE "
                        "SET last_no = last_no + 1 RETURNING last_no").fetchone()[0]
     conn.execute("INSERT INTO sales VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                 (s.sale_id, f"d-{seq}", s.body_sha256(), "d", "t", "t", s.till, None, None, total, 0, total, total, "{}"))
+                 (s.sale_id, f"d-{seq}", s.body_sha256(), "d", "t", "t", s.till, None, None,
+                  total, 0, total, total, "{}"))
     conn.executemany("INSERT INTO sale_lines VALUES (?,?,?,?,?,?,?,?,?)",
-                     [(s.sale_id, i, l.sku, l.name, l.qty, l.unit, l.unit_price_fen, 0, l.amount_fen) for i, l in enumerate(s.lines, 1)])
+                     [(s.sale_id, i, l.sku, l.name, l.qty, l.unit, l.unit_price_fen, 0, l.amount_fen)
+                      for i, l in enumerate(s.lines, 1)])
     conn.executemany("INSERT INTO sale_payments VALUES (?,?,?,?,?)",
-                     [(s.sale_id, i, p.method, p.amount_fen, mask_reference(p.reference)) for i, p in enumerate(s.payments, 1)])
+                     [(s.sale_id, i, p.method, p.amount_fen, mask_reference(p.reference))
+                      for i, p in enumerate(s.payments, 1)])
     conn.execute("INSERT INTO outbox (event_id, kind, key, payload, created_at) VALUES (?,?,?,?,?)",
                  (str(uuid7()), "sale", s.sale_id, json.dumps(body), "t"))
     conn.execute("COMMIT")
@@ -253,7 +257,8 @@ def run_bare_api(work: Path, count: int) -> list[float]:
 
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", BARE_API_PROCESS, str(ROOT / "bench"), str(work / "bare-api.db"), str(port)])
+    proc = subprocess.Popen([sys.executable, "-c", BARE_API_PROCESS, str(ROOT / "bench"), str(work / "bare-api.db"),
+                             str(port)])
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
             for _ in range(300):
@@ -334,7 +339,8 @@ def compare(work: Path, clients: int, per_client: int, rounds: int) -> float:
         order = ("bare", "store") if r % 2 == 0 else ("store", "bare")
         for name in order:
             fn = run_bare if name == "bare" else run_store
-            runs[name] = rate_and_latency(per_client * clients, *fn(work / f"{name}{clients}-{r}.db", clients, per_client))
+            timings = fn(work / f"{name}{clients}-{r}.db", clients, per_client)
+            runs[name] = rate_and_latency(per_client * clients, *timings)
         ratio = runs["store"][0] / runs["bare"][0]
         ratios.append(ratio)
         (b_rate, b50, b99), (s_rate, s50, s99) = runs["bare"], runs["store"]
@@ -354,11 +360,13 @@ def api_rounds(work: Path, label: str, printers: str | None, sales: int, rounds:
         agent = run_api(work / f"api-{len(label)}-{r}", sales, printers)
         row = [percentile(x, q) * 1000 for x in (bare, agent) for q in (50, 99)]
         rows.append(row)
-        print(f"  round {r + 1}: bare server p50 {row[0]:5.2f} p99 {row[1]:5.2f} ms   agent p50 {row[2]:5.2f} p99 {row[3]:5.2f} ms"
+        print(f"  round {r + 1}: bare server p50 {row[0]:5.2f} p99 {row[1]:5.2f} ms"
+              f"   agent p50 {row[2]:5.2f} p99 {row[3]:5.2f} ms"
               f"   agent/bare p50 {row[2] / row[0]:.2f}x p99 {row[3] / row[1]:.2f}x")
     med = [statistics.median(col) for col in zip(*rows)]
     print(f"  median: bare server p50 {med[0]:.2f} p99 {med[1]:.2f} ms   agent p50 {med[2]:.2f} p99 {med[3]:.2f} ms"
-          f"   agent/bare p50 {statistics.median(r[2] / r[0] for r in rows):.2f}x p99 {statistics.median(r[3] / r[1] for r in rows):.2f}x")
+          f"   agent/bare p50 {statistics.median(r[2] / r[0] for r in rows):.2f}x"
+          f" p99 {statistics.median(r[3] / r[1] for r in rows):.2f}x")
 
 
 def main() -> None:

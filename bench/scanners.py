@@ -190,7 +190,8 @@ def bench_camera(n_codes: int) -> None:
             t = time.perf_counter()
             false += len(run(frame))
             times.append(time.perf_counter() - t)
-        print(f"    {name:10s} {statistics.median(times) * 1000:6.2f} / {percentile(times, 99) * 1000:6.2f}   false reads {false}")
+        print(f"    {name:10s} {statistics.median(times) * 1000:6.2f} / {percentile(times, 99) * 1000:6.2f}"
+              f"   false reads {false}")
 
     sets = degraded_set(n_codes)
     print(f"  read rate per degradation ({n_codes} QR + {n_codes} 1D each; 1D half EAN-13, half Code 128):")
@@ -278,7 +279,8 @@ def bench_camera_driver(empties, sets) -> None:
         elapsed = time.perf_counter() - started
         driver.stop()
         counters = driver.status().counters
-        print(f"  camera driver on a {len(frames)}-frame MJPG file, unthrottled: {counters.get('frames', 0) / elapsed:.0f} "
+        print(f"  camera driver on a {len(frames)}-frame MJPG file,"
+              f" unthrottled: {counters.get('frames', 0) / elapsed:.0f} "
               f"frames decoded/s, {counters.get('frames_dropped', 0)} dropped (never queued), {len(sink.scans)} scans")
 
 

@@ -51,7 +51,8 @@ max_hours_since_hq = 0
 
 
 def lines() -> list[dict]:
-    return [{"sku": f"69012345{k:05d}", "name": "商品 %d" % k, "qty": 1 + k, "unit_price_fen": 150 + k} for k in range(3)]
+    return [{"sku": f"69012345{k:05d}", "name": "商品 %d" % k, "qty": 1 + k, "unit_price_fen": 150 + k}
+            for k in range(3)]
 
 
 def bare_sale(n: int) -> dict:

@@ -8,6 +8,7 @@ adding one file. A driver whose optional library is missing still registers and 
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -35,8 +36,10 @@ class DriverConfig(BaseModel):
 @dataclass(frozen=True)
 class DriverEntry(Generic[T]):
     type: str
-    driver: type[T]
-    config_model: type[DriverConfig]
+    # The class, kept as what the registry does with it: call it with the config (and the caller's
+    # arguments). builtins.type below: the field `type` above shadows the builtin in this class body.
+    driver: Callable[..., T]
+    config_model: builtins.type[DriverConfig]
     usable: Callable[[], tuple[bool, str]]
 
 

@@ -56,7 +56,8 @@ def client(running_agent: AgentProcess):
         yield client
 
 
-@settings(max_examples=1000 if SLOW else 120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=1000 if SLOW else 120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(route=st.sampled_from(POST_ROUTES), raw=JSONISH)
 def test_any_body_on_any_post_route_is_answered_2xx_or_4xx(client: httpx.Client, route: str, raw: bytes) -> None:
     answer = client.post(route, content=raw, headers={"Content-Type": "application/json"})
@@ -64,7 +65,8 @@ def test_any_body_on_any_post_route_is_answered_2xx_or_4xx(client: httpx.Client,
     assert "code" in answer.json() or answer.status_code < 300
 
 
-def test_fuzzing_left_the_agent_serving_with_no_api_error_logged(running_agent: AgentProcess, client: httpx.Client) -> None:
+def test_fuzzing_left_the_agent_serving_with_no_api_error_logged(running_agent: AgentProcess,
+                                                                 client: httpx.Client) -> None:
     assert client.get("/v1/health").status_code == 200
     assert_no_api_error_logged(running_agent)
 
@@ -85,7 +87,8 @@ def schemathesis(agent: AgentProcess, max_examples: int, phases: str, timeout_s:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=agent.home)
 
 
-def test_schemathesis_short_run_finds_no_5xx_undocumented_status_or_schema_violation(running_agent: AgentProcess) -> None:
+def test_schemathesis_short_run_finds_no_5xx_undocumented_status_or_schema_violation(
+        running_agent: AgentProcess) -> None:
     result = schemathesis(running_agent, max_examples=5, phases="examples,coverage,fuzzing", timeout_s=120)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
@@ -94,7 +97,8 @@ def test_schemathesis_short_run_finds_no_5xx_undocumented_status_or_schema_viola
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SLOW, reason="long schemathesis run: POSEDGE_SLOW=1")
-def test_schemathesis_long_run_finds_no_5xx_undocumented_status_or_schema_violation(running_agent: AgentProcess) -> None:
+def test_schemathesis_long_run_finds_no_5xx_undocumented_status_or_schema_violation(
+        running_agent: AgentProcess) -> None:
     result = schemathesis(running_agent, max_examples=300, phases="examples,coverage,fuzzing,stateful", timeout_s=1800)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert_no_api_error_logged(running_agent)

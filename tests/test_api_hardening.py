@@ -48,20 +48,24 @@ MALFORMED = {
                                "json_number_out_of_range"),
     "lone surrogate in a string": (f'{{"text": "{WECHAT_CODE}\\udfff"}}'.encode(), JSON, 400, "json_lone_surrogate"),
     "lone surrogate in a key": (f'{{"\\ud800{ALIPAY_CODE}": 1}}'.encode(), JSON, 400, "json_lone_surrogate"),
-    "lone surrogate beside a huge integer": (f'{{"n": 123, "text": "{WECHAT_CODE}\\ud800", "big": {"9" * 30}}}'.encode(),
-                                             JSON, 400, "json_number_out_of_range"),
-    "duplicate key": (f'{{"text": "{WECHAT_CODE}", "text": "{ALIPAY_CODE}"}}'.encode(), JSON, 400, "json_duplicate_key"),
+    "lone surrogate beside a huge integer": (
+        f'{{"n": 123, "text": "{WECHAT_CODE}\\ud800", "big": {"9" * 30}}}'.encode(),
+        JSON, 400, "json_number_out_of_range",
+    ),
+    "duplicate key": (f'{{"text": "{WECHAT_CODE}", "text": "{ALIPAY_CODE}"}}'.encode(), JSON, 400,
+                      "json_duplicate_key"),
     "UTF-16": (json.dumps({"text": WECHAT_CODE}).encode("utf-16"), JSON, 400, "json_not_utf8"),
     "UTF-16 without BOM": (json.dumps({"text": WECHAT_CODE}).encode("utf-16-le"), JSON, 400, "json_not_utf8"),
     "UTF-8 with BOM": (b"\xef\xbb\xbf" + json.dumps({"text": WECHAT_CODE}).encode(), JSON, 400, "json_not_utf8"),
     "Latin-1 byte": (f'{{"text": "{ALIPAY_CODE}\xe9"}}'.encode("latin-1"), JSON, 400, "json_not_utf8"),
     "not JSON": (f'{{"text": {WECHAT_CODE}'.encode(), JSON, 400, "invalid_json"),
-    "charset other than UTF-8": (json.dumps({"text": WECHAT_CODE}).encode(), {"Content-Type": "application/json; charset=latin-1"},
-                                 415, "unsupported_media_type"),
+    "charset other than UTF-8": (json.dumps({"text": WECHAT_CODE}).encode(),
+                                 {"Content-Type": "application/json; charset=latin-1"}, 415, "unsupported_media_type"),
     "no Content-Type": (json.dumps({"text": ALIPAY_CODE}).encode(), {}, 415, "unsupported_media_type"),
     "form body": (f"text={WECHAT_CODE}".encode(), {"Content-Type": "application/x-www-form-urlencoded"}, 415,
                   "unsupported_media_type"),
-    "payment code as a number": (f'{{"text": {WECHAT_CODE}, "reference": {ALIPAY_CODE}}}'.encode(), JSON, 422, "invalid_input"),
+    "payment code as a number": (f'{{"text": {WECHAT_CODE}, "reference": {ALIPAY_CODE}}}'.encode(), JSON, 422,
+                                 "invalid_input"),
 }
 
 
@@ -98,7 +102,8 @@ def test_no_payment_code_in_the_log_the_database_or_the_wal(fired: list, running
     db = running_agent.home / "var" / "posedge.db"
     places = {"log": running_agent.log, "database": db, "wal": Path(f"{db}-wal")}
     assert places["wal"].stat().st_size > 0
-    hits = [(name, code) for name, path in places.items() for code in PAYMENT_CODES if code.encode() in path.read_bytes()]
+    hits = [(name, code) for name, path in places.items() for code in PAYMENT_CODES
+            if code.encode() in path.read_bytes()]
     assert hits == []
     assert "Traceback" not in running_agent.log_text()
 
@@ -182,7 +187,8 @@ def test_slow_body_gets_408_and_the_connection_is_closed(impatient_agent: AgentP
     assert api_counters(impatient_agent)["body_timeouts"] >= 1
 
 
-@pytest.mark.parametrize("sent", [b"", b"POST /v1/sales HTTP/1.1\r\nHost: 127.0.0.1\r\n"], ids=["nothing", "half the headers"])
+@pytest.mark.parametrize("sent", [b"", b"POST /v1/sales HTTP/1.1\r\nHost: 127.0.0.1\r\n"],
+                         ids=["nothing", "half the headers"])
 def test_slow_headers_get_408_and_the_connection_is_closed(impatient_agent: AgentProcess, sent: bytes) -> None:
     before = api_counters(impatient_agent)["header_timeouts"]
     with raw_connection(impatient_agent) as sock:

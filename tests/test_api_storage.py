@@ -33,7 +33,8 @@ def test_full_disk_answers_507_keeps_health_and_recovers(agent_factory, small_di
         assert client.get("/v1/status").json()["storage"]["state"] == "storage_full"
 
         filler.unlink()
-        retried = client.post("/v1/sales", json={**sale_body(answers[-1][0], 100), "lines": [{**sale_body()["lines"][0], "name": "大" * 120, "unit_price_fen": 100}]})
+        long_named = {**sale_body()["lines"][0], "name": "大" * 120, "unit_price_fen": 100}
+        retried = client.post("/v1/sales", json={**sale_body(answers[-1][0], 100), "lines": [long_named]})
         assert retried.status_code == 201
         assert httpx.get(f"{agent.url}/v1/health").status_code == 200
     agent.stop()

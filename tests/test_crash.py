@@ -38,7 +38,8 @@ def post_until_killed(agent: AgentProcess, prefix: str, acked: dict[str, dict], 
     (3, ""),  # several tills: sales share commits in the writer thread; the default printer prints each
     (1, "printers = []"),  # one till, nothing else writing: its sales commit on the loop (inline)
 ], ids=["three-tills-group-commit", "one-till-inline-commit"])
-def test_acknowledged_sales_survive_sigkill_exactly_once(agent_factory, tmp_path: Path, tills: int, printers: str) -> None:
+def test_acknowledged_sales_survive_sigkill_exactly_once(agent_factory, tmp_path: Path, tills: int,
+                                                         printers: str) -> None:
     home = tmp_path / "crashy"
     # A slow CI disk must not turn the loop's commits off: any COMMIT under 50 ms counts as fast here.
     agent = agent_factory(home=home, top_config=printers, storage_keys="inline_max_ms = 50" if tills == 1 else "")

@@ -49,12 +49,14 @@ def test_failing_work_is_rolled_back_alone_in_a_shared_commit(writer: StoreWrite
     assert (ok1.result(5), ok2.result(5)) == ("a", "c")
     with pytest.raises(ValueError):
         bad.result(5)
-    keys = writer.submit(lambda c: [r[0] for r in c.execute("SELECT business_day FROM receipt_counters ORDER BY 1")]).result(5)
+    query = "SELECT business_day FROM receipt_counters ORDER BY 1"
+    keys = writer.submit(lambda c: [r[0] for r in c.execute(query)]).result(5)
     assert keys == ["a", "c"]
 
 
 def schema_of(conn: sqlite3.Connection) -> list[tuple]:
-    return conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name").fetchall()
+    return conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+                        " ORDER BY name").fetchall()
 
 
 @pytest.mark.parametrize("start_version", range(schema.latest_version()))

@@ -135,7 +135,8 @@ def test_the_writer_checkpoints_so_the_wal_stays_bounded(writer: StoreWriter) ->
 
     async def main() -> None:
         for n in range(3 * CHECKPOINT_PAGES):
-            await writer.write(lambda c, n=n: c.execute("INSERT INTO receipt_counters VALUES (?, ?)", (f"{n}-{row}", n)))
+            await writer.write(lambda c, n=n: c.execute("INSERT INTO receipt_counters VALUES (?, ?)",
+                                                        (f"{n}-{row}", n)))
 
     asyncio.run(main())
     assert writer.counts["inline"] > 2 * CHECKPOINT_PAGES  # the commits ran on the loop: no automatic checkpoint
@@ -156,7 +157,8 @@ def test_a_full_disk_on_the_loop_fails_the_write_whole_and_recovers(small_disk: 
             f.write(b"\0" * (small_disk_free(small_disk) - 64 * 1024))
         with pytest.raises(StorageFull):
             for n in range(1000):
-                await w.write(lambda c, n=n: c.execute("INSERT INTO receipt_counters VALUES (?, ?)", (f"{n}-" + "x" * 20000, n)))
+                await w.write(lambda c, n=n: c.execute("INSERT INTO receipt_counters VALUES (?, ?)",
+                                                       (f"{n}-" + "x" * 20000, n)))
         assert w.counts["inline"] > inline  # the failure met the loop path, not only the thread
         assert w.failure is not None
         filler.unlink()

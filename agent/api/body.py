@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
@@ -76,7 +76,8 @@ class UnsupportedMediaType(AgentError):
 
 def _media_type_is_json(header: str) -> bool:
     media_type, *params = [part.strip().lower() for part in header.split(";")]
-    if media_type != "application/json" and not (media_type.startswith("application/") and media_type.endswith("+json")):
+    json_suffixed = media_type.startswith("application/") and media_type.endswith("+json")  # RFC 6839
+    if media_type != "application/json" and not json_suffixed:
         return False
     for param in params:
         name, _, value = param.partition("=")
@@ -127,7 +128,8 @@ async def no_body(request: Request) -> None:
     if not _media_type_is_json(request.headers.get("content-type", "")):
         raise UnsupportedMediaType()
     if parse_json(raw) != {}:
-        raise InvalidInput("this route takes no body: send nothing or {}", errors=[{"field": "", "problem": "expected no body"}])
+        raise InvalidInput("this route takes no body: send nothing or {}",
+                           errors=[{"field": "", "problem": "expected no body"}])
 
 
 def _utf8_text(raw: bytes) -> str:
@@ -192,7 +194,7 @@ def _check_depth_and_strings(data: Any) -> None:
                 stack.append((value, depth + 1))
 
 
-def invalid_input(errors: list[Any]) -> InvalidInput:
+def invalid_input(errors: Sequence[Any]) -> InvalidInput:
     fields = [field_error(e) for e in errors]
     summary = "; ".join(f"{f['field'] or 'body'}: {f['problem']}" for f in fields[:5])
     return InvalidInput(summary, errors=fields)
@@ -243,12 +245,14 @@ REF = "#/components/schemas/{model}"
 def body_schema(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
     """OpenAPI `requestBody` for routes that parse their body with json_body()."""
     BODY_MODELS.add(model)
-    return {"requestBody": {"required": required, "content": {"application/json": {"schema": {"$ref": REF.format(model=model.__name__)}}}}}
+    schema = {"$ref": REF.format(model=model.__name__)}
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
 
 
 def add_body_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
     """Put the body models (and the models they use) into components.schemas."""
     if BODY_MODELS:
-        _, defs = models_json_schema([(m, "validation") for m in sorted(BODY_MODELS, key=lambda m: m.__name__)], ref_template=REF)
+        models = sorted(BODY_MODELS, key=lambda m: m.__name__)
+        _, defs = models_json_schema([(m, "validation") for m in models], ref_template=REF)
         openapi.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
     return openapi

@@ -11,7 +11,7 @@ import logging
 import secrets
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,13 +35,13 @@ def exception_summary(exc: BaseException) -> str:
     return f"error={exc.__class__.__module__}.{exc.__class__.__qualname__} at={where or '-'}"
 
 
-def route_of(scope: dict[str, Any]) -> str:
+def route_of(scope: Mapping[str, Any]) -> str:
     """The matched route's template (`/v1/sales/{sale_id}`), never the path the client sent."""
     route = scope.get("route")
     return getattr(route, "path", None) or "(no route)"
 
 
-def log_unexpected(scope: dict[str, Any], exc: BaseException) -> str:
+def log_unexpected(scope: Mapping[str, Any], exc: BaseException) -> str:
     """Log an unexpected error once, safely; returns its id (also given to the client)."""
     error_id = getattr(exc, ERROR_ID_ATTR, None)
     if error_id is None:

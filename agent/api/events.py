@@ -28,7 +28,8 @@ class ScanIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1, max_length=65536, description="the code as typed or read at the POS")
-    scanner: str = Field("pos", max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="name shown as the event's scanner")
+    scanner: str = Field("pos", max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                         description="name shown as the event's scanner")
 
 
 def sse_frame(event: Event) -> bytes:

@@ -10,15 +10,12 @@ import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from posedge.agent.api.errors import log_unexpected, unexpected_answer
 from posedge.agent.errors import AgentError
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 async def send_error(send: Send, status: int, code: str, message: str, **details: Any) -> None:
@@ -107,7 +104,7 @@ class RequestGuard:
         timed_out = False
         deadline = time.monotonic() + self.body_timeout_s
 
-        async def limited_receive() -> dict[str, Any]:
+        async def limited_receive() -> Message:
             nonlocal received, body_done, timed_out
             if body_done:  # after the body only a disconnect comes: waiting for it is not slow
                 return await receive()
@@ -125,7 +122,7 @@ class RequestGuard:
                                        "([api] max_body_bytes)", limit_bytes=self.max_body_bytes)
             return message
 
-        async def tracking_send(message: dict[str, Any]) -> None:
+        async def tracking_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -137,9 +134,10 @@ class RequestGuard:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
+                limit = self.max_body_bytes
                 await send_error(send, 413, "body_too_large",
-                                 f"request body is over the limit of {self.max_body_bytes} bytes ([api] max_body_bytes)",
-                                 limit_bytes=self.max_body_bytes)
+                                 f"request body is over the limit of {limit} bytes ([api] max_body_bytes)",
+                                 limit_bytes=limit)
         except Exception as exc:  # already answered and logged by the app's handler; never re-raised to uvicorn
             error_id = log_unexpected(scope, exc)
             if not started:

@@ -15,14 +15,16 @@ RECEIPT_NO = r"^[A-Za-z0-9._-]{1,64}$"
 
 @router.post("/receipts/{receipt_no}/reprint", status_code=202,
              summary="Queue a copy of a receipt (printed marked as a copy; never opens the drawer)",
-             responses={404: {"description": "no such receipt"}}, dependencies=[Depends(no_body)], openapi_extra=NO_BODY)
+             responses={404: {"description": "no such receipt"}},
+             dependencies=[Depends(no_body)], openapi_extra=NO_BODY)
 async def reprint(request: Request, receipt_no: str = Path(pattern=RECEIPT_NO)) -> JSONResponse:
     body = await request.app.state.agent.receipts.reprint(receipt_no)
     return JSONResponse(body, status_code=202)
 
 
 @router.get("/receipts/{receipt_no}.png", summary="PNG preview of a receipt, drawn from the same layout as the paper",
-            response_class=Response, responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such receipt"}})
+            response_class=Response,
+            responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such receipt"}})
 async def preview(request: Request, receipt_no: str = Path(pattern=RECEIPT_NO)) -> Response:
     png = await request.app.state.agent.receipts.preview_png(receipt_no)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

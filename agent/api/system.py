@@ -18,6 +18,7 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 
-@router.get("/status", summary="Outbox depth, oldest pending age, storage, devices", dependencies=[Depends(require_token)])
+@router.get("/status", summary="Outbox depth, oldest pending age, storage, devices",
+            dependencies=[Depends(require_token)])
 async def status(request: Request) -> dict:
     return await asyncio.to_thread(request.app.state.agent.status)

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace, config: Any) -> int:
         writer.stop()
     print(json.dumps(report.as_dict(), ensure_ascii=False))
     if args.kind == "members" and not hasher.enabled and any(getattr(r, "phone", None) for _, r in records):
-        print("posedge: phones were masked but not hashed: phone look-up needs [members] phone_hash_key", file=sys.stderr)
+        print("posedge: phones were masked but not hashed: phone look-up needs [members] phone_hash_key",
+              file=sys.stderr)
     for number, problem in report.invalid:
         print(f"{args.file}:{number}: {problem}", file=sys.stderr)
     return 1 if report.invalid else 0

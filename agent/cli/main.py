@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "what was found and what is allowed. Exit 0 valid, 2 invalid.")
     check.add_argument("path", metavar="PATH")
 
-    status = sub.add_parser("status", help="show the agent's status (from the running agent, or the database if stopped)",
+    status = sub.add_parser("status",
+                            help="show the agent's status (from the running agent, or the database if stopped)",
                             description="Ask the running agent for its status; if it is not running, read the database "
                                         "directly (read-only) and show the outbox and storage.")
     status.add_argument("--config", "-c", metavar="PATH", help="the config the agent runs with")
@@ -179,8 +180,9 @@ def _receipt_parser(sub: Any) -> None:
     receipt = sub.add_parser("receipt", help="receipts: preview a sale's receipt as a PNG",
                              description="Work with receipts from the database (the agent need not run).")
     actions = receipt.add_subparsers(dest="receipt_action", metavar="ACTION", required=True)
-    preview = actions.add_parser("preview", help="draw a sale's receipt to a PNG file",
-                                 description="Draw the receipt of SALE_ID, from the facts kept with its print job, to a PNG.")
+    preview = actions.add_parser(
+        "preview", help="draw a sale's receipt to a PNG file",
+        description="Draw the receipt of SALE_ID, from the facts kept with its print job, to a PNG.")
     preview.add_argument("sale_id", metavar="SALE_ID")
     preview.add_argument("-o", "--output", required=True, metavar="FILE.png")
     preview.add_argument("--config", "-c", metavar="PATH", help="the config the agent runs with")

@@ -28,7 +28,8 @@ def _from_agent(config: Config) -> dict[str, Any] | None:
     except OSError:
         token = ""
     host = f"[{api.host}]" if ":" in api.host else api.host
-    request = urllib.request.Request(f"http://{host}:{api.port}/v1/status", headers={"Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(f"http://{host}:{api.port}/v1/status",
+                                     headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(request, timeout=3) as response:
             return json.load(response)

@@ -199,13 +199,22 @@ def _apply_coupon(coupon: CouponCode, lines: Sequence[Line], nets: list[int], ap
         if cuts is None:
             return CouponOutcome(coupon, reason="gift_not_in_basket"), none
     else:
-        amount = coupon.off if coupon.off is not None else basis * coupon.pct // 100
+        amount = _amount_off(coupon, basis)
         if coupon.cap is not None:
             amount = min(amount, coupon.cap)
         cuts = spread(amount, nets)
     if sum(cuts) == 0:
         return CouponOutcome(coupon, reason="no_benefit"), none
     return CouponOutcome(coupon, sum(cuts)), cuts
+
+
+def _amount_off(coupon: CouponCode, basis: int) -> int:
+    """Money off for an `off` or `pct` coupon; the code parser lets exactly one benefit through."""
+    if coupon.off is not None:
+        return coupon.off
+    if coupon.pct is None:
+        raise ValueError(f"coupon {coupon.jti!r} carries neither 'off', 'pct' nor 'gift'")
+    return basis * coupon.pct // 100
 
 
 def _gift_cut(sku: str, lines: Sequence[Line], nets: list[int]) -> list[int] | None:

@@ -39,7 +39,9 @@ class SaleLineIn(InputModel):
     sku: str = Field(pattern=SKU, description="product code, 1-64 printable ASCII characters")
     name: str | None = Field(None, max_length=128, description="product name for the receipt")
     qty: StrictInt = Field(gt=0, le=100_000_000, description="count (unit pcs) or grams / millilitres (unit g / ml)")
-    unit: Literal["pcs", "g", "ml"] = Field("pcs", description="pcs: qty is a count; g / ml: qty is grams / millilitres")
+    unit: Literal["pcs", "g", "ml"] = Field(
+        "pcs", description="pcs: qty is a count; g / ml: qty is grams / millilitres"
+    )
     unit_price_fen: Fen = Field(description="price per piece; per kilogram for g; per litre for ml")
     discount_fen: Fen = Field(0, description="discount on this line")
 

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from jwt.types import Options
 
 from posedge.agent.errors import AgentError
 
@@ -155,7 +156,7 @@ class ClaimSigner:
 
 def verify_claim(token: str, public: Ed25519PublicKey, now: datetime | None = None) -> dict[str, Any]:
     """Check signature and expiry; returns the claims (raises jwt.InvalidTokenError otherwise)."""
-    options = {"require": ["iss", "sub", "exp", "amt", "pts"]}
+    options: Options = {"require": ["iss", "sub", "exp", "amt", "pts"]}
     if now is not None:
         claims = jwt.decode(token, public, algorithms=[ALGORITHM], options={**options, "verify_exp": False})
         if claims["exp"] < now.timestamp():

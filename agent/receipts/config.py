@@ -18,10 +18,14 @@ class ReceiptConfig(ConfigModel):
     footer: list[str] = Field(
         default_factory=lambda: ["谢谢惠顾，欢迎再次光临"], max_length=20, description="lines at the bottom"
     )
-    code_page: str = Field("GB18030", description="printer character set: GB18030, GBK, BIG5 or a single-byte code page (CP437...)")
+    code_page: str = Field(
+        "GB18030", description="printer character set: GB18030, GBK, BIG5 or a single-byte code page (CP437...)"
+    )
     claim_url: str = Field("", max_length=200, description="claim QR = this URL + the signed claim code; empty: no QR")
     claim_expiry_days: int = Field(30, ge=1, le=3650, description="days a claim code stays valid after the sale")
-    key_path: Path | None = Field(None, description="store Ed25519 signing key (PEM, 0600); default: store-key.pem next to the database")
+    key_path: Path | None = Field(
+        None, description="store Ed25519 signing key (PEM, 0600); default: store-key.pem next to the database"
+    )
     logo: Path | None = Field(None, description="image printed on top (PNG/BMP, scaled to the paper width)")
     barcode: bool = Field(True, description="print the receipt number as a CODE128 barcode")
     claim_qr: bool = Field(True, description="print the claim QR (needs claim_url)")

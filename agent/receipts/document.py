@@ -182,5 +182,6 @@ def _claim_payload(facts: SaleFacts, config: ReceiptConfig, signer: ClaimSigner 
     token = facts.extra.get("claim_code")
     if not token and signer is not None:
         points = facts.member.points_earned if facts.member else 0
-        token = signer.sign(ClaimFacts(facts.sale_id, facts.store_id, facts.tenant, facts.total_fen, points, facts.sold_at))
+        claim = ClaimFacts(facts.sale_id, facts.store_id, facts.tenant, facts.total_fen, points, facts.sold_at)
+        token = signer.sign(claim)
     return config.claim_url + token if token else None

@@ -80,7 +80,8 @@ class EscposRenderer:
         pages = printer.profile.get_code_pages()
         index = int(pages[self.charset.name]) if self.charset.name in pages else _code_page_index(pages, self.charset)
         if index is None:
-            log.warning("event=receipt_code_page_unknown code_page=%s profile=%s", self.charset.name, self.traits.profile)
+            log.warning("event=receipt_code_page_unknown code_page=%s profile=%s",
+                        self.charset.name, self.traits.profile)
             return b""
         return ESC + b"t" + bytes([index])
 
@@ -142,8 +143,9 @@ class EscposRenderer:
 def _fit(path: str, dots: int):
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.load()
+    with Image.open(path) as opened:
+        opened.load()
+        image: Image.Image = opened
         if image.width > dots:
             image = image.resize((dots, max(1, image.height * dots // image.width)))
         return image.convert("RGB")

@@ -62,7 +62,8 @@ def facts_from_sale(sale: Any, config: Config) -> SaleFacts:
         sold_at=sale.occurred_at,
         total_fen=sale.totals.total_fen,
         lines=tuple(
-            LineFacts(line.name or line.sku, line.qty, line.unit_price_fen, line.gross_fen, line.discount_fen, line.sku, line.unit)
+            LineFacts(line.name or line.sku, line.qty, line.unit_price_fen, line.gross_fen, line.discount_fen,
+                      line.sku, line.unit)
             for line in s.lines
         ),
         payments=tuple(PaymentFacts(p.method, p.amount_fen, mask_reference(p.reference) or "") for p in s.payments),
@@ -112,7 +113,8 @@ class Receipts:
         try:
             return ClaimSigner.from_file(path, receipt.claim_expiry)
         except ClaimKeyError as exc:
-            log.error("event=store_key_unavailable path=%s error=%r consequence=%r", path, exc.message, "receipts print without claim QR")
+            log.error("event=store_key_unavailable path=%s error=%r consequence=%r",
+                      path, exc.message, "receipts print without claim QR")
             return None
 
     # -- lifecycle (agent/feature.py) ------------------------------------------------------
@@ -131,19 +133,25 @@ class Receipts:
         try:
             recovered = self.submit(recover_interrupted).result(timeout=30)
             if recovered:
-                log.warning("event=print_jobs_recovered count=%d note=%r", recovered, "re-sent marked possibly duplicated")
-            if self.signer is not None:
-                self.submit(self._report_key).result(timeout=30)
+                log.warning("event=print_jobs_recovered count=%d note=%r",
+                            recovered, "re-sent marked possibly duplicated")
+            signer = self.signer
+            if signer is not None:
+                self.submit(lambda conn: self._report_key(conn, signer)).result(timeout=30)
         except Exception as exc:  # storage down: the workers still start and retry reading
             log.error("event=receipts_start_degraded error=%r", str(exc))
         for printer_config in self.config.printer_configs():
-            entry = PRINTERS.get(printer_config.type)
-            usable, reason = entry.usable()
+            entry = PRINTERS.get(printer_config.type)  # load_config accepts only registered types
+            if entry is None:
+                usable, reason = False, f"no printer driver {printer_config.type!r}"
+            else:
+                usable, reason = entry.usable()
             if not usable:
                 self.disabled[printer_config.name] = (printer_config.type, reason)
                 log.warning("event=printer_disabled printer=%s reason=%r", printer_config.name, reason)
                 continue
-            worker = PrinterWorker(PRINTERS.create(printer_config), self.renderer, self.submit, self.config.storage.path, self._emit)
+            connection = PRINTERS.create(printer_config)
+            worker = PrinterWorker(connection, self.renderer, self.submit, self.config.storage.path, self._emit)
             self.workers[printer_config.name] = worker
             worker.start()
 
@@ -151,11 +159,12 @@ class Receipts:
         for worker in self.workers.values():
             worker.stop()
 
-    def _report_key(self, conn: sqlite3.Connection) -> None:
-        kid = self.signer.kid
+    def _report_key(self, conn: sqlite3.Connection, signer: ClaimSigner) -> None:
+        kid = signer.kid
         if conn.execute("SELECT 1 FROM outbox WHERE kind = 'store_key' AND key = ?", (kid,)).fetchone():
             return
-        append_event(conn, "store_key", kid, {"tenant": self.config.store.tenant, "store_id": self.config.store.id, "jwk": self.signer.jwk})
+        store = self.config.store
+        append_event(conn, "store_key", kid, {"tenant": store.tenant, "store_id": store.id, "jwk": signer.jwk})
 
     def notify(self, printer: str) -> None:
         worker = self.workers.get(printer)

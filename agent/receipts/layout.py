@@ -123,7 +123,8 @@ class ReceiptLayout:
         chunks = wrap(left, room, self.charset) if room >= 2 else [left]
         if room >= 2 and len(chunks) == 1:
             return [Text(pad_right(chunks[0], room + 1, self.charset) + right, bold)]
-        lines = [Text(pad_right(chunk, self.columns, self.charset), bold) for chunk in wrap(left, self.columns, self.charset)]
+        chunks = wrap(left, self.columns, self.charset)
+        lines = [Text(pad_right(chunk, self.columns, self.charset), bold) for chunk in chunks]
         return lines + [Text(pad_left(right, self.columns, self.charset), bold)]
 
     def _item_heading(self) -> str:
@@ -138,7 +139,8 @@ class ReceiptLayout:
         numbers = f"{item.qty:>{QTY_COLUMNS}}{item.unit_price:>{PRICE_COLUMNS}}{item.amount:>{AMOUNT_COLUMNS}}"
         name = self._clean(item.name)
         if len(numbers) > NUMBER_COLUMNS:  # a huge amount: name on its own lines, numbers right-aligned below
-            lines = [Text(pad_right(chunk, self.columns, self.charset)) for chunk in wrap(name, self.columns, self.charset)]
+            chunks = wrap(name, self.columns, self.charset)
+            lines = [Text(pad_right(chunk, self.columns, self.charset)) for chunk in chunks]
             lines.append(Text(pad_left(numbers.strip(), self.columns, self.charset)))
         else:
             chunks = wrap(name, self.name_columns - 1, self.charset)

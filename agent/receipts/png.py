@@ -29,10 +29,12 @@ CELL_W, LINE_H, MARGIN, BASELINE = 12, 30, 16, 24
 
 
 MONO_SC_INDEX = 7  # "Noto Sans Mono CJK SC" in the .ttc: Latin exactly half of a CJK em
+# The CJK TrueType font, or Pillow's built-in bitmap font when it is missing.
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 @lru_cache(maxsize=4)
-def load_font(path: Path = CJK_FONT, size: int = 2 * CELL_W) -> tuple[ImageFont.ImageFont, bool]:
+def load_font(path: Path = CJK_FONT, size: int = 2 * CELL_W) -> tuple[Font, bool]:
     """(font, has_cjk). Without the CJK font the preview still renders, CJK shown as boxes, and says so."""
     for index in (MONO_SC_INDEX, 0):
         try:
@@ -116,8 +118,8 @@ class PngRenderer:
         mask = self._glyphs.get(key)
         if mask is None:
             mask = Image.new("L", (self.charset.char_width(ch) * CELL_W + 2 * GLYPH_PAD, LINE_H), 0)
-            stroke = {"stroke_width": 1, "stroke_fill": 255} if bold else {}
-            ImageDraw.Draw(mask).text((GLYPH_PAD, BASELINE), ch, font=self.font, fill=255, anchor="ls", **stroke)
+            ImageDraw.Draw(mask).text((GLYPH_PAD, BASELINE), ch, font=self.font, fill=255, anchor="ls",
+                                      stroke_width=1 if bold else 0, stroke_fill=255)
             if len(self._glyphs) >= GLYPH_CACHE:
                 self._glyphs.clear()
             self._glyphs[key] = mask
@@ -141,7 +143,7 @@ def _qr_image(data: str) -> Image.Image:
         return code.make_image().get_image().convert("L")
 
 
-def _barcode_image(data: str, max_width: int, font: ImageFont.ImageFont) -> Image.Image:
+def _barcode_image(data: str, max_width: int, font: Font) -> Image.Image:
     """CODE128 bars (zxing-cpp, widest whole module scale that fits) with the number printed below."""
     try:
         import numpy
@@ -155,7 +157,7 @@ def _barcode_image(data: str, max_width: int, font: ImageFont.ImageFont) -> Imag
     scale = max(1, max_width // width) if width else 1
     image = Image.new("L", (max(width * scale, max_width // 2), 60 + LINE_H), 255)
     if bars is not None:
-        strip = Image.fromarray(bars).resize((width * scale, 60), Image.NEAREST)
+        strip = Image.fromarray(bars).resize((width * scale, 60), Image.Resampling.NEAREST)
         image.paste(strip, ((image.width - strip.width) // 2, 0))
     draw = ImageDraw.Draw(image)
     draw.text((image.width // 2, 62), data, font=font, fill=0, anchor="ma")

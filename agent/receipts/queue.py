@@ -79,17 +79,21 @@ class PrintJob:
 JOB_COLUMNS = "job_id, kind, receipt_no, sale_id, printer, facts, copy, possibly_duplicated, attempts, state"
 
 
-def insert_job(conn: sqlite3.Connection, facts: SaleFacts, printer: str, kind: str = "receipt", copy: bool = False) -> int:
+def insert_job(conn: sqlite3.Connection, facts: SaleFacts, printer: str, kind: str = "receipt",
+               copy: bool = False) -> int:
     cursor = conn.execute(
         "INSERT INTO print_jobs (kind, receipt_no, sale_id, printer, facts, copy, created_at) VALUES (?,?,?,?,?,?,?)",
         (kind, facts.receipt_no, facts.sale_id, printer, dumps(facts), int(copy), _now()),
     )
-    return int(cursor.lastrowid)
+    if cursor.lastrowid is None:  # sqlite3 sets it on every INSERT that adds a row; None would be a driver bug
+        raise sqlite3.DatabaseError("INSERT INTO print_jobs gave no row id")
+    return cursor.lastrowid
 
 
 def next_job(conn: sqlite3.Connection, printer: str) -> PrintJob | None:
     row = conn.execute(
-        f"SELECT {JOB_COLUMNS} FROM print_jobs WHERE printer = ? AND state IN ('pending', 'sending') ORDER BY job_id LIMIT 1",
+        f"SELECT {JOB_COLUMNS} FROM print_jobs WHERE printer = ? AND state IN ('pending', 'sending')"
+        " ORDER BY job_id LIMIT 1",
         (printer,),
     ).fetchone()
     return PrintJob.from_row(row) if row else None
@@ -97,7 +101,8 @@ def next_job(conn: sqlite3.Connection, printer: str) -> PrintJob | None:
 
 def receipt_facts(conn: sqlite3.Connection, receipt_no: str) -> SaleFacts | None:
     """The facts of the receipt's original job (the snapshot taken in the sale's transaction)."""
-    row = conn.execute("SELECT facts FROM print_jobs WHERE receipt_no = ? ORDER BY job_id LIMIT 1", (receipt_no,)).fetchone()
+    row = conn.execute("SELECT facts FROM print_jobs WHERE receipt_no = ? ORDER BY job_id LIMIT 1",
+                       (receipt_no,)).fetchone()
     return SaleFacts.from_dict(loads(row[0])) if row else None
 
 
@@ -107,7 +112,8 @@ def sale_facts(conn: sqlite3.Connection, sale_id: str) -> SaleFacts | None:
 
 
 def queue_depths(conn: sqlite3.Connection) -> dict[str, int]:
-    rows = conn.execute("SELECT printer, count(*) FROM print_jobs WHERE state IN ('pending', 'sending') GROUP BY printer")
+    rows = conn.execute("SELECT printer, count(*) FROM print_jobs WHERE state IN ('pending', 'sending')"
+                        " GROUP BY printer")
     return {printer: count for printer, count in rows}
 
 
@@ -257,7 +263,8 @@ class PrinterWorker(threading.Thread):
             problem = fault.detail if isinstance(fault, PrinterNotReady) else fault.code
             self.last_error = str(fault)
             if self._set_state("waiting", problem, error=str(fault)):
-                log.info("event=printer_waiting printer=%s problem=%s error=%r idle=true", self.printer.name, problem, str(fault))
+                log.info("event=printer_waiting printer=%s problem=%s error=%r idle=true",
+                         self.printer.name, problem, str(fault))
             return
         if self.state == "waiting":
             self._recovered()
@@ -283,7 +290,8 @@ class PrinterWorker(threading.Thread):
     def _print(self, job: PrintJob) -> bool:
         """Send one job; True when done (or set aside as unprintable), False to retry later."""
         try:
-            data = self.renderer.escpos(job.facts, self.traits, copy=job.copy, possibly_duplicated=job.possibly_duplicated)
+            data = self.renderer.escpos(job.facts, self.traits, copy=job.copy,
+                                        possibly_duplicated=job.possibly_duplicated)
         except Exception as exc:  # a receipt that cannot be rendered will not render next time either
             self._render_failed(job, render_error(exc))
             return True
@@ -307,7 +315,8 @@ class PrinterWorker(threading.Thread):
             self._failed(job, fault, maybe_sent=sent)
             return False
         self._write(lambda c: c.execute(
-            "UPDATE print_jobs SET state = 'done', done_at = ?, last_error = NULL WHERE job_id = ?", (_now(), job.job_id)))
+            "UPDATE print_jobs SET state = 'done', done_at = ?, last_error = NULL WHERE job_id = ?",
+            (_now(), job.job_id)))
         self.printed += 1
         self.backoff.reset()
         self._recovered()

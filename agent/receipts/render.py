@@ -30,7 +30,8 @@ class ReceiptRenderer:
         doc = build_receipt(facts, self.store_name, self.zone, self.config, self.signer, copy, possibly_duplicated)
         return self.layout.lay_out(doc)
 
-    def escpos(self, facts: SaleFacts, traits: PrinterTraits, copy: bool = False, possibly_duplicated: bool = False) -> bytes:
+    def escpos(self, facts: SaleFacts, traits: PrinterTraits, copy: bool = False,
+               possibly_duplicated: bool = False) -> bytes:
         return EscposRenderer(self.charset, traits).render(self.lay_out(facts, copy, possibly_duplicated))
 
     def drawer_pulse(self, traits: PrinterTraits) -> bytes:

@@ -113,7 +113,8 @@ def _single_byte_codec(name: str) -> str:
             continue
         if len("é".encode(info.name, errors="replace")) == 1:
             return info.name
-    raise UnknownCodePage(f"unknown or multi-byte code page {name!r}; use GB18030, GBK, BIG5 or a single-byte code page like CP437")
+    raise UnknownCodePage(f"unknown or multi-byte code page {name!r};"
+                          " use GB18030, GBK, BIG5 or a single-byte code page like CP437")
 
 
 def pad_right(text: str, columns: int, charset: Charset) -> str:

@@ -23,7 +23,9 @@ def gs1_check_digit(body: str) -> int:
 
 
 def is_valid_gtin(text: str) -> bool:
-    return len(text) in GTIN_LENGTHS and text.isascii() and text.isdigit() and gs1_check_digit(text[:-1]) == int(text[-1])
+    if len(text) not in GTIN_LENGTHS or not text.isascii() or not text.isdigit():
+        return False
+    return gs1_check_digit(text[:-1]) == int(text[-1])
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,8 @@ class Element:
         out: dict = {"ai": self.ai, "value": self.value}
         spec = AIS[self.ai]
         if spec.kind == "date":
-            out["date"] = _date(self.value).isoformat() if self.value[4:] != "00" else f"20{self.value[:2]}-{self.value[2:4]}"
+            day_given = self.value[4:] != "00"  # GS1: day 00 names the month only
+            out["date"] = _date(self.value).isoformat() if day_given else f"20{self.value[:2]}-{self.value[2:4]}"
         elif spec.kind == "decimal" and self.ai[:2] != "39":
             out["decimal"] = str(_decimal(self.value, int(self.ai[3])))
         return out

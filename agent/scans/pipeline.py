@@ -106,12 +106,14 @@ def token_kind(text: str) -> tuple[str, dict[str, Any]] | None:
     header, payload = _b64json(header_b64), _b64json(payload_b64)
     if not isinstance(header, dict) or not isinstance(header.get("alg"), str):
         return None
-    if not isinstance(payload, dict) or payload.get("k") not in TOKEN_KINDS:
+    # Unverified bytes: "k" may be a list or an object, which a dict look-up would raise on.
+    kind = payload.get("k") if isinstance(payload, dict) else None
+    if not isinstance(kind, str) or kind not in TOKEN_KINDS:
         return None
     info = {"alg": header["alg"]}
     if isinstance(header.get("kid"), str):
         info["kid"] = header["kid"][:64]
-    return TOKEN_KINDS[payload["k"]], {"token": info, "verified": False}
+    return TOKEN_KINDS[kind], {"token": info, "verified": False}
 
 
 def _b64json(segment: str) -> Any:
@@ -179,7 +181,8 @@ class ScanRejected(InvalidInput):
 
 class PaymentCodeGone(NotFound):
     code = "payment_code_gone"
-    message = "no payment code to claim for this scan: it was claimed already, expired, or the scan is not a payment code"
+    message = ("no payment code to claim for this scan: it was claimed already, expired,"
+               " or the scan is not a payment code")
 
 
 class ScanPipelineBusy(AgentError):

@@ -33,7 +33,8 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="how long to wait for the scan (default 30)")
     parser.add_argument("--expect", default=TEST_CODE, help=f"the code to look for (default {TEST_CODE})")
     parser.add_argument("--no-discover", action="store_true", help="test only the configured scanners")
-    parser.add_argument("--render", metavar="PNG", help="write the test code (Code 128 and QR) to a PNG to print, and exit")
+    parser.add_argument("--render", metavar="PNG",
+                        help="write the test code (Code 128 and QR) to a PNG to print, and exit")
 
 
 @dataclass
@@ -67,7 +68,9 @@ def run_scan_test(args: argparse.Namespace, configs: list[DriverConfig]) -> int:
     candidates = [Candidate(describe(c), c) for c in configs]
     if not args.no_discover:
         known = {getattr(c, "port", None) or getattr(c, "path", None) for c in configs}
-        candidates += [c for c in discover() if (getattr(c.config, "port", None) or getattr(c.config, "path", None)) not in known]
+        for found in discover():
+            if (getattr(found.config, "port", None) or getattr(found.config, "path", None)) not in known:
+                candidates.append(found)
     if not candidates:
         print("no scanner configured and none found (serial ports, /dev/input, /dev/hidraw, /dev/video*)")
         return 1
@@ -113,7 +116,8 @@ def report(candidates: list[Candidate], expect: str) -> str:
             hint = similar_hint(other, expect)
             lines.append(f"DIFF {c.label}: read {len(other)} characters that are not the test code{hint}")
         elif c.rejections:
-            lines.append(f"BAD  {c.label}: got bytes but no clean code ({c.rejections[0]}); check baud rate, parity, suffix")
+            lines.append(f"BAD  {c.label}: got bytes but no clean code ({c.rejections[0]});"
+                         " check baud rate, parity, suffix")
         elif c.problem:
             lines.append(f"OFF  {c.label}: {c.problem}")
         elif status is not None and status.state != DeviceState.CONNECTED and status.last_error:
@@ -149,27 +153,30 @@ def describe(config: DriverConfig) -> str:
 
 def discover() -> list[Candidate]:
     """Scanner-like devices on this PC, each as a driver config that listens without grabbing."""
+    from posedge.drivers.scanners.camera import CameraScannerConfig
+    from posedge.drivers.scanners.hid import HidScannerConfig, list_input_devices
+    from posedge.drivers.scanners.hidpos import HidPosScannerConfig, list_hidpos_devices
+    from posedge.drivers.scanners.serial import SerialScannerConfig
+
     found: list[Candidate] = []
-    model = SCANNERS.config_model
     try:
         from serial.tools import list_ports
 
         for i, port in enumerate(sorted(list_ports.comports(), key=lambda p: p.device)):
-            config = model("serial")(type="serial", name=f"found-serial-{i}", port=port.device, suffix="none", gap_ms=60)
+            config: DriverConfig = SerialScannerConfig(type="serial", name=f"found-serial-{i}", port=port.device,
+                                                       suffix="none", gap_ms=60)
             found.append(Candidate(describe(config) + f" {port.description}", config))
     except ImportError:
         pass
-    from posedge.drivers.scanners.hid import list_input_devices
-    from posedge.drivers.scanners.hidpos import list_hidpos_devices
 
     for i, (path, name, vid, pid) in enumerate(list_input_devices()):
-        config = model("hid")(type="hid", name=f"found-hid-{i}", path=path, grab=False)
+        config = HidScannerConfig(type="hid", name=f"found-hid-{i}", path=path, grab=False)
         found.append(Candidate(f"hid {path} {name!r} usb_id={vid:04x}:{pid:04x}", config))
     for i, (path, vid, pid) in enumerate(list_hidpos_devices()):
-        config = model("hidpos")(type="hidpos", name=f"found-hidpos-{i}", path=path)
+        config = HidPosScannerConfig(type="hidpos", name=f"found-hidpos-{i}", path=path)
         found.append(Candidate(f"hidpos {path} usb_id={vid:04x}:{pid:04x}", config))
     for i, video in enumerate(sorted(Path("/dev").glob("video*"))):
-        config = model("camera")(type="camera", name=f"found-camera-{i}", source=str(video))
+        config = CameraScannerConfig(type="camera", name=f"found-camera-{i}", source=str(video))
         found.append(Candidate(describe(config), config))
     return found
 

@@ -20,7 +20,7 @@ import binascii
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping, TypedDict, TypeGuard, overload
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -176,31 +176,40 @@ class PickupCode:
 Claims = MemberCode | CouponCode | PickupCode
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _id(claims: Mapping[str, Any], name: str, required: bool = True) -> str | None:
+def _id(claims: Mapping[str, Any], name: str) -> str:
     value = claims.get(name)
-    if value is None and not required:
-        return None
     if not isinstance(value, str) or not 0 < len(value) <= 64 or not value.isprintable():
         raise Malformed(f"claim {name!r} must be a non-empty string of at most 64 characters")
     return value
 
 
-def _int(claims: Mapping[str, Any], name: str, required: bool = False, low: int = 0,
-         high: int = 2**53) -> int | None:
+def _optional_id(claims: Mapping[str, Any], name: str) -> str | None:
+    return None if claims.get(name) is None else _id(claims, name)
+
+
+def _int(claims: Mapping[str, Any], name: str, low: int = 0, high: int = 2**53) -> int:
     value = claims.get(name)
-    if value is None and not required:
-        return None
     if not _is_int(value) or not low <= value <= high:
         raise Malformed(f"claim {name!r} must be an integer from {low} to {high}")
     return value
 
 
-def _times(claims: Mapping[str, Any]) -> dict[str, int | None]:
-    return {"exp": _int(claims, "exp", required=True), "nbf": _int(claims, "nbf"), "iat": _int(claims, "iat")}
+def _optional_int(claims: Mapping[str, Any], name: str, low: int = 0, high: int = 2**53) -> int | None:
+    return None if claims.get(name) is None else _int(claims, name, low, high)
+
+
+class _Times(TypedDict):
+    exp: int
+    nbf: int | None
+    iat: int | None
+
+
+def _times(claims: Mapping[str, Any]) -> _Times:
+    return {"exp": _int(claims, "exp"), "nbf": _optional_int(claims, "nbf"), "iat": _optional_int(claims, "iat")}
 
 
 def _member(claims: Mapping[str, Any]) -> MemberCode:
@@ -220,9 +229,10 @@ def _coupon(claims: Mapping[str, Any]) -> CouponCode:
         stores = tuple(_id({"st": s}, "st") for s in stores)
     return CouponCode(
         jti=_id(claims, "jti"), cmp=_id(claims, "cmp"),
-        off=_int(claims, "off", low=1), pct=_int(claims, "pct", low=1, high=100), cap=_int(claims, "cap", low=1),
-        gift=_id(claims, "gift", required=False), min=_int(claims, "min") or 0, st=stores,
-        sub=_id(claims, "sub", required=False), **_times(claims))
+        off=_optional_int(claims, "off", low=1), pct=_optional_int(claims, "pct", low=1, high=100),
+        cap=_optional_int(claims, "cap", low=1),
+        gift=_optional_id(claims, "gift"), min=_optional_int(claims, "min") or 0, st=stores,
+        sub=_optional_id(claims, "sub"), **_times(claims))
 
 
 def _pickup(claims: Mapping[str, Any]) -> PickupCode:
@@ -334,6 +344,16 @@ class CodeVerifier:
         self.member_max_age_s = member_max_age_s
         self.clock = clock
 
+    # The expected kind decides the type: a code of another kind is refused (wrong_kind) below.
+    @overload
+    def verify(self, token: Any, kind: Literal["member"], member_id: str | None = None) -> MemberCode: ...
+    @overload
+    def verify(self, token: Any, kind: Literal["coupon"], member_id: str | None = None) -> CouponCode: ...
+    @overload
+    def verify(self, token: Any, kind: Literal["pickup"], member_id: str | None = None) -> PickupCode: ...
+    @overload
+    def verify(self, token: Any, kind: None = None, member_id: str | None = None) -> Claims: ...
+
     def verify(self, token: Any, kind: str | None = None, member_id: str | None = None) -> Claims:
         """The claims of a valid code, or CodeRefused. `kind`: "member"/"coupon"/"pickup" expected.
 
@@ -375,7 +395,8 @@ class CodeVerifier:
         return _json_object(parts[1], "payload")
 
     def _parse(self, claims: Mapping[str, Any]) -> Claims:
-        parser = PARSERS.get(claims.get("k")) if isinstance(claims.get("k"), str) else None
+        k = claims.get("k")
+        parser = PARSERS.get(k) if isinstance(k, str) else None
         if parser is None:
             raise Malformed("claim 'k' must be 'm', 'c' or 'p'")
         return parser(claims)

@@ -66,7 +66,9 @@ class OfflineCouponPolicy(ConfigModel):
     accept: bool = Field(True, description="accept coupons while HQ cannot confirm them (within the limits below)")
     max_value_fen: int = Field(5000, ge=0, description="largest discount one coupon may give offline")
     max_per_day_per_till: int = Field(50, ge=0, description="offline-accepted coupons per business day and till")
-    max_hours_since_hq: int = Field(72, ge=0, description="accept offline only this long after HQ was last heard; 0: no limit")
+    max_hours_since_hq: int = Field(
+        72, ge=0, description="accept offline only this long after HQ was last heard; 0: no limit"
+    )
     beyond: Literal["override", "refuse"] = Field(
         "override", description="past a limit: 'override' needs a manager (who, why) on the sale; 'refuse'")
 

@@ -89,7 +89,8 @@ class HqRefused(CodeRefused):
 def ledger_refusal(conn: sqlite3.Connection, coupon: CouponCode) -> CodeRefused | None:
     """revoked / already_redeemed from the local ledger and HQ's revocations; None when clear."""
     revoked = conn.execute(
-        "SELECT scope FROM revocations WHERE revoked = 1 AND ((scope = 'coupon' AND ref = ?) OR (scope = 'campaign' AND ref = ?))",
+        "SELECT scope FROM revocations WHERE revoked = 1"
+        " AND ((scope = 'coupon' AND ref = ?) OR (scope = 'campaign' AND ref = ?))",
         (coupon.jti, coupon.cmp)).fetchone()
     if revoked is not None:
         return Revoked(f"HQ has revoked this {revoked[0]}", scope=revoked[0])
@@ -146,7 +147,8 @@ def _passed_limit(conn: sqlite3.Connection, policy: OfflineCouponPolicy, discoun
 def verdicts(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """HQ's double-redemption verdicts on coupons this store accepted, newest first."""
     rows = conn.execute(
-        "SELECT v.coupon_id, v.verdict, v.other_store, v.detail, v.received_at, r.sale_id, r.mode FROM coupon_verdicts v"
+        "SELECT v.coupon_id, v.verdict, v.other_store, v.detail, v.received_at, r.sale_id, r.mode"
+        " FROM coupon_verdicts v"
         " LEFT JOIN coupon_redemptions r ON r.coupon_id = v.coupon_id WHERE v.verdict = 'double_redemption'"
         " ORDER BY v.received_at DESC LIMIT 50").fetchall()
     keys = ("coupon_id", "verdict", "other_store", "detail", "received_at", "sale_id", "mode")

@@ -30,6 +30,7 @@ from posedge.agent.errors import InvalidInput, NotFound
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
 from posedge.agent.till.codes import (
+    KINDS,
     AlreadyRedeemed,
     CodeRefused,
     CodeVerifier,
@@ -156,7 +157,8 @@ def pricing_lines(lines: Iterable[SaleLineIn]) -> list[Line]:
 class Till:
     name = "till"
 
-    def __init__(self, config: Config, reader: StoreReader, writer: StoreWriter, *, clock: Callable[[], float] = time.time,
+    def __init__(self, config: Config, reader: StoreReader, writer: StoreWriter, *,
+                 clock: Callable[[], float] = time.time,
                  confirmer: CouponConfirmer | None = None, notify: Notify | None = None,
                  claim_signer: ClaimTokenSigner | None = None) -> None:
         self.config = config
@@ -292,7 +294,7 @@ class Till:
                                   "points_redeemed": till_sale.priced.points_redeemed}
         answer["coupons"] = self._redeem(conn, sale, till_sale, now)
         if till_sale.member_id is not None:
-            answer.update(self._points(conn, sale, till_sale, now))
+            answer.update(self._points(conn, sale, till_sale.member_id, till_sale, now))
         else:
             answer.update(self._claim(conn, sale, till_sale, now))
         self._stock_out(conn, sale, now)
@@ -314,23 +316,24 @@ class Till:
             redemption_id = str(uuid7())
             try:
                 conn.execute(
-                    "INSERT INTO coupon_redemptions (redemption_id, coupon_id, campaign, sale_id, member_id, discount_fen,"
-                    " mode, till, business_day, override_by, override_reason, redeemed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (redemption_id, coupon.jti, coupon.cmp, sale.sale_id, till_sale.member_id, outcome.discount_fen, mode,
-                     sale.sale.till, sale.business_day, override.manager if mode == "override" else None,
+                    "INSERT INTO coupon_redemptions (redemption_id, coupon_id, campaign, sale_id, member_id,"
+                    " discount_fen, mode, till, business_day, override_by, override_reason, redeemed_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (redemption_id, coupon.jti, coupon.cmp, sale.sale_id, till_sale.member_id, outcome.discount_fen,
+                     mode, sale.sale.till, sale.business_day, override.manager if mode == "override" else None,
                      override.reason if mode == "override" else None, now.isoformat()))
             except sqlite3.IntegrityError:  # the unique index is the last word
                 raise AlreadyRedeemed(coupon_id=coupon.jti, coupon_index=index) from None
             item = {"coupon_id": coupon.jti, "campaign": coupon.cmp, "discount_fen": outcome.discount_fen, "mode": mode}
-            append_event(conn, "redemption", coupon.jti, {**item, "redemption_id": redemption_id, "sale_id": sale.sale_id,
-                                                          "member_id": till_sale.member_id, "till": sale.sale.till,
-                                                          "override": _override(override, mode, limit),
-                                                          "redeemed_at": now.isoformat()})
+            append_event(conn, "redemption", coupon.jti, {
+                **item, "redemption_id": redemption_id, "sale_id": sale.sale_id, "member_id": till_sale.member_id,
+                "till": sale.sale.till, "override": _override(override, mode, limit), "redeemed_at": now.isoformat(),
+            })
             out.append(item)
         return out
 
-    def _decide(self, conn: sqlite3.Connection, confirmation: Verdict | Unreachable | None, discount_fen: int, sale: Any,
-                override: Any, index: int, coupon: CouponCode) -> tuple[str, str | None]:
+    def _decide(self, conn: sqlite3.Connection, confirmation: Verdict | Unreachable | None, discount_fen: int,
+                sale: Any, override: Any, index: int, coupon: CouponCode) -> tuple[str, str | None]:
         if isinstance(confirmation, Verdict):
             if confirmation.accepted:
                 return "online", None
@@ -345,8 +348,9 @@ class Till:
             raise
         return decision.mode, decision.limit
 
-    def _points(self, conn: sqlite3.Connection, sale: Any, till_sale: TillSale, now: datetime) -> dict[str, Any]:
-        member_id, priced = till_sale.member_id, till_sale.priced
+    def _points(self, conn: sqlite3.Connection, sale: Any, member_id: str, till_sale: TillSale,
+                now: datetime) -> dict[str, Any]:
+        priced = till_sale.priced
         before = balance(conn, member_id)
         if priced.points_redeemed > before:
             raise BASKET_REFUSALS["insufficient_points"](points_balance=before)
@@ -360,13 +364,16 @@ class Till:
     def _claim(self, conn: sqlite3.Connection, sale: Any, till_sale: TillSale, now: datetime) -> dict[str, Any]:
         points = till_sale.priced.points_earned
         expires = sale.recorded_at + timedelta(days=self.config.points.claim_days)
-        token = self.claim_signer(sale.sale_id, sale.totals.total_fen, points, sale.recorded_at) if self.claim_signer else None
+        token = None  # no store key: the claim is kept without a code to scan
+        if self.claim_signer is not None:
+            token = self.claim_signer(sale.sale_id, sale.totals.total_fen, points, sale.recorded_at)
         conn.execute("INSERT INTO pending_claims (sale_id, points, amount_fen, expires_at, token, created_at)"
                      " VALUES (?,?,?,?,?,?)", (sale.sale_id, points, sale.totals.total_fen, expires.isoformat(), token,
                                                now.isoformat()))
         sale.event_extra["claim"] = {"points": points, "amount_fen": sale.totals.total_fen,
                                      "expires_at": expires.isoformat(), "token": token}
-        return {"points_earned": 0, "claim_code": token, "claim_points": points, "claim_expires_at": expires.isoformat()}
+        return {"points_earned": 0, "claim_code": token, "claim_points": points,
+                "claim_expires_at": expires.isoformat()}
 
     def _stock_out(self, conn: sqlite3.Connection, sale: Any, now: datetime) -> None:
         moves = [(l.sku, -l.qty) for l in sale.sale.lines]
@@ -382,7 +389,8 @@ class Till:
             try:
                 verified[index] = self._coupon(token, member_id)
             except CodeRefused as exc:
-                refused.append({"coupon_index": index, "coupon_id": _peek_id(token), "applied": False, "reason": exc.code})
+                refused.append({"coupon_index": index, "coupon_id": _peek_id(token), "applied": False,
+                                "reason": exc.code})
         state = await self.reader.read(lambda conn: _quote_state(conn, list(verified.values()), member_id))
         for index, coupon in list(verified.items()):
             if coupon.jti in state.refusals:
@@ -420,7 +428,8 @@ class Till:
             raise MemberUnknown("several members share this phone; scan the member code" if found else None)
         return found[0], "phone"
 
-    async def validate_coupon(self, token: str, member_code: str | None = None, member_id: str | None = None) -> dict[str, Any]:
+    async def validate_coupon(self, token: str, member_code: str | None = None,
+                              member_id: str | None = None) -> dict[str, Any]:
         claims = peek_claims(token)
         try:
             member, _ = self._member_from_code(member_code, member_id)
@@ -463,15 +472,17 @@ class Till:
         try:
             claims = self.verifier.verify(text)
         except CodeRefused as exc:
-            peek = peek_claims(text) or {}
-            kind = {"m": "member", "c": "coupon", "p": "pickup"}.get(peek.get("k"), "unknown")
+            # The unverified payload may hold anything: a list or an object under "k" is "unknown" too.
+            k = (peek_claims(text) or {}).get("k")
+            kind = KINDS.get(k, "unknown") if isinstance(k, str) else "unknown"
             return {"kind": kind, "valid": False, "reason": exc.code, "message": exc.message}
         if isinstance(claims, MemberCode):
             member = await self.reader.read(lambda conn: load_member(conn, claims.sub, claims.tier))
             return {"kind": "member", "valid": True, "member": member.public()}
         if isinstance(claims, CouponCode):
             refusal = await self.reader.read(lambda conn: ledger_refusal(conn, claims))
-            out = {"kind": "coupon", "valid": refusal is None, "coupon": claims.public(), "member_bound": claims.sub is not None}
+            out = {"kind": "coupon", "valid": refusal is None, "coupon": claims.public(),
+                   "member_bound": claims.sub is not None}
             return out if refusal is None else {**out, "reason": refusal.code, "message": refusal.message}
         order = await self.reader.read(lambda conn: read_pickup(conn, claims.oid))
         if order is None:
@@ -582,7 +593,8 @@ def receipt_facts(conn: sqlite3.Connection, sale: Any) -> dict[str, Any]:
     the member (masked phone, tier, points earned and balance), the coupons redeemed, and the claim
     token of a sale without a member. A receipts contributor (docs/receipts.md)."""
     facts: dict[str, Any] = {}
-    row = conn.execute("SELECT member_id, tier, points_earned FROM till_sales WHERE sale_id = ?", (sale.sale_id,)).fetchone()
+    row = conn.execute("SELECT member_id, tier, points_earned FROM till_sales WHERE sale_id = ?",
+                       (sale.sale_id,)).fetchone()
     if row is not None and row[0] is not None:
         member = conn.execute("SELECT phone_masked FROM members WHERE member_id = ?", (row[0],)).fetchone()
         facts["member"] = {"phone": member[0] if member else None, "level": row[1], "points_earned": row[2],

@@ -139,7 +139,8 @@ def apply_member(conn: sqlite3.Connection, rec: MemberRecord, hasher: PhoneHashe
         phone_hash = phone_hash or hasher.hash(rec.phone)
         masked = masked or mask_phone(rec.phone)
     if rec.card_no is not None:  # a card moved to another member: the newer record takes it
-        conn.execute("UPDATE members SET card_no = NULL WHERE card_no = ? AND member_id != ?", (rec.card_no, rec.member_id))
+        conn.execute("UPDATE members SET card_no = NULL WHERE card_no = ? AND member_id != ?",
+                     (rec.card_no, rec.member_id))
     conn.execute(
         "INSERT INTO members (member_id, version, tier, card_no, phone_hash, phone_masked, consent, points_base,"
         " points_through, deleted, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -157,7 +158,8 @@ def apply_stock(conn: sqlite3.Connection, rec: StockRecord) -> bool:
         return False
     conn.execute(
         "INSERT INTO stock (sku, version, qty, through_seq, updated_at) VALUES (?,?,?,?,?) ON CONFLICT (sku) DO UPDATE"
-        " SET version=excluded.version, qty=excluded.qty, through_seq=excluded.through_seq, updated_at=excluded.updated_at",
+        " SET version=excluded.version, qty=excluded.qty, through_seq=excluded.through_seq,"
+        " updated_at=excluded.updated_at",
         (rec.sku, rec.version, 0 if rec.deleted else rec.qty, rec.through_seq, _now()))
     return True
 
@@ -193,7 +195,8 @@ def apply_verdict(conn: sqlite3.Connection, rec: VerdictRecord) -> bool:
     if not newer(rec.version, _stored_version(conn, "coupon_verdicts", "coupon_id", rec.coupon_id)):
         return False
     conn.execute(
-        "INSERT INTO coupon_verdicts (coupon_id, verdict, other_store, detail, version, received_at) VALUES (?,?,?,?,?,?)"
+        "INSERT INTO coupon_verdicts (coupon_id, verdict, other_store, detail, version, received_at)"
+        " VALUES (?,?,?,?,?,?)"
         " ON CONFLICT (coupon_id) DO UPDATE SET verdict=excluded.verdict, other_store=excluded.other_store,"
         " detail=excluded.detail, version=excluded.version, received_at=excluded.received_at, seen=0",
         (rec.coupon_id, rec.verdict, rec.other_store, rec.detail, rec.version, _now()))

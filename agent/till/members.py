@@ -59,7 +59,8 @@ def load_member(conn: sqlite3.Connection, member_id: str, tier_hint: str | None 
     pending = pending_points(conn, member_id, position.through_seq)
     if row is None:
         return Member(member_id, tier_hint, False, pending, pending)
-    return Member(member_id, tier_hint or row[0], True, position.base + pending, pending, row[1], row[2], bool(row[3]), row[4])
+    return Member(member_id, tier_hint or row[0], True, position.base + pending, pending,
+                  row[1], row[2], bool(row[3]), row[4])
 
 
 def member_by_card(conn: sqlite3.Connection, card_no: str) -> str | None:
@@ -76,7 +77,8 @@ def add_points(conn: sqlite3.Connection, member_id: str, deltas: list[tuple[int,
                refund_id: str | None, now: datetime) -> None:
     for delta, reason in deltas:
         entry_id = str(uuid7())
-        seq = conn.execute("INSERT INTO points_entries (entry_id, member_id, delta, reason, sale_id, refund_id, created_at)"
+        seq = conn.execute("INSERT INTO points_entries"
+                           " (entry_id, member_id, delta, reason, sale_id, refund_id, created_at)"
                            " VALUES (?,?,?,?,?,?,?) RETURNING seq",
                            (entry_id, member_id, delta, reason, sale_id, refund_id, now.isoformat())).fetchone()[0]
         append_event(conn, "points", member_id, {"entry_id": entry_id, "seq": seq, "member_id": member_id,

@@ -31,8 +31,8 @@ def read_pickup(conn: sqlite3.Connection, order_id: str) -> dict[str, Any] | Non
         return None
     done = conn.execute("SELECT collected_at, till, cashier FROM pickup_collections WHERE order_id = ?",
                         (order_id,)).fetchone()
-    return {"order_id": row[0], "version": row[1], "state": "collected" if done else row[2], "items": json.loads(row[3]),
-            "phone_masked": row[4], "member_id": row[5],
+    return {"order_id": row[0], "version": row[1], "state": "collected" if done else row[2],
+            "items": json.loads(row[3]), "phone_masked": row[4], "member_id": row[5],
             "collected": {"collected_at": done[0], "till": done[1], "cashier": done[2]} if done else None}
 
 

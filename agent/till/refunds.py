@@ -32,7 +32,8 @@ class RefundLineIn(InputModel):
 
 
 class RefundIn(InputModel):
-    refund_id: str = Field(pattern=SALE_ID, description="POS's id for the refund; a retry with the same id is answered once")
+    refund_id: str = Field(pattern=SALE_ID,
+                           description="POS's id for the refund; a retry with the same id is answered once")
     lines: list[RefundLineIn] | None = Field(None, min_length=1, max_length=500,
                                              description="absent: everything not yet refunded; never empty")
     reason: str | None = Field(None, max_length=200)
@@ -84,7 +85,8 @@ class Refunds:
 
     def _refund(self, conn: sqlite3.Connection, sale_id: str, body: RefundIn) -> tuple[bool, dict[str, Any]]:
         digest = body.body_sha256(sale_id)
-        done = conn.execute("SELECT body_sha256, response FROM refunds WHERE refund_id = ?", (body.refund_id,)).fetchone()
+        done = conn.execute("SELECT body_sha256, response FROM refunds WHERE refund_id = ?",
+                            (body.refund_id,)).fetchone()
         if done is not None:
             if done[0] != digest:
                 raise RefundConflict(refund_id=body.refund_id)
@@ -103,7 +105,8 @@ class Refunds:
 
     def _apply(self, conn: sqlite3.Connection, facts: SaleFacts, wanted: dict[int, int], body: RefundIn,
                now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        lines, refund_fen = [], 0
+        lines: list[dict[str, Any]] = []
+        refund_fen = 0
         weight_total = sum(_weight(l, facts) for l in facts.lines)
         weight_before = weight_after = 0
         for line in facts.lines:
@@ -116,31 +119,35 @@ class Refunds:
             fen = share(line.net_fen, after, before, line.qty)
             refund_fen += fen
             lines.append({"line_no": line.line_no, "sku": line.sku, "qty": after - before, "refund_fen": fen})
-        movements = move_stock(conn, [(l["sku"], l["qty"]) for l in lines], "refund", facts.sale_id, body.refund_id, now)
+        returned = [(l["sku"], l["qty"]) for l in lines]
+        movements = move_stock(conn, returned, "refund", facts.sale_id, body.refund_id, now)
         complete = all(facts.refunded.get(l.line_no, 0) + wanted.get(l.line_no, 0) == l.qty for l in facts.lines)
         answer: dict[str, Any] = {"refund_id": body.refund_id, "sale_id": facts.sale_id, "refund_fen": refund_fen,
                                   "lines": lines, "complete": complete}
         if facts.member_id is not None:
-            answer.update(self._points(conn, facts, weight_before, weight_after, weight_total, body.refund_id, now))
+            answer.update(self._points(conn, facts, facts.member_id, weight_before, weight_after, weight_total,
+                                       body.refund_id, now))
         else:
             answer.update(_claim(conn, facts.sale_id, weight_before, weight_after, weight_total))
         answer["coupons_returned"] = self._coupons(conn, facts.sale_id, body.refund_id, complete, now)
         return answer, movements
 
-    def _points(self, conn: sqlite3.Connection, facts: SaleFacts, before: int, after: int, total: int,
-                refund_id: str, now: datetime) -> dict[str, Any]:
+    def _points(self, conn: sqlite3.Connection, facts: SaleFacts, member_id: str, before: int, after: int,
+                total: int, refund_id: str, now: datetime) -> dict[str, Any]:
         reversed_ = share(facts.points_earned, after, before, total)
         returned = share(facts.points_redeemed, after, before, total)
         deltas = [(-reversed_, "refund_earn"), (returned, "refund_redeem")]
-        add_points(conn, facts.member_id, [(d, r) for d, r in deltas if d], facts.sale_id, refund_id, now)
-        return {"member_id": facts.member_id, "points_reversed": reversed_, "points_returned": returned,
-                "points_balance": balance(conn, facts.member_id)}
+        add_points(conn, member_id, [(d, r) for d, r in deltas if d], facts.sale_id, refund_id, now)
+        return {"member_id": member_id, "points_reversed": reversed_, "points_returned": returned,
+                "points_balance": balance(conn, member_id)}
 
-    def _coupons(self, conn: sqlite3.Connection, sale_id: str, refund_id: str, complete: bool, now: datetime) -> list[str]:
+    def _coupons(self, conn: sqlite3.Connection, sale_id: str, refund_id: str, complete: bool,
+                 now: datetime) -> list[str]:
         if self.return_coupons != "full_refund" or not complete:
             return []
         rows = conn.execute("UPDATE coupon_redemptions SET returned_at = ?, refund_id = ? WHERE sale_id = ?"
-                            " AND returned_at IS NULL RETURNING coupon_id", (now.isoformat(), refund_id, sale_id)).fetchall()
+                            " AND returned_at IS NULL RETURNING coupon_id",
+                            (now.isoformat(), refund_id, sale_id)).fetchall()
         for (coupon_id,) in rows:
             append_event(conn, "redemption_returned", coupon_id, {"coupon_id": coupon_id, "sale_id": sale_id,
                                                                   "refund_id": refund_id, "at": now.isoformat()})
@@ -153,7 +160,8 @@ def _claim(conn: sqlite3.Connection, sale_id: str, before: int, after: int, tota
     if row is None:
         return {}
     reversed_ = share(row[0], after, before, total)
-    conn.execute("UPDATE pending_claims SET points_refunded = points_refunded + ? WHERE sale_id = ?", (reversed_, sale_id))
+    conn.execute("UPDATE pending_claims SET points_refunded = points_refunded + ? WHERE sale_id = ?",
+                 (reversed_, sale_id))
     return {"claim_points_reversed": reversed_}
 
 
@@ -165,11 +173,11 @@ def _weight(line: SoldLine, facts: SaleFacts) -> int:
 def _wanted(facts: SaleFacts, body: RefundIn) -> dict[int, int]:
     by_no = {l.line_no: l for l in facts.lines}
     if body.lines is None:
-        wanted = {l.line_no: l.qty - facts.refunded.get(l.line_no, 0) for l in facts.lines}
-        wanted = {k: v for k, v in wanted.items() if v > 0}
-        if not wanted:
+        per_line = {l.line_no: l.qty - facts.refunded.get(l.line_no, 0) for l in facts.lines}
+        everything_left = {k: v for k, v in per_line.items() if v > 0}
+        if not everything_left:
             raise RefundTooMuch("everything on this sale has already been refunded", sale_id=facts.sale_id)
-        return wanted
+        return everything_left
     wanted: dict[int, int] = {}
     for item in body.lines:
         if item.line_no not in by_no:
@@ -191,7 +199,8 @@ def load_sale_facts(conn: sqlite3.Connection, sale_id: str) -> SaleFacts:
     till = conn.execute("SELECT member_id, points_earned, points_redeemed, lines FROM till_sales WHERE sale_id = ?",
                         (sale_id,)).fetchone()
     priced = json.loads(till[3]) if till else None
-    lines = [SoldLine(r[0], r[1], r[2], r[5] + r[4], priced[i]["net_fen"] if priced else r[5]) for i, r in enumerate(rows)]
+    lines = [SoldLine(r[0], r[1], r[2], r[5] + r[4], priced[i]["net_fen"] if priced else r[5])
+             for i, r in enumerate(rows)]
     refunded: dict[int, int] = {}
     for (blob,) in conn.execute("SELECT lines FROM refunds WHERE sale_id = ?", (sale_id,)):
         for item in json.loads(blob):

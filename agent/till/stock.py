@@ -18,7 +18,8 @@ def move_stock(conn: sqlite3.Connection, moves: list[tuple[str, int]], reason: s
     out = []
     for sku, delta in moves:
         movement_id = str(uuid7())
-        seq = conn.execute("INSERT INTO stock_movements (movement_id, sku, delta, reason, sale_id, refund_id, created_at)"
+        seq = conn.execute("INSERT INTO stock_movements"
+                           " (movement_id, sku, delta, reason, sale_id, refund_id, created_at)"
                            " VALUES (?,?,?,?,?,?,?) RETURNING seq",
                            (movement_id, sku, delta, reason, sale_id, refund_id, now.isoformat())).fetchone()[0]
         out.append({"movement_id": movement_id, "seq": seq, "sku": sku, "delta": delta})

@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import Field
 
@@ -35,13 +35,16 @@ class PrinterConfig(DriverConfig):
     """Keys every `[[printers]]` table takes, whatever its type."""
 
     profile: str = Field("default", description="python-escpos capability profile (TM-T88V, RP326, ...)")
-    qr: Literal["auto", "native", "raster"] = Field("auto", description="QR as GS ( k (native), as an image (raster), or as the profile says")
+    qr: Literal["auto", "native", "raster"] = Field(
+        "auto", description="QR as GS ( k (native), as an image (raster), or as the profile says"
+    )
     cut: Literal["full", "partial", "none"] = Field("full", description="paper cut after each receipt")
     drawer_pin: Literal[2, 5] = Field(2, description="cash drawer kick pin")
     timeout_s: float = Field(3.0, gt=0, le=60, description="connect, write and status deadline in seconds")
     idle_status_interval_s: float = Field(
         5.0, ge=0, le=3600,
-        description="while no receipt is waiting, ask status every this many seconds (paper out shows at once); 0: only around jobs",
+        description="while no receipt is waiting, ask status every this many seconds (paper out shows at once);"
+        " 0: only around jobs",
     )
 
 
@@ -146,13 +149,18 @@ def parse_health(printer: int, cause: int, paper: int) -> PrinterHealth:
 # -- connection base -------------------------------------------------------------------------------
 
 
-class PrinterConnection:
-    """One printer. Used by one thread at a time (the print worker); opens lazily, reopens after faults."""
+ConfigT = TypeVar("ConfigT", bound=PrinterConfig)
+
+
+class PrinterConnection(Generic[ConfigT]):
+    """One printer. Used by one thread at a time (the print worker); opens lazily, reopens after faults.
+
+    Generic in its config table, so that each transport reads its own keys (host, port, path...)."""
 
     kind = "printer"
     can_read_status = False
 
-    def __init__(self, config: PrinterConfig) -> None:
+    def __init__(self, config: ConfigT) -> None:
         self.config = config
         self._open_now = False
 

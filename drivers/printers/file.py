@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from pydantic import Field
 
@@ -18,15 +18,17 @@ from posedge.drivers.registry import PRINTERS
 
 class FilePrinterConfig(PrinterConfig):
     type: Literal["file"] = "file"
-    path: Path = Field(Path("var/receipts"), description="device node, file (appended), or directory (one <receipt_no>.bin per job)")
+    path: Path = Field(
+        Path("var/receipts"), description="device node, file (appended), or directory (one <receipt_no>.bin per job)"
+    )
     preview: bool = Field(True, description="in directory mode, also keep a <receipt_no>.png preview of each receipt")
 
 
 @PRINTERS.register("file", FilePrinterConfig)
-class FilePrinter(PrinterConnection):
+class FilePrinter(PrinterConnection[FilePrinterConfig]):
     def __init__(self, config: FilePrinterConfig) -> None:
         super().__init__(config)
-        self._handle = None
+        self._handle: BinaryIO | None = None  # open in device/file mode only
 
     @property
     def directory_mode(self) -> bool:
@@ -55,6 +57,10 @@ class FilePrinter(PrinterConnection):
     def _send(self, data: bytes, label: str) -> None:
         target = self.job_path(label or "job")
         if target is None:
+            if self._handle is None:
+                # Opened as a directory, a file now (someone replaced it): nothing was written; the
+                # next job reopens the path as the file it has become.
+                raise PrinterUnavailable(f"{self.config.path}: was a directory when opened, is not one now")
             self._handle.write(data)
             return
         write_whole(target, data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import select
 import socket
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -24,15 +24,17 @@ class NetworkPrinterConfig(PrinterConfig):
     type: Literal["network"] = "network"
     host: str = Field(..., min_length=1, max_length=253, description="printer IP address or host name")
     port: int = Field(9100, ge=1, le=65535, description="raw printing port")
-    status: bool = Field(True, description="ask DLE EOT status before and after each job (false for printers that never answer)")
+    status: bool = Field(
+        True, description="ask DLE EOT status before and after each job (false for printers that never answer)"
+    )
 
 
 @PRINTERS.register("network", NetworkPrinterConfig)
-class NetworkPrinter(PrinterConnection):
+class NetworkPrinter(PrinterConnection[NetworkPrinterConfig]):
     def __init__(self, config: NetworkPrinterConfig) -> None:
         super().__init__(config)
         self.can_read_status = config.status
-        self._escpos = None
+        self._escpos: Any | None = None  # escpos.printer.Network while open (python-escpos has no types)
 
     def _open(self) -> None:
         prepare_escpos()
@@ -49,13 +51,19 @@ class NetworkPrinter(PrinterConnection):
         conn.device.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._escpos = conn
 
+    def _connection(self) -> Any:
+        # The base class opens before every send and read; a closed connection here is a fault, not a crash.
+        if self._escpos is None:
+            raise PrinterUnavailable(f"{self.config.host}:{self.config.port}: connection is closed")
+        return self._escpos
+
     @property
     def _sock(self) -> socket.socket:
-        assert self._escpos is not None
-        return self._escpos.device
+        sock: socket.socket = self._connection().device
+        return sock
 
     def _send(self, data: bytes, label: str) -> None:
-        self._escpos._raw(data)
+        self._connection()._raw(data)
 
     def _read(self, size: int, deadline: float) -> bytes:
         remaining = deadline - time.monotonic()

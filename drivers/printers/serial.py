@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -16,22 +16,25 @@ class SerialPrinterConfig(PrinterConfig):
     port: str = Field(..., min_length=1, description="device path, like /dev/ttyUSB0 or /dev/serial/by-id/...")
     baudrate: int = Field(9600, ge=1200, le=921600, description="line speed")
     flow: Literal["none", "rtscts", "dsrdtr", "xonxoff"] = Field("none", description="flow control")
-    status: bool = Field(True, description="ask DLE EOT status before and after each job (false for printers that never answer)")
+    status: bool = Field(
+        True, description="ask DLE EOT status before and after each job (false for printers that never answer)"
+    )
 
 
 @PRINTERS.register("serial", SerialPrinterConfig)
-class SerialPrinter(PrinterConnection):
+class SerialPrinter(PrinterConnection[SerialPrinterConfig]):
     def __init__(self, config: SerialPrinterConfig) -> None:
         super().__init__(config)
         self.can_read_status = config.status
-        self._escpos = None
+        self._escpos: Any | None = None  # escpos.printer.Serial while open (python-escpos has no types)
 
     def _open(self) -> None:
         prepare_escpos()
         from escpos.printer import Serial
 
         cfg = self.config
-        conn = Serial(cfg.port, cfg.baudrate, timeout=cfg.timeout_s, xonxoff=cfg.flow == "xonxoff", dsrdtr=cfg.flow == "dsrdtr")
+        conn = Serial(cfg.port, cfg.baudrate, timeout=cfg.timeout_s,
+                      xonxoff=cfg.flow == "xonxoff", dsrdtr=cfg.flow == "dsrdtr")
         try:
             conn.open(raise_not_found=True)
         except Exception as exc:
@@ -43,15 +46,21 @@ class SerialPrinter(PrinterConnection):
         conn.device.write_timeout = cfg.timeout_s
         self._escpos = conn
 
+    def _port(self) -> Any:
+        """The open pyserial port. The base class opens before every send and read; closed is a fault."""
+        if self._escpos is None:
+            raise PrinterUnavailable(f"{self.config.port}: port is closed")
+        return self._escpos.device
+
     def _send(self, data: bytes, label: str) -> None:
-        port = self._escpos.device
+        port = self._port()
         written = port.write(data)
         if written is not None and written < len(data):
             raise TimeoutError(f"wrote {written} of {len(data)} bytes before the write deadline")
         port.flush()
 
     def _read(self, size: int, deadline: float) -> bytes:
-        port = self._escpos.device
+        port = self._port()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return b""
@@ -63,7 +72,7 @@ class SerialPrinter(PrinterConnection):
         return first + port.read(waiting)
 
     def _drain(self, deadline: float) -> None:  # the driver drops its input buffer at once
-        self._escpos.device.reset_input_buffer()
+        self._port().reset_input_buffer()
 
     def _close(self) -> None:
         conn, self._escpos = self._escpos, None

@@ -38,14 +38,14 @@ def _pyusb_find(**match: Any) -> Any:
 
 
 @PRINTERS.register("usb", UsbPrinterConfig, usable=usb_usable)
-class UsbPrinter(PrinterConnection):
+class UsbPrinter(PrinterConnection[UsbPrinterConfig]):
     # Tests put a fake here that speaks the printer's bytes; the default asks pyusb.
     finder: Callable[..., Any] = staticmethod(_pyusb_find)
 
     def __init__(self, config: UsbPrinterConfig) -> None:
         super().__init__(config)
         self.can_read_status = config.status
-        self._device = None
+        self._device: Any | None = None  # the pyusb device while claimed (pyusb has no types)
 
     def _open(self) -> None:
         cfg = self.config
@@ -60,18 +60,27 @@ class UsbPrinter(PrinterConnection):
         device.set_configuration()
         self._device = device
 
+    def _claimed(self) -> Any:
+        # The base class opens before every send and read; a device let go of here is a fault, not a crash.
+        if self._device is None:
+            usb_id = f"{self.config.vendor_id:04x}:{self.config.product_id:04x}"
+            raise PrinterUnavailable(f"USB device {usb_id} is not claimed")
+        return self._device
+
     def _send(self, data: bytes, label: str) -> None:
+        device = self._claimed()
         timeout_ms = int(self.config.timeout_s * 1000)
         view = memoryview(data)
         while view:
-            view = view[self._device.write(self.config.out_ep, view[:4096].tobytes(), timeout_ms) :]
+            view = view[device.write(self.config.out_ep, view[:4096].tobytes(), timeout_ms) :]
 
     def _read(self, size: int, deadline: float) -> bytes:
+        device = self._claimed()
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
             return b""
         try:
-            return bytes(self._device.read(self.config.in_ep, max(size, 64), remaining_ms))
+            return bytes(device.read(self.config.in_ep, max(size, 64), remaining_ms))
         except Exception as exc:  # pyusb signals a read timeout with USBTimeoutError
             if "timeout" in exc.__class__.__name__.lower() or "timed out" in str(exc).lower():
                 return b""

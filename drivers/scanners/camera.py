@@ -36,7 +36,9 @@ def _usable() -> tuple[bool, str]:
 
 class CameraScannerConfig(DriverConfig):
     type: Literal["camera"] = "camera"
-    source: int | str = Field(0, description="device index (0), V4L2 path (/dev/video0), rtsp:// or http:// URL, or a video file")
+    source: int | str = Field(
+        0, description="device index (0), V4L2 path (/dev/video0), rtsp:// or http:// URL, or a video file"
+    )
     decoder: list[DecoderName] = Field(default_factory=lambda: ["zxing", "pyzbar"],
                                        description="decoders tried in order on each frame: zxing, pyzbar, opencv")
     symbologies: list[Symbology] = Field(default_factory=lambda: list(DEFAULT_SYMBOLOGIES),
@@ -46,9 +48,12 @@ class CameraScannerConfig(DriverConfig):
     max_fps: float = Field(30.0, gt=0, le=120, description="most frames decoded per second")
     extra_effort: bool = Field(True, description="straighten and sharpen barcode-like regions the decoders missed")
     budget_ms: int = Field(30, ge=5, le=1000, description="time per frame for the extra effort")
-    repeat_gap_ms: int = Field(600, ge=0, le=60000, description="a code must be out of sight this long to be read again")
-    confirm_1d_frames: int = Field(2, ge=1, le=10, description="1D codes (weak checksums) must be read in this many frames")
-    frame_timeout_s: float = Field(5.0, gt=0, le=120, description="no frame for this long: the camera is lost, reopen it")
+    repeat_gap_ms: int = Field(600, ge=0, le=60000,
+                               description="a code must be out of sight this long to be read again")
+    confirm_1d_frames: int = Field(2, ge=1, le=10,
+                                   description="1D codes (weak checksums) must be read in this many frames")
+    frame_timeout_s: float = Field(5.0, gt=0, le=120,
+                                   description="no frame for this long: the camera is lost, reopen it")
     realtime: bool = Field(True, description="video files: play at their own frame rate, as a camera would")
 
     @field_validator("source")
@@ -112,7 +117,7 @@ class FrameSlot:
 
 def is_linear(symbology: str | None) -> bool:
     """AIM ids of 1D symbologies: ]A Code 39, ]C Code 128, ]E EAN/UPC, ]F Codabar, ]G Code 93, ]I ITF, ]e DataBar."""
-    return bool(symbology) and symbology[:2] in ("]A", "]C", "]E", "]F", "]G", "]I", "]e")
+    return symbology is not None and symbology[:2] in ("]A", "]C", "]E", "]F", "]G", "]I", "]e")
 
 
 @SCANNERS.register("camera", CameraScannerConfig, _usable)
@@ -132,7 +137,8 @@ class CameraScanner(ScannerDriver):
         capture = self._open()
         slot = FrameSlot()
         stop_grab = threading.Event()
-        grabber = threading.Thread(target=self._grab, args=(capture, slot, stop_grab), name=f"{self.name}-grab", daemon=True)
+        grabber = threading.Thread(target=self._grab, args=(capture, slot, stop_grab), name=f"{self.name}-grab",
+                                   daemon=True)
         grabber.start()
         self.connected()
         min_interval = 1.0 / cfg.max_fps
@@ -179,7 +185,8 @@ class CameraScanner(ScannerDriver):
         now = time.monotonic_ns()
         for item in found:
             if self._sighted(item, now):
-                line = check_line(item.raw or item.text.encode("utf-8"), b"", self.limits.max_line_bytes, parse_aim=False)
+                raw = item.raw or item.text.encode("utf-8")
+                line = check_line(raw, b"", self.limits.max_line_bytes, parse_aim=False)
                 if isinstance(line, Line):
                     self.emit(item.text, item.raw, item.symbology)
                 else:
@@ -211,7 +218,8 @@ class CameraScanner(ScannerDriver):
         import cv2
 
         source = self.config.source
-        if isinstance(source, str) and not source.startswith(("rtsp:", "http:", "https:")) and not Path(source).exists():
+        is_url = isinstance(source, str) and source.startswith(("rtsp:", "http:", "https:"))
+        if isinstance(source, str) and not is_url and not Path(source).exists():
             raise FileNotFoundError(f"{source} does not exist (camera unplugged?)")
         capture = cv2.VideoCapture(source)
         if not capture.isOpened():

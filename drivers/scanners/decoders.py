@@ -63,12 +63,15 @@ class ZxingDecoder:
         except ImportError:
             raise DecoderUnavailable("zxing-cpp is not installed (pip install zxing-cpp)") from None
         self._zx = zxingcpp
-        self._formats = tuple(getattr(zxingcpp.BarcodeFormat, ZXING_FORMATS[s]) for s in symbologies)
+        formats = [getattr(zxingcpp.BarcodeFormat, ZXING_FORMATS[s]) for s in symbologies]
+        self._formats = zxingcpp.BarcodeFormats(formats)
         # Fast options on live frames; "thorough" (rotation, downscale, inversion) for the second look.
-        self._options = dict(try_rotate=thorough, try_downscale=thorough, try_invert=thorough)
+        self._thorough = thorough
 
     def decode(self, gray: Any) -> list[Decoded]:
-        results = self._zx.read_barcodes(gray, formats=self._formats, text_mode=self._zx.TextMode.Plain, **self._options)
+        results = self._zx.read_barcodes(gray, formats=self._formats, text_mode=self._zx.TextMode.Plain,
+                                         try_rotate=self._thorough, try_downscale=self._thorough,
+                                         try_invert=self._thorough)
         out = []
         for r in results:
             if not r.valid:
@@ -109,6 +112,7 @@ class OpenCvQrDecoder:
             import cv2
         except ImportError:
             raise DecoderUnavailable("OpenCV is not installed (pip install opencv-python-headless)") from None
+        self._detector: cv2.QRCodeDetector | cv2.QRCodeDetectorAruco | None
         if "qr" not in symbologies:
             self._detector = None
         elif aruco and hasattr(cv2, "QRCodeDetectorAruco"):
@@ -128,7 +132,9 @@ class OpenCvQrDecoder:
         return [Decoded(text, text.encode("utf-8"), "]Q1", self.name)]
 
 
-DECODER_CLASSES: dict[str, Callable[..., Decoder]] = {"zxing": ZxingDecoder, "pyzbar": ZbarDecoder, "opencv": OpenCvQrDecoder}
+DECODER_CLASSES: dict[str, Callable[..., Decoder]] = {
+    "zxing": ZxingDecoder, "pyzbar": ZbarDecoder, "opencv": OpenCvQrDecoder,
+}
 
 
 def build_chain(names: tuple[str, ...], symbologies: tuple[str, ...]) -> tuple[list[Decoder], list[str]]:

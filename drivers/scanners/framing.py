@@ -45,7 +45,8 @@ class Rejected:
 Frame = Union[Line, Rejected]
 
 
-def check_line(raw: bytes, prefix: bytes = b"", max_bytes: int = DEFAULT_MAX_LINE_BYTES, parse_aim: bool = True) -> Frame:
+def check_line(raw: bytes, prefix: bytes = b"", max_bytes: int = DEFAULT_MAX_LINE_BYTES,
+               parse_aim: bool = True) -> Frame:
     """Validate one complete frame (terminator already removed) and split off prefix and AIM id."""
     if len(raw) > max_bytes:
         return Rejected("too_long", f"line of {len(raw)} bytes is over the {max_bytes}-byte cap")

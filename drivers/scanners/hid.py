@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from posedge.drivers.registry import SCANNERS, DriverConfig
 from posedge.drivers.scanners import keymap
 from posedge.drivers.scanners.base import FdScannerDriver, log
-from posedge.drivers.scanners.framing import LineFramer
+from posedge.drivers.scanners.framing import LineFramer, Suffix
 
 # struct input_event { struct timeval time; __u16 type; __u16 code; __s32 value; } (native long size)
 EVENT = struct.Struct("llHHi")
@@ -34,12 +34,17 @@ SYSFS_INPUT = Path("/sys/class/input")
 
 class HidScannerConfig(DriverConfig):
     type: Literal["hid"] = "hid"
-    path: str | None = Field(None, description="event device path (/dev/input/by-id/...-event-kbd); or use device_name/usb_id")
-    device_name: str | None = Field(None, max_length=128, description="part of the device's name, as `posedge scan-test` shows it")
+    path: str | None = Field(
+        None, description="event device path (/dev/input/by-id/...-event-kbd); or use device_name/usb_id"
+    )
+    device_name: str | None = Field(None, max_length=128,
+                                    description="part of the device's name, as `posedge scan-test` shows it")
     usb_id: str | None = Field(None, description="USB VID:PID in hex, like 0c2e:0b61")
     grab: bool = Field(True, description="grab the device exclusively so scans do not type into other windows")
     layout: Literal["us"] = Field("us", description="keyboard layout the scanner types in")
-    terminator: Literal["enter", "tab", "none"] = Field("enter", description="key that ends a scan; none: a pause ends it")
+    terminator: Literal["enter", "tab", "none"] = Field(
+        "enter", description="key that ends a scan; none: a pause ends it"
+    )
     gap_ms: int = Field(80, ge=5, le=2000, description="with terminator none: silence that ends a scan")
     aim_ids: bool = Field(True, description="parse AIM symbology identifiers at the start of a scan")
 
@@ -118,17 +123,20 @@ def list_input_devices() -> list[tuple[str, str, int, int]]:
     try:
         import evdev
     except ImportError:
-        evdev = None
+        return _sysfs_input_devices()
     found = []
-    if evdev is not None:
-        for path in evdev.list_devices():
-            try:
-                device = evdev.InputDevice(path)
-            except OSError:
-                continue
-            found.append((path, device.name, device.info.vendor, device.info.product))
-            device.close()
-        return sorted(found)
+    for path in evdev.list_devices():
+        try:
+            device = evdev.InputDevice(path)
+        except OSError:
+            continue
+        found.append((path, device.name, device.info.vendor, device.info.product))
+        device.close()
+    return sorted(found)
+
+
+def _sysfs_input_devices() -> list[tuple[str, str, int, int]]:
+    found = []
     for node in sorted(SYSFS_INPUT.glob("event*")):
         try:
             name = (node / "device/name").read_text().strip()
@@ -182,7 +190,7 @@ class HidScanner(FdScannerDriver):
     def _read_events(self, fd: int) -> None:
         cfg = self.config
         decoder = KeyDecoder(cfg.layout, TERMINATOR_KEYS[cfg.terminator])
-        suffix = "none" if cfg.terminator == "none" else "cr"
+        suffix: Suffix = "none" if cfg.terminator == "none" else "cr"
         framer: LineFramer = self.new_framer(suffix, "", cfg.gap_ms, cfg.aim_ids)
         pending = b""
         self.connected()

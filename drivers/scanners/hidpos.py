@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 from posedge.drivers.registry import SCANNERS, DriverConfig
 from posedge.drivers.scanners.base import FdScannerDriver
-from posedge.drivers.scanners.framing import AIM_ID, check_line
+from posedge.drivers.scanners.framing import AIM_ID, Line, check_line
 
 SYSFS_HIDRAW = Path("/sys/class/hidraw")
 USAGE_PAGE_POS = 0x8C
@@ -146,8 +146,8 @@ class HidPosScanner(FdScannerDriver):
             self.reject("too_long", f"code over the {self.limits.max_line_bytes}-byte cap across reports")
             return
         frame = check_line(data, b"", self.limits.max_line_bytes, parse_aim=symbology is None)
-        if hasattr(frame, "text") and symbology is not None:
-            self.emit(frame.text, data, symbology)  # type: ignore[union-attr]
+        if isinstance(frame, Line) and symbology is not None:
+            self.emit(frame.text, data, symbology)
         else:
             self.emit_frames([frame])
 
@@ -156,5 +156,6 @@ class HidPosScanner(FdScannerDriver):
         for path, vid, pid in list_hidpos_devices():
             if wanted is None or f"{vid:04x}:{pid:04x}" == wanted:
                 return path
-        raise FileNotFoundError("no HID-POS scanner (usage page 0x8C) found" + (f" with USB id {wanted}" if wanted else "")
-                                + "; is the scanner in HID-POS mode and plugged in?")
+        with_id = f" with USB id {wanted}" if wanted else ""
+        raise FileNotFoundError(f"no HID-POS scanner (usage page 0x8C) found{with_id}"
+                                "; is the scanner in HID-POS mode and plugged in?")

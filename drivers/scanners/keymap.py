@@ -22,7 +22,9 @@ US: dict[int, tuple[str, str]] = {
     # keypad (NumLock on, as scanners send it)
     55: ("*", "*"), 74: ("-", "-"), 78: ("+", "+"), 83: (".", "."), 98: ("/", "/"),
 }
-KEYPAD_DIGITS: dict[int, str] = {82: "0", 79: "1", 80: "2", 81: "3", 75: "4", 76: "5", 77: "6", 71: "7", 72: "8", 73: "9"}
+KEYPAD_DIGITS: dict[int, str] = {
+    82: "0", 79: "1", 80: "2", 81: "3", 75: "4", 76: "5", 77: "6", 71: "7", 72: "8", 73: "9",
+}
 LAYOUTS = {"us": US}
 
 # The reverse map, for tests and tools that play a scanner: character -> (code, shift).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
@@ -22,16 +22,24 @@ def _usable() -> tuple[bool, str]:
     return True, ""
 
 
+if TYPE_CHECKING:
+    StopBits = float  # PEP 586 leaves floats out of Literal, so mypy refuses the one below
+else:
+    StopBits = Literal[1, 1.5, 2]  # pydantic checks for the three values pyserial takes
+
+
 class SerialScannerConfig(DriverConfig):
     type: Literal["serial"] = "serial"
     port: str = Field(description="device path (/dev/ttyACM0, /dev/serial/by-id/...) or usb:VID:PID[:SERIAL]")
     baudrate: int = Field(9600, ge=50, le=4_000_000, description="bits per second")
     bytesize: Literal[5, 6, 7, 8] = Field(8, description="data bits")
     parity: Literal["N", "E", "O", "M", "S"] = Field("N", description="parity: N, E, O, M or S")
-    stopbits: Literal[1, 1.5, 2] = Field(1, description="stop bits")
+    stopbits: StopBits = Field(1, description="stop bits")
     rtscts: bool = Field(False, description="RTS/CTS hardware flow control")
     xonxoff: bool = Field(False, description="XON/XOFF software flow control")
-    suffix: Literal["cr", "lf", "crlf", "tab", "none"] = Field("cr", description="what ends a scan; none: a pause ends it")
+    suffix: Literal["cr", "lf", "crlf", "tab", "none"] = Field(
+        "cr", description="what ends a scan; none: a pause ends it"
+    )
     gap_ms: int = Field(50, ge=5, le=2000, description="with suffix none: silence that ends a scan")
     prefix: str = Field("", max_length=16, description="prefix the scanner adds before each code, removed")
     aim_ids: bool = Field(True, description="parse AIM symbology identifiers (]E0, ]Q1...) at the start of a scan")
@@ -57,8 +65,8 @@ def resolve_port(port: str) -> str:
     for info in sorted(list_ports.comports(), key=lambda p: p.device):
         if info.vid == vid and info.pid == pid and (serial_number is None or info.serial_number == serial_number):
             return info.device
-    raise FileNotFoundError(f"no serial port with USB id {match[1]}:{match[2]}" + (f" serial {serial_number}" if serial_number else "")
-                            + " (unplugged?)")
+    with_serial = f" serial {serial_number}" if serial_number else ""
+    raise FileNotFoundError(f"no serial port with USB id {match[1]}:{match[2]}{with_serial} (unplugged?)")
 
 
 @SCANNERS.register("serial", SerialScannerConfig, _usable)

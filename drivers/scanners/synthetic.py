@@ -54,13 +54,14 @@ def place(code: Any, size: tuple[int, int] = (640, 480), angle_deg: float = 0.0,
 
     rng = np.random.default_rng(seed)
     width, height = size
-    frame = np.full((height, width), background, dtype=np.uint8)
-    frame = cv2.add(frame, rng.integers(0, 12, size=(height, width), dtype=np.uint8))  # counter texture
+    counter = np.full((height, width), background, dtype=np.uint8)
+    frame = cv2.add(counter, rng.integers(0, 12, size=(height, width), dtype=np.uint8))  # counter texture
     panel = cv2.copyMakeBorder(code, 24, 24, 24, 24, cv2.BORDER_CONSTANT, value=255)
     if scale != 1.0:
-        panel = cv2.resize(panel, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        panel = cv2.resize(panel, None, fx=scale, fy=scale, interpolation=interpolation)
     ph, pw = panel.shape
-    src = np.float32([[0, 0], [pw, 0], [pw, ph], [0, ph]])
+    src = np.array([[0, 0], [pw, 0], [pw, ph], [0, ph]], dtype=np.float32)
     cx, cy = width / 2 + rng.uniform(-30, 30), height / 2 + rng.uniform(-20, 20)
     corners = src - [pw / 2, ph / 2]
     if tilt:
@@ -130,8 +131,8 @@ def empty_frame(seed: int = 0, size: tuple[int, int] = (640, 480)) -> Any:
 
     rng = np.random.default_rng(seed)
     width, height = size
-    frame = np.full((height, width), int(rng.integers(150, 230)), dtype=np.uint8)
-    frame = cv2.add(frame, rng.integers(0, 20, size=(height, width), dtype=np.uint8))
+    counter = np.full((height, width), int(rng.integers(150, 230)), dtype=np.uint8)
+    frame = cv2.add(counter, rng.integers(0, 20, size=(height, width), dtype=np.uint8))
     for _ in range(6):
         x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
         cv2.rectangle(frame, (x, y), (x + int(rng.integers(20, 160)), y + int(rng.integers(20, 120))),

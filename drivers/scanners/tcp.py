@@ -18,10 +18,15 @@ READ_SIZE = 4096
 
 class TcpScannerConfig(DriverConfig):
     type: Literal["tcp"] = "tcp"
-    mode: Literal["client", "listen"] = Field("client", description="client: connect to host:port; listen: accept scanners")
-    host: str = Field("127.0.0.1", min_length=1, description="client: the scanner's address; listen: the address to bind")
+    mode: Literal["client", "listen"] = Field(
+        "client", description="client: connect to host:port; listen: accept scanners"
+    )
+    host: str = Field("127.0.0.1", min_length=1,
+                      description="client: the scanner's address; listen: the address to bind")
     port: int = Field(ge=1, le=65535, description="TCP port")
-    suffix: Literal["cr", "lf", "crlf", "tab", "none"] = Field("lf", description="what ends a scan (cr and lf also accept crlf)")
+    suffix: Literal["cr", "lf", "crlf", "tab", "none"] = Field(
+        "lf", description="what ends a scan (cr and lf also accept crlf)"
+    )
     gap_ms: int = Field(50, ge=5, le=2000, description="with suffix none: silence that ends a scan")
     prefix: str = Field("", max_length=16, description="prefix sent before each code, removed")
     aim_ids: bool = Field(True, description="parse AIM symbology identifiers at the start of a scan")

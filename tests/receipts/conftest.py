@@ -16,7 +16,8 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 CLAIM_URL = "https://mp.example.cn/c?t="
 
 
-def sample_facts(sale_id: str = "sale-1", receipt_no: str = "S001-20261123-0042", cash: bool = True, **changes) -> SaleFacts:
+def sample_facts(sale_id: str = "sale-1", receipt_no: str = "S001-20261123-0042", cash: bool = True,
+                 **changes) -> SaleFacts:
     payments = [PaymentFacts("wechat", 1000, "4200001234567890")]
     if cash:
         payments.append(PaymentFacts("cash", 2000, change_fen=850))

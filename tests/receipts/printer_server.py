@@ -100,7 +100,8 @@ class TcpPrinter:
             while not predicate(bytes(self.received)):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"printer did not get the expected bytes within {timeout}s ({len(self.received)} bytes)")
+                    raise AssertionError(f"printer did not get the expected bytes within {timeout}s"
+                                         f" ({len(self.received)} bytes)")
                 self._changed.wait(left)
             return bytes(self.received)
 

@@ -33,16 +33,18 @@ from posedge.sync.encoding import dumps, loads
 from .escpos_reader import read_paper
 
 SIGNER = ClaimSigner(Ed25519PrivateKey.generate())
-CONFIG = validate_config({"store": {"id": "store-001", "tenant": "demo", "name": "posedge 演示门店·朝阳区建国路八十八号旗舰店"},
-                          "scanners": []})
+CONFIG = validate_config({
+    "store": {"id": "store-001", "tenant": "demo", "name": "posedge 演示门店·朝阳区建国路八十八号旗舰店"},
+    "scanners": [],
+})
 NOW = datetime(2026, 11, 23, 3, 4, 5, tzinfo=timezone.utc)
 
 # What people type: CJK (long names), Latin, emoji with joiners and variation selectors, marks the printer
 # counts differently from wcwidth, and any other printable character hypothesis finds.
-CJK_NAMES = ["农夫山泉天然矿泉水550ml", "进口新西兰佳沛阳光金奇异果特大果单果重约一百二十克以上" * 2, "🍎苹果", "👨‍👩‍👧 family pack",
-             "咖啡☕️ · 大杯 × 2 °C", "ｆｕｌｌｗｉｄｔｈ　ＡＢＣ", "𠮷野家 牛丼"]
-printable = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=[chr(c) for c in range(32)] + ["\x7f"]),
-                    max_size=64)
+CJK_NAMES = ["农夫山泉天然矿泉水550ml", "进口新西兰佳沛阳光金奇异果特大果单果重约一百二十克以上" * 2,
+             "🍎苹果", "👨‍👩‍👧 family pack", "咖啡☕️ · 大杯 × 2 °C", "ｆｕｌｌｗｉｄｔｈ　ＡＢＣ", "𠮷野家 牛丼"]
+control_characters = [chr(c) for c in range(32)] + ["\x7f"]
+printable = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=control_characters), max_size=64)
 name_text = st.one_of(st.sampled_from(CJK_NAMES), printable)
 optional_text = st.one_of(st.none(), st.just(""), name_text)
 
@@ -74,8 +76,8 @@ def till_sales(draw) -> tuple[SaleIn, dict[str, Any]]:
     for index in range(draw(st.integers(0, 3))):
         amount = draw(st.integers(0, left))
         left -= amount
-        coupons.append({"coupon_id": f"CP-{index}-{draw(st.integers(0, 10**6))}", "campaign": draw(name_text.filter(bool)),
-                        "discount_fen": amount})
+        coupons.append({"coupon_id": f"CP-{index}-{draw(st.integers(0, 10**6))}",
+                        "campaign": draw(name_text.filter(bool)), "discount_fen": amount})
     points_discount = draw(st.integers(0, left))
     left -= points_discount
     member = draw(st.one_of(st.none(), st.fixed_dictionaries({
@@ -91,7 +93,8 @@ def till_sales(draw) -> tuple[SaleIn, dict[str, Any]]:
         if left <= 0:
             break
         amount = left if count == 5 else draw(st.integers(1, left))
-        method = draw(st.sampled_from(["cash", "wechat", "alipay", "unionpay", "card", "points", "voucher", "other_wallet"]))
+        methods = ["cash", "wechat", "alipay", "unionpay", "card", "points", "voucher", "other_wallet"]
+        method = draw(st.sampled_from(methods))
         payment = {"method": method, "amount_fen": amount}
         reference = draw(st.one_of(st.none(), st.from_regex(r"\A[0-9A-Za-z]{1,32}\Z"), st.just("134567890123456789")))
         if reference is not None:
@@ -131,16 +134,17 @@ def record_till_rows(conn: sqlite3.Connection, sale: RecordedSale, recorded: dic
                      (sale.sale_id, member_id, tier, sum(c["discount_fen"] for c in recorded["coupons"]),
                       recorded["points_discount_fen"], recorded["points_discount_fen"], member["points_earned"]))
     for index, coupon in enumerate(recorded["coupons"]):
-        conn.execute("INSERT INTO coupon_redemptions (redemption_id, coupon_id, campaign, sale_id, member_id, discount_fen,"
-                     " mode, business_day, redeemed_at) VALUES (?,?,?,?,?,?, 'offline', ?, ?)",
-                     (f"r-{index}", coupon["coupon_id"], coupon["campaign"], sale.sale_id, member_id, coupon["discount_fen"],
-                      sale.business_day, NOW.isoformat()))
+        conn.execute("INSERT INTO coupon_redemptions (redemption_id, coupon_id, campaign, sale_id, member_id,"
+                     " discount_fen, mode, business_day, redeemed_at) VALUES (?,?,?,?,?,?, 'offline', ?, ?)",
+                     (f"r-{index}", coupon["coupon_id"], coupon["campaign"], sale.sale_id, member_id,
+                      coupon["discount_fen"], sale.business_day, NOW.isoformat()))
     if recorded["claim"] != "none":
         token = SIGNER.sign(ClaimFacts(sale.sale_id, "store-001", "demo", sale.totals.total_fen, 3, NOW)) \
             if recorded["claim"] == "signed" else None
+        expires = (NOW + timedelta(days=30)).isoformat()
         conn.execute("INSERT INTO pending_claims (sale_id, points, amount_fen, expires_at, token, created_at)"
-                     " VALUES (?, 3, ?, ?, ?, ?)", (sale.sale_id, sale.totals.total_fen, (NOW + timedelta(days=30)).isoformat(),
-                                                    token, NOW.isoformat()))
+                     " VALUES (?, 3, ?, ?, ?, ?)",
+                     (sale.sale_id, sale.totals.total_fen, expires, token, NOW.isoformat()))
 
 
 def stored_job_facts(sale_in: SaleIn, recorded: dict[str, Any]) -> SaleFacts:
@@ -167,11 +171,12 @@ def renderer(width_mm: int, code_page: str, claim_url: str, member: bool) -> Rec
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(sale=till_sales(), width_mm=st.sampled_from([58, 80]), code_page=st.sampled_from(["GB18030", "GB18030", "BIG5", "CP437"]),
+@given(sale=till_sales(), width_mm=st.sampled_from([58, 80]),
+       code_page=st.sampled_from(["GB18030", "GB18030", "BIG5", "CP437"]),
        claim_url=st.sampled_from(["", "https://mp.example.cn/c?t="]), member=st.booleans(), copy=st.booleans(),
        duplicated=st.booleans(), qr=st.sampled_from(["native", "raster"]))
-def test_every_receipt_the_till_can_produce_renders_to_escpos_and_png(sale, width_mm, code_page, claim_url, member, copy,
-                                                                       duplicated, qr):
+def test_every_receipt_the_till_can_produce_renders_to_escpos_and_png(sale, width_mm, code_page, claim_url, member,
+                                                                       copy, duplicated, qr):
     """GIVEN any sale the API accepts, with any mix of member fields present or absent, coupons, points, claim,
     weighed goods, long CJK names and emoji WHEN its stored receipt facts are rendered THEN ESC/POS bytes and a
     PNG come out, and the paper carries the receipt number."""

@@ -82,11 +82,13 @@ def test_masks_hide_phone_and_references():
 def test_member_without_phone_prints_member_tier_and_points(receipt_config, signer):
     """GIVEN a member the store knows only from the signed code (the till stores no phone, maybe no tier)
     WHEN the receipt is laid out THEN it still says member, the tier when known, and the points."""
-    stored = sample_facts().to_dict() | {"member": {"phone": None, "level": "gold", "points_earned": 21, "points_balance": 21}}
+    gold = {"phone": None, "level": "gold", "points_earned": 21, "points_balance": 21}
+    stored = sample_facts().to_dict() | {"member": gold}
     lines = [line.rstrip() for line in lay_out(SaleFacts.from_dict(stored), receipt_config, signer).text_lines()]
     assert lines[lines.index("会员                        gold"):][:3] == [
         "会员                        gold", "本次积分                     +21", "积分余额                      21"]
-    bare = sample_facts().to_dict() | {"member": {"phone": None, "level": None, "points_earned": 0, "points_balance": 0}}
+    no_tier = {"phone": None, "level": None, "points_earned": 0, "points_balance": 0}
+    bare = sample_facts().to_dict() | {"member": no_tier}
     lines = [line.rstrip() for line in lay_out(SaleFacts.from_dict(bare), receipt_config, signer).text_lines()]
     assert "会员" in lines and "积分余额                       0" in lines
 
@@ -146,7 +148,8 @@ def test_emoji_controls_and_overlong_names_print_cleanly(receipt_config, signer)
 
 
 def test_huge_amount_moves_numbers_below_the_name(receipt_config, signer):
-    facts = sample_facts(lines=(LineFacts("金条", 3, 99_999_999_99, 3 * 99_999_999_99),), total_fen=3 * 99_999_999_99, discounts=())
+    price = 99_999_999_99
+    facts = sample_facts(lines=(LineFacts("金条", 3, price, 3 * price),), total_fen=3 * price, discounts=())
     lines = lay_out(facts, receipt_config, signer).text_lines()
     assert all(GB.width(line) == 32 for line in lines)
     assert any(line.rstrip().endswith("299999999.97") for line in lines)
@@ -185,7 +188,8 @@ def test_memoised_text_measures_agree_with_a_fresh_charset():
     """clean/width/wrap remember whole strings per charset: the answers must not depend on what came before."""
     from posedge.agent.receipts.text import Charset, wrap
 
-    samples = ["康师傅红烧牛肉面 120g", "Oreo 奥利奥饼干", "a\tb\x1bc", "emoji 😀 here", "ｆｕｌｌ ｗｉｄｔｈ", "e\u0301"]
+    samples = ["康师傅红烧牛肉面 120g", "Oreo 奥利奥饼干", "a\tb\x1bc", "emoji 😀 here", "ｆｕｌｌ ｗｉｄｔｈ",
+               "e\u0301"]
     warm = Charset.named("GB18030")
     for text in samples * 3:
         fresh = Charset.named("GB18030")

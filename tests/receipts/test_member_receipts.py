@@ -33,8 +33,8 @@ def job_states(agent) -> dict[str, str]:
 def import_members(agent, *records: dict) -> None:
     path = agent.home / f"members-{os.urandom(4).hex()}.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    done = subprocess.run([sys.executable, "-m", "posedge", "data", "import", "members", str(path), "--config", str(agent.config)],
-                          capture_output=True, text=True, timeout=60, cwd=agent.home)
+    command = [sys.executable, "-m", "posedge", "data", "import", "members", str(path), "--config", str(agent.config)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=agent.home)
     assert done.returncode == 0, done.stderr
 
 
@@ -53,7 +53,8 @@ def test_member_sale_by_code_on_a_network_printer_prints(agent_factory, tcp_prin
         assert imported.status_code == 201, imported.text
         second = receipts(tcp_printer.wait_for(cut_count(2)))[1]
         status = wait_until(lambda: printer_status(client)["printed"] == 2 and printer_status(client), what="both done")
-    assert receipt_no_of(first) == by_code.json()["receipt_no"] and receipt_no_of(second) == imported.json()["receipt_no"]
+    assert receipt_no_of(first) == by_code.json()["receipt_no"]
+    assert receipt_no_of(second) == imported.json()["receipt_no"]
     assert member_line(first).split() == ["会员", "gold"] and member_line(second).split() == ["会员", "basic"]
     assert any(line.split() == ["本次积分", f"+{by_code.json()['points_earned']}"] for line in first.lines)
     assert any(line.split() == ["积分余额", str(imported.json()["points_balance"])] for line in second.lines)
@@ -89,7 +90,8 @@ def test_receipt_that_cannot_be_rendered_is_loud_and_the_next_one_prints(agent_f
         failed = stream.next_of("receipt_failed")
         assert client.post("/v1/sales", json=sale_body("after-1", 300)).status_code == 201
         [paper] = receipts(tcp_printer.wait_for(cut_count(1)))
-        status = wait_until(lambda: printer_status(client)["printed"] == 1 and printer_status(client), what="next printed")
+        status = wait_until(lambda: printer_status(client)["printed"] == 1 and printer_status(client),
+                            what="next printed")
         stream.close()
     assert (failed["receipt_no"], failed["sale_id"], failed["reason"]) == ("BROKEN-0001", "broken-1", "render_failed")
     assert failed["error"].startswith("render: TypeError at facts.py:")

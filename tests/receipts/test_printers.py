@@ -122,7 +122,9 @@ class PtyPrinter:
                 if data[i : i + 2] == b"\x10\x04" and i + 2 < len(data):
                     n = data[i + 2]
                     if self.answer:
-                        value = 0x12 | (0x60 if n == 4 and self.paper_out else 0) | (0x08 if n == 1 and self.paper_out else 0)
+                        paper_bits = 0x60 if n == 4 and self.paper_out else 0
+                        offline_bit = 0x08 if n == 1 and self.paper_out else 0
+                        value = 0x12 | paper_bits | offline_bit
                         os.write(self.master, bytes([value]))
                     i += 3
                     continue
@@ -180,6 +182,20 @@ def test_file_printer_directory_keeps_one_file_per_job(tmp_path):
     assert (tmp_path / "receipts" / "S001-0001.bin").read_bytes() == JOB
     assert (tmp_path / "receipts" / "S001-0002.bin").read_bytes() == JOB + JOB
     assert printer.job_path("../../etc/x") == tmp_path / "receipts" / ".._.._etc_x.bin"
+
+
+def test_file_printer_whose_directory_became_a_file_reopens_it_as_a_file(tmp_path):
+    target = tmp_path / "receipts"
+    printer = FilePrinter(FilePrinterConfig(name="receipts", path=target))
+    printer.write(JOB, "S001-0001")  # opened as a directory
+    (target / "S001-0001.bin").unlink()
+    target.rmdir()
+    target.write_bytes(b"")  # replaced by a file (a device node, say) while the connection was open
+    with pytest.raises(PrinterUnavailable, match="was a directory when opened"):
+        printer.write(JOB, "S001-0002")  # nothing sent: a clear fault, not a crash on a missing handle
+    printer.write(JOB, "S001-0002")
+    printer.close()
+    assert target.read_bytes() == JOB
 
 
 def test_file_printer_appends_to_a_device_or_file(tmp_path):

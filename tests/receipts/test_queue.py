@@ -87,7 +87,8 @@ def test_cash_sale_prints_a_receipt_with_verifiable_claim_and_drawer_kick(agent_
         assert (claims["sub"], claims["amt"], claims["iss"]) == ("pos-1", 1250, "test/store-1")
         wait_until(lambda: printer_status(client)["printed"] == 1, what="job done")
         # Card only: no drawer pulse.
-        card = sale_body("pos-2", 800, payments=[{"method": "wechat", "amount_fen": 800, "reference": "4200009999998888"}])
+        wechat = {"method": "wechat", "amount_fen": 800, "reference": "4200009999998888"}
+        card = sale_body("pos-2", 800, payments=[wechat])
         client.post("/v1/sales", json=card)
         second = receipts(tcp_printer.wait_for(cut_count(2)))[1]
         assert second.drawer_pulses == []
@@ -106,8 +107,10 @@ def test_unplugged_printer_then_back_prints_every_receipt_in_order_once(agent_fa
     tcp_printer.refuse()
     agent = agent_factory(printer_config(tcp_printer.port)).start()
     with agent.client() as client:
-        numbers = [client.post("/v1/sales", json=sale_body(f"u-{i}", 100 + i)).json()["receipt_no"] for i in range(count)]
-        waiting = wait_until(lambda: printer_status(client)["state"] == "waiting" and printer_status(client), what="waiting")
+        numbers = [client.post("/v1/sales", json=sale_body(f"u-{i}", 100 + i)).json()["receipt_no"]
+                   for i in range(count)]
+        waiting = wait_until(lambda: printer_status(client)["state"] == "waiting" and printer_status(client),
+                             what="waiting")
         assert waiting["problem"] == "printer_unavailable" and waiting["queued"] == count
         tcp_printer.accept()
         data = tcp_printer.wait_for(cut_count(count), timeout=60)
@@ -122,7 +125,8 @@ def test_paper_out_waits_and_prints_when_paper_is_back(agent_factory, tcp_printe
     agent = agent_factory(printer_config(tcp_printer.port)).start()
     with agent.client() as client:
         client.post("/v1/sales", json=sale_body("p-1", 300))
-        status = wait_until(lambda: printer_status(client)["problem"] == "paper_out" and printer_status(client), what="paper_out")
+        status = wait_until(lambda: printer_status(client)["problem"] == "paper_out" and printer_status(client),
+                            what="paper_out")
         assert status["queued"] == 1 and tcp_printer.data() == b""
         cli = subprocess.run([sys.executable, "-m", "posedge", "status", "--config", str(agent.config)],
                              cwd=agent.home, capture_output=True, text=True, timeout=60)
@@ -156,7 +160,8 @@ def test_reset_after_the_whole_job_was_written_is_a_failed_write_and_resent_mark
         waiting = stream.next_of("printer")
         papers = receipts(tcp_printer.wait_for(cut_count(2)))
         stream.close()
-    assert (waiting["state"], waiting["problem"], waiting["waiting_receipt"]) == ("waiting", "printer_write_failed", answer["receipt_no"])
+    assert (waiting["state"], waiting["problem"], waiting["waiting_receipt"]) == (
+        "waiting", "printer_write_failed", answer["receipt_no"])
     assert [receipt_no_of(p) for p in papers] == [answer["receipt_no"]] * 2
     assert DUPLICATE not in [l.strip() for l in papers[0].lines] and DUPLICATE in [l.strip() for l in papers[1].lines]
 
@@ -192,8 +197,9 @@ def test_flooding_printer_holds_the_receipt_with_a_reason_and_prints_it_when_qui
     agent = agent_factory(printer_config(tcp_printer.port)).start()
     with agent.client() as client:
         answer = client.post("/v1/sales", json=sale_body("f-1", 300)).json()
-        status = wait_until(lambda: printer_status(client)["problem"] == "printer_status_garbled" and printer_status(client),
-                            what="printer_status_garbled")
+        status = wait_until(
+            lambda: printer_status(client)["problem"] == "printer_status_garbled" and printer_status(client),
+            what="printer_status_garbled")
         assert status["queued"] == 1 and tcp_printer.data() == b""
         tcp_printer.flood = False
         [paper] = receipts(tcp_printer.wait_for(cut_count(1)))
@@ -296,7 +302,8 @@ def test_usb_printer_without_pyusb_is_off_with_a_reason_and_sales_go_on(agent_fa
         have_pyusb = True
     except ImportError:
         have_pyusb = False
-    agent = agent_factory('[[printers]]\ntype = "usb"\nname = "till-usb"\nvendor_id = 0x0416\nproduct_id = 0x5011\n').start()
+    usb_printer = '[[printers]]\ntype = "usb"\nname = "till-usb"\nvendor_id = 0x0416\nproduct_id = 0x5011\n'
+    agent = agent_factory(usb_printer).start()
     with agent.client() as client:
         answer = client.post("/v1/sales", json=sale_body("usb-1", 300))
         assert answer.status_code == 201 and answer.json()["receipt"]["printer"] == "till-usb"

@@ -119,7 +119,8 @@ def test_png_preview_draws_the_same_layout(receipt_config, signer):
 def test_png_preview_is_the_same_from_a_warm_renderer_as_from_a_fresh_one(receipt_config, signer):
     """Glyphs and lines are cached across receipts: a cached piece must never leak into another."""
     first = render(sample_facts(), receipt_config, signer)[1]
-    other = render(sample_facts(sale_id="sale-2", receipt_no="S001-20261123-0043", cash=False), receipt_config, signer)[1]
+    other_sale = sample_facts(sale_id="sale-2", receipt_no="S001-20261123-0043", cash=False)
+    other = render(other_sale, receipt_config, signer)[1]
     fresh = PngRenderer(GB).render(first)
     warm = PngRenderer(GB)
     warm.render(other)
@@ -179,7 +180,8 @@ def test_sale_facts_round_trip_and_merge_typed_fields():
 
     facts = sample_facts()
     assert SaleFacts.from_dict(facts.to_dict()) == facts
-    merged = facts.merged({"member": {"phone": "138****0000", "points_earned": 5, "points_balance": 105, "level": "gold"},
+    merged = facts.merged({"member": {"phone": "138****0000", "points_earned": 5, "points_balance": 105,
+                                      "level": "gold"},
                            "discounts": [{"label": "优惠券 C1", "amount_fen": 500, "kind": "coupon", "code": "cp-1"}],
                            "extra": {"claim_code": "t"}})
     assert merged.member == MemberFacts("138****0000", 5, 105, "gold")
@@ -229,7 +231,8 @@ def test_any_names_and_amounts_render_to_clean_escpos(receipt_config, signer, it
 
 
 def test_a_claim_signed_in_the_sale_is_the_one_printed(receipt_config, signer):
-    """GIVEN the till signed the sale's claim (its pending claim) WHEN the receipt prints THEN the QR carries that token."""
+    """GIVEN the till signed the sale's claim (its pending claim) WHEN the receipt prints
+    THEN the QR carries that token."""
     sign_sale = signer.for_store("demo", "store-001")
     token = sign_sale("sale-1", 2150, 21, datetime(2026, 11, 23, 3, 4, 6, tzinfo=timezone.utc))
     data, _ = render(sample_facts(extra={"claim_code": token}), receipt_config, signer)

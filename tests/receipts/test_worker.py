@@ -162,7 +162,8 @@ def test_drawer_kick_that_times_out_says_so_and_never_opens_later(tmp_path, tcp_
     try:
         with pytest.raises(DrawerTimeout) as timed_out:
             asyncio.run(receipts.open_drawer(timeout=0.2))
-        assert (timed_out.value.code, timed_out.value.status, timed_out.value.details["printer"]) == ("drawer_timeout", 503, "front")
+        refusal = timed_out.value
+        assert (refusal.code, refusal.status, refusal.details["printer"]) == ("drawer_timeout", 503, "front")
         worker.start()
         assert asyncio.run(receipts.open_drawer(timeout=10)) == {"opened": True, "printer": "front"}
         # A card-only receipt after it: once it is done, its status query after the bytes was answered,

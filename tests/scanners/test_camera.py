@@ -104,7 +104,8 @@ def test_missing_source_waits_then_resumes_when_it_appears(tmp_path, sink, drive
     driver = start(drivers, sink, source=str(path))
     wait_state(driver, DeviceState.DISCONNECTED)
     assert "does not exist" in driver.status().last_error
-    write_video(tmp_path / "tmp.avi", held(synthetic.render_qr("PICKUP-42", 6), "clean", 6, False) + empties(4)).rename(path)
+    frames = held(synthetic.render_qr("PICKUP-42", 6), "clean", 6, False) + empties(4)
+    write_video(tmp_path / "tmp.avi", frames).rename(path)
     assert sink.wait_texts(1, deadline_s=20)[0] == "PICKUP-42"
 
 
@@ -134,8 +135,10 @@ def test_pipeline_reads_degraded_codes_and_nothing_on_empty_frames(degradation) 
     read = 0
     for seed in range(4):
         qr_text, ean = f"C{seed:04d}-coupon", synthetic.ean13_full(f"69{seed:010d}")
-        read += any(d.text == qr_text for d in decoder.decode(synthetic.scene(synthetic.render_qr(qr_text, 5), degradation, seed, False)))
-        read += any(d.text == ean for d in decoder.decode(synthetic.scene(synthetic.render_linear(ean, "ean13", 3), degradation, seed, True)))
+        qr_scene = synthetic.scene(synthetic.render_qr(qr_text, 5), degradation, seed, False)
+        ean_scene = synthetic.scene(synthetic.render_linear(ean, "ean13", 3), degradation, seed, True)
+        read += any(d.text == qr_text for d in decoder.decode(qr_scene))
+        read += any(d.text == ean for d in decoder.decode(ean_scene))
     assert read >= 6, f"{degradation}: read {read} of 8"
     assert all(decoder.decode(synthetic.empty_frame(seed)) == [] for seed in range(5))
 
@@ -203,7 +206,8 @@ class MjpegCamera:
             for _ in range(8 if n == 1 else 10_000):
                 if self.stop.is_set():
                     return
-                peer.sendall(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg) + jpg + b"\r\n")
+                part_head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
+                peer.sendall(part_head + jpg + b"\r\n")
                 self.stop.wait(0.03)
             self.stop.wait()  # stalls with the connection open, like a hung camera
         except OSError:

@@ -115,7 +115,8 @@ def test_posted_scans_share_the_pipeline_duplicates_and_rejections(pty_agent) ->
         again = client.post("/v1/scans", json={"text": "(01)09501101530003(17)260531(10)AB"})
         assert again.json() == {"duplicate": True, "message": again.json()["message"]}
         bad = client.post("/v1/scans", json={"text": "abc\x07def"})
-        assert bad.status_code == 422 and bad.json()["code"] == "scan_rejected" and bad.json()["reason"] == "control_char"
+        assert bad.status_code == 422
+        assert (bad.json()["code"], bad.json()["reason"]) == ("scan_rejected", "control_char")
         extra = client.post("/v1/scans", json={"text": "x", "colour": "red"})
         assert extra.status_code == 422
 
@@ -275,7 +276,8 @@ def test_noisy_payment_codes_from_a_serial_scanner_and_the_pos_never_leave_in_cl
     for code in all_codes:
         assert code not in sent and code not in status, code
     scan_lines = [line for line in agent.log_text().splitlines() if "event=scan " in line]
-    assert len(scan_lines) == 1 + len(codes) + 2 and all(" hash=" in line and "text=" not in line for line in scan_lines)
+    assert len(scan_lines) == 1 + len(codes) + 2
+    assert all(" hash=" in line and "text=" not in line for line in scan_lines)
     stopped = {path.name: path.read_bytes() for path in [agent.log, *storage.parent.glob("posedge.db*")]}
     for where, data in [*running.items(), *stopped.items()]:
         for code in all_codes:

@@ -211,7 +211,8 @@ def _gtin13(body: str) -> str:
 
 
 valid_codes = st.one_of(
-    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=4, max_size=40).filter(lambda t: not t.startswith("]")),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=4, max_size=40)
+    .filter(lambda t: not t.startswith("]")),
     st.from_regex(r"[0-9]{12}", fullmatch=True).map(_gtin13),
 )
 

@@ -38,7 +38,8 @@ def typed(text: str, enter: bool = True) -> bytes:
     out = b""
     for char in text:
         if char == "\x1d":  # Ctrl+]
-            out += key(keymap.KEY_LEFTCTRL, 1) + key(keymap.KEY_RIGHTBRACE, 1) + key(keymap.KEY_RIGHTBRACE, 0) + key(keymap.KEY_LEFTCTRL, 0)
+            out += (key(keymap.KEY_LEFTCTRL, 1) + key(keymap.KEY_RIGHTBRACE, 1)
+                    + key(keymap.KEY_RIGHTBRACE, 0) + key(keymap.KEY_LEFTCTRL, 0))
             continue
         code, shift = REVERSE[char]
         if shift:

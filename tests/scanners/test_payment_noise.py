@@ -95,7 +95,8 @@ def test_a_payment_code_anywhere_in_another_scan_is_masked_before_the_stream_and
 
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(st.recursive(st.one_of(st.text(max_size=30), st.integers(), st.none(), payment_codes),
-                    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
                     max_leaves=12))
 def test_the_hub_guard_leaves_no_payment_shaped_run_and_is_idempotent(value) -> None:
     guarded = mask_payment_runs(value)

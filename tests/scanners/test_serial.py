@@ -37,7 +37,8 @@ def test_no_suffix_scanner_is_framed_by_the_pause(pty, sink, drivers) -> None:
 
 
 def test_garbage_is_counted_and_the_driver_goes_on(pty, sink, drivers) -> None:
-    """GIVEN a wrong baud rate's garbage, NUL bytes, an over-long line WHEN they arrive THEN rejections, then scans again."""
+    """GIVEN a wrong baud rate's garbage, NUL bytes, an over-long line WHEN they arrive
+    THEN rejections, then scans again."""
     driver = start(drivers, sink, limits=ScanLimits(max_line_bytes=128), port=str(pty.link))
     wait_state(driver, DeviceState.CONNECTED)
     pty.write(b"\xf0\x28\x8c\x28\r" + b"A\x00B\r" + b"7" * 500 + b"\r" + b"6901234567892\r")

@@ -22,4 +22,5 @@ def test_stdin_lines_are_scans_and_bad_bytes_are_rejections() -> None:
     result = subprocess.run([sys.executable, "-c", PROGRAM], input=b"6901234567892\n\xff\xfe\n]Q1abc\r\nA\x07B\n\n",
                             capture_output=True, timeout=30)
     assert result.stdout.decode().splitlines() == [
-        "scan '6901234567892' None", "rejected invalid_utf8", "scan 'abc' ]Q1", "rejected control_char", "state connected"]
+        "scan '6901234567892' None", "rejected invalid_utf8", "scan 'abc' ]Q1", "rejected control_char",
+        "state connected"]

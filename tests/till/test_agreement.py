@@ -121,8 +121,8 @@ def test_points_balance_is_the_sum_of_the_ledger(till, hq, ops):
             till.run(till.refunds.refund(sales.pop(0), RefundIn(refund_id=f"R{next(ids)}")))
         elif op == "hq":  # HQ folds every entry so far into its balance
             version += 1
-            rows = till.sql("SELECT coalesce(sum(delta), 0), coalesce(max(seq), 0) FROM points_entries WHERE member_id = ?",
-                            member_id)
+            rows = till.sql("SELECT coalesce(sum(delta), 0), coalesce(max(seq), 0) FROM points_entries"
+                            " WHERE member_id = ?", member_id)
             till.apply("members", {"member_id": member_id, "version": version, "points": 500 + rows[0][0],
                                    "points_through": rows[0][1]})
     ledger = till.sql("SELECT coalesce(sum(delta), 0) FROM points_entries WHERE member_id = ?", member_id)[0][0]

@@ -39,7 +39,8 @@ def doc_spread(amount: int, weights: list[int]) -> list[int]:
     return shares
 
 
-def doc_coupon(c: dict, lines: list[dict], net: list[int], applied: list[dict], r: DocRules) -> tuple[str | None, list[int]]:
+def doc_coupon(c: dict, lines: list[dict], net: list[int], applied: list[dict],
+               r: DocRules) -> tuple[str | None, list[int]]:
     zero = [0] * len(lines)
     if (len(applied) >= r.max_per_sale or any(a["jti"] == c["jti"] for a in applied)
             or (not r.same_campaign and any(a["cmp"] == c["cmp"] for a in applied))):
@@ -100,15 +101,16 @@ def doc_price(lines: list[dict], coupons: list[dict], r: DocRules, tier: str | N
 
 
 skus = st.sampled_from(["A", "B", "CUP", "TOBACCO"])
-line_st = st.builds(lambda sku, qty, price_, weighed, pct: {"sku": sku, "qty": qty, "unit_price": price_, "weighed": weighed,
-                                                            "pct": pct},
+line_st = st.builds(lambda sku, qty, price_, weighed, pct: {"sku": sku, "qty": qty, "unit_price": price_,
+                                                            "weighed": weighed, "pct": pct},
                     skus, st.integers(1, 5), st.integers(0, 5000), st.booleans(), st.sampled_from([0, 0, 50, 100]))
 coupon_st = st.one_of(
     st.builds(lambda j, k, off, m: {"jti": f"J{j}", "cmp": f"K{k}", "off": off, "min": m},
               st.integers(0, 4), st.integers(0, 2), st.integers(1, 8000), st.sampled_from([0, 0, 1000, 5000])),
     st.builds(lambda j, k, pct, cap: {"jti": f"J{j}", "cmp": f"K{k}", "pct": pct, **({"cap": cap} if cap else {})},
               st.integers(0, 4), st.integers(0, 2), st.integers(1, 100), st.sampled_from([None, 1, 50, 1000])),
-    st.builds(lambda j, k, sku: {"jti": f"J{j}", "cmp": f"K{k}", "gift": sku}, st.integers(0, 4), st.integers(0, 2), skus))
+    st.builds(lambda j, k, sku: {"jti": f"J{j}", "cmp": f"K{k}", "gift": sku},
+              st.integers(0, 4), st.integers(0, 2), skus))
 
 
 def as_line(l: dict) -> tuple[dict, Line]:
@@ -170,12 +172,13 @@ def doc_refund(paid: list[int], gross: list[int], qty: list[int], before: list[i
 @pytest.fixture
 def till(make_till):
     """One till for every hypothesis example (ids are unique); redeem_max_percent 100, so points can pay all."""
-    return make_till(coupons={"offline": {"max_hours_since_hq": 0, "max_value_fen": 10**9, "max_per_day_per_till": 10**6}},
-                     points={"tiers": {"gold": 3}})
+    unlimited_offline = {"max_hours_since_hq": 0, "max_value_fen": 10**9, "max_per_day_per_till": 10**6}
+    return make_till(coupons={"offline": unlimited_offline}, points={"tiers": {"gold": 3}})
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(prices=st.lists(st.tuples(st.integers(1, 5), st.one_of(st.integers(0, 120), st.integers(0, 3_000))), min_size=1, max_size=4),
+@given(prices=st.lists(st.tuples(st.integers(1, 5), st.one_of(st.integers(0, 120), st.integers(0, 3_000))),
+                       min_size=1, max_size=4),
        off=st.sampled_from([0, 150, 10**6]), points=st.sampled_from([0, 100, 500, 2000]),
        picks=st.lists(st.integers(0, 10**6), min_size=1, max_size=8))
 @example(prices=[(2, 50), (1, 0)], off=0, points=100, picks=[0, 2, 1])  # paid entirely by points: gross, then qty

@@ -87,9 +87,13 @@ def test_amount_off_larger_than_the_basket_stops_at_zero():
 def test_points_spend_in_steps_within_balance_and_share():
     rules = PointsRules(redeem_unit_points=100, redeem_unit_fen=100, redeem_max_percent=50)
     assert price([Line("A", 1000)], points=rules, points_redeemed=300, points_available=1000).points_discount_fen == 300
-    assert price([Line("A", 1000)], points=rules, points_redeemed=150, points_available=1000).points_reason == "points_invalid_step"
-    assert price([Line("A", 1000)], points=rules, points_redeemed=300, points_available=200).points_reason == "insufficient_points"
-    assert price([Line("A", 1000)], points=rules, points_redeemed=600, points_available=1000).points_reason == "points_exceed_total"
+    def reason(redeemed: int, available: int) -> str | None:
+        return price([Line("A", 1000)], points=rules, points_redeemed=redeemed,
+                     points_available=available).points_reason
+
+    assert reason(150, 1000) == "points_invalid_step"
+    assert reason(300, 200) == "insufficient_points"
+    assert reason(600, 1000) == "points_exceed_total"
     assert price([Line("A", 1000)], points=rules, points_redeemed=100).points_reason == "points_need_member"
 
 
@@ -148,7 +152,8 @@ def test_gift_is_refused_only_when_no_line_of_its_sku_has_anything_left_to_pay(l
     else:
         first = payable[0]
         assert outcome.applied
-        assert outcome.discount_fen == (first.net_fen if first.piece_fen is None else min(first.piece_fen, first.net_fen))
+        one_piece = first.net_fen if first.piece_fen is None else min(first.piece_fen, first.net_fen)
+        assert outcome.discount_fen == one_piece
 
 
 @given(amount=st.integers(-5, 10**9), weights=st.lists(st.integers(0, 10**7), max_size=20))

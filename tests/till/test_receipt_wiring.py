@@ -33,7 +33,8 @@ def test_member_sale_receipt_shows_masked_phone_points_and_coupon(agent, api, hq
     facts = job_facts(agent, "rcpt-member")
     member = facts["member"]
     assert member["phone"] == "138****5678"
-    assert (member["points_earned"], member["points_balance"]) == (answer.json()["points_earned"], answer.json()["points_balance"])
+    sale = answer.json()
+    assert (member["points_earned"], member["points_balance"]) == (sale["points_earned"], sale["points_balance"])
     assert [(d["code"], d["amount_fen"]) for d in facts["discounts"]] == [("CP-RCPT", 300)]
     assert "13812345678" not in json.dumps(facts, ensure_ascii=False)
 

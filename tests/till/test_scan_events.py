@@ -49,3 +49,11 @@ def test_hq_double_redemption_verdict_is_published_to_the_pos(make_till, hq):  #
     event = till.run(verdict_event())
     assert event is not None and event.type == "coupon_verdict"
     assert (event.data["coupon_id"], event.data["other_store"]) == ("C1", "store-9")
+
+
+def test_a_scanned_code_whose_kind_claim_is_not_a_string_is_an_unknown_scan(api, hq):  # noqa: F811
+    # A payload nobody signs: "k" as a list or an object (unhashable) must not break classification.
+    for odd_kind in (["c"], {"k": "c"}):
+        answer = api.post("/v1/scans", json={"text": hq.sign({"k": odd_kind, "jti": "CP-ODD", "exp": 2**31})})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["event"]["kind"] == "unknown"

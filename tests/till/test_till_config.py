@@ -28,7 +28,8 @@ def test_phone_hash_key_from_env_or_file(tmp_path, monkeypatch):
     config = validate_config({"members": {"phone_hash_key_file": str(secret)}})
     assert config.members.phone_hash_key.get_secret_value() == "from-file"
     monkeypatch.setenv("POSEDGE_MEMBERS_PHONE_HASH_KEY", "from-env")
-    assert validate_config({"members": {"phone_hash_key_file": str(secret)}}).members.phone_hash_key.get_secret_value() == "from-env"
+    members = validate_config({"members": {"phone_hash_key_file": str(secret)}}).members
+    assert members.phone_hash_key.get_secret_value() == "from-env"
     assert "from-env" not in repr(validate_config({}).members)
 
 

@@ -87,7 +87,8 @@ def contains(actual: Any, expected: Any, where: str = "answer") -> None:
             assert key in actual, f"{where}.{key}: missing from {actual!r}"
             contains(actual[key], value, f"{where}.{key}")
     elif isinstance(expected, list):
-        assert isinstance(actual, list) and len(actual) == len(expected), f"{where}: expected {expected!r}, found {actual!r}"
+        assert isinstance(actual, list) and len(actual) == len(expected), \
+            f"{where}: expected {expected!r}, found {actual!r}"
         for i, (a, e) in enumerate(zip(actual, expected)):
             contains(a, e, f"{where}[{i}]")
     else:
@@ -97,8 +98,8 @@ def contains(actual: Any, expected: Any, where: str = "answer") -> None:
 def hq_import(agent: AgentProcess, kind: str, records: list[dict[str, Any]]) -> None:
     path = agent.home / f"{kind}-{os.urandom(4).hex()}.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "posedge", "data", "import", kind, str(path), "--config", str(agent.config)],
-                          capture_output=True, text=True, timeout=60, cwd=agent.home)
+    command = [sys.executable, "-m", "posedge", "data", "import", kind, str(path), "--config", str(agent.config)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=agent.home)
     assert done.returncode == 0, done.stderr
 
 

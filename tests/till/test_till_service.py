@@ -35,8 +35,8 @@ def test_scanned_codes_resolve_to_who_what_and_why_not(make_till, hq):
     coupon = resolve(hq.coupon("C9", off=300))
     assert (coupon["kind"], coupon["valid"], coupon["coupon"]["off"]) == ("coupon", True, 300)
     assert resolve(hq.pickup("O1", STORE))["pickup"]["items"] == [{"sku": "A", "qty": 1}]
-    assert resolve(hq.pickup("O2", STORE)) | {"message": ""} == {"kind": "pickup", "valid": False, "reason": "not_found",
-                                                                  "order_id": "O2", "message": ""}
+    assert resolve(hq.pickup("O2", STORE)) | {"message": ""} == {
+        "kind": "pickup", "valid": False, "reason": "not_found", "order_id": "O2", "message": ""}
     wrong = resolve(hq.coupon("C8", st=["elsewhere"]))
     assert (wrong["kind"], wrong["valid"], wrong["reason"]) == ("coupon", False, "wrong_store")
     assert resolve("6901234567892") is None
@@ -62,7 +62,8 @@ def test_hq_push_applies_newer_versions_counts_as_contact_and_announces_double_r
 
 def test_member_tombstone_keeps_its_version(make_till, hq):
     till = make_till()
-    till.apply("members", {"member_id": "M1", "version": 3, "card_no": "K1"}, {"member_id": "M1", "version": 4, "deleted": True})
+    till.apply("members", {"member_id": "M1", "version": 3, "card_no": "K1"},
+               {"member_id": "M1", "version": 4, "deleted": True})
     assert till.apply("members", {"member_id": "M1", "version": 3, "card_no": "K1"}).ignored == 1
     with pytest.raises(Exception) as caught:
         till.run(till.till.lookup_member("K1"))
@@ -70,7 +71,8 @@ def test_member_tombstone_keeps_its_version(make_till, hq):
 
 
 def test_bad_records_are_refused_with_a_reason():
-    for kind, record in [("members", {"member_id": "M 1", "version": 1}), ("stock", {"sku": "A", "qty": 1.0, "version": 1}),
+    for kind, record in [("members", {"member_id": "M 1", "version": 1}),
+                         ("stock", {"sku": "A", "qty": 1.0, "version": 1}),
                          ("pickups", {"order_id": "O", "version": 0}), ("members", ["not", "an", "object"]),
                          ("revocations", {"scope": "store", "ref": "x", "version": 1})]:
         with pytest.raises(RecordInvalid):
