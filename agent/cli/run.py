@@ -133,8 +133,8 @@ def _banner(config: Config) -> None:
         f"posedge is running for store {config.store.tenant}/{config.store.id}\n"
         f"  local API:  http://{api.listen}/v1/health   (token: {token_from})\n"
         f"  database:   {config.storage.path.resolve()}\n"
-        f"  HQ sync:    {config.mqtt.url if config.mqtt.enabled else 'disabled'}; not connected by this version: every "
-        f"event waits in the outbox (posedge status shows it)\n"
+        f"  HQ sync:    {config.mqtt.url + ' (MQTT ' + config.mqtt.protocol + ')' if config.mqtt.enabled else 'disabled'}; "
+        f"events wait in the outbox until HQ acknowledges them (posedge status shows it)\n"
         f"  stop it with Ctrl-C (or SIGTERM)",
         file=sys.stderr, flush=True,
     )
