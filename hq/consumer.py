@@ -50,7 +50,8 @@ class Consumer:
             self.counts["gaps"] += 1
         if outcome.error is not None:
             log.warning("event=hq_stream_conflict store=%s/%s stream=%s", tenant, store, batch.stream)
-        self._ack(tenant, store, batch.stream, outcome.acked_seq, batch.msg_id, outcome.gap_from, outcome.error)
+        self._ack(tenant, store, batch.stream, outcome.acked_seq, batch.msg_id, outcome.gap_from, outcome.error,
+                  outcome.acked_event_id)
 
     def _hello(self, tenant: str, store: str, payload: bytes) -> None:
         hello = parse_hello(payload, tenant, store)
@@ -58,11 +59,12 @@ class Consumer:
         held = db.position(self.conn, tenant, store, hello.stream)
         acked = hello.first_seq - 1 if held is None else held
         error = "stream_behind" if acked > hello.max_seq else None
-        self._ack(tenant, store, hello.stream, acked, hello.msg_id, None, error)
+        held_id = db.held_event_id(self.conn, tenant, store, hello.stream, acked)
+        self._ack(tenant, store, hello.stream, acked, hello.msg_id, None, error, held_id)
 
     def _ack(self, tenant: str, store: str, stream: str, acked: int, reply_to: str, gap_from: int | None,
-             error: str | None) -> None:
-        ack = Ack(str(uuid7()), tenant, store, stream, acked, gap_from, reply_to, error)
+             error: str | None, acked_event_id: str | None) -> None:
+        ack = Ack(str(uuid7()), tenant, store, stream, acked, gap_from, reply_to, error, acked_event_id)
         self.publish(Topics(tenant, store).down_ack, build_ack(ack))
 
     def summary(self) -> dict[str, Any]:

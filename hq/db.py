@@ -60,6 +60,7 @@ class Outcome:
     applied: int = 0
     duplicates: int = 0
     bad_payloads: int = 0
+    acked_event_id: str | None = None  # the event held at acked_seq, for the agent to check (docs/protocol.md)
 
 
 def open_database(url: str) -> sqlite3.Connection:
@@ -75,6 +76,10 @@ def open_database(url: str) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.executescript(SCHEMA)
     return conn
+
+
+def held_event_id(conn: sqlite3.Connection, tenant: str, store: str, stream: str, seq: int) -> str | None:
+    return _held_event_id(conn, tenant, store, stream, seq)
 
 
 def position(conn: sqlite3.Connection, tenant: str, store: str, stream: str) -> int | None:
@@ -107,7 +112,7 @@ def _apply(conn: sqlite3.Connection, batch: Batch, now: str) -> Outcome:
     error: str | None = None
     for event in batch.events:
         if event.seq <= acked:
-            if _held_event_id(conn, batch, event.seq) not in (event.event_id, None):
+            if _held_event_id(conn, batch.tenant, batch.store, batch.stream, event.seq) not in (event.event_id, None):
                 error = "seq_conflict"  # the same stream numbered another event so: a restored database
                 break
             duplicates += 1
@@ -127,12 +132,13 @@ def _apply(conn: sqlite3.Connection, batch: Batch, now: str) -> Outcome:
         acked = event.seq
     conn.execute("UPDATE streams SET acked_seq = ?, last_seen_at = ? WHERE tenant = ? AND store_id = ? AND stream = ?",
                  (acked, now, batch.tenant, batch.store, batch.stream))
-    return Outcome(acked, gap_from, error, applied, duplicates, bad)
+    return Outcome(acked, gap_from, error, applied, duplicates, bad, _held_event_id(conn, batch.tenant, batch.store,
+                                                                                   batch.stream, acked))
 
 
-def _held_event_id(conn: sqlite3.Connection, batch: Batch, seq: int) -> str | None:
+def _held_event_id(conn: sqlite3.Connection, tenant: str, store: str, stream: str, seq: int) -> str | None:
     row = conn.execute("SELECT event_id FROM events WHERE tenant = ? AND store_id = ? AND stream = ? AND seq = ?",
-                       (batch.tenant, batch.store, batch.stream, seq)).fetchone()
+                       (tenant, store, stream, seq)).fetchone()
     return str(row[0]) if row else None
 
 

@@ -46,6 +46,8 @@ class OutboxSource(Protocol):
 
     def max_seq(self) -> int: ...
 
+    def event_id_at(self, seq: int) -> str | None: ...
+
     def mark_acked_through(self, seq: int) -> None:
         """Hand the mark to the store's writer and return at once (a lost mark only means a resend)."""
 
@@ -88,6 +90,7 @@ class Drainer:
         self.hello_due = False
         self.hello_sent_at: float | None = None
         self.gap_rewound_at: int | None = None
+        self.verified_seq: int | None = None
         self.last_contact: datetime | None = None
         self.rejected_acks: Counter[str] = Counter()
         self.last_rejected: str | None = None
@@ -153,6 +156,7 @@ class Drainer:
             "batches_sent": self.counts["batches"],
             "events_sent": self.counts["events"],
             "resends": self.counts["rewinds"],
+            "new_streams": self.counts["new_streams"],
             "gaps": self.counts["gaps"],
             "ack_timeouts": self.counts["ack_timeouts"],
             "acks": self.counts["acks"],
@@ -168,8 +172,9 @@ class Drainer:
         self.last_contact = datetime.now(timezone.utc)
         self.counts["acks"] += 1
         self.hello_sent_at = None
-        if ack.error is not None or ack.acked_seq > self._highest_known(ack.acked_seq):
-            self._start_new_stream(ack.error or "stream_behind")
+        problem = ack.error or self._contradiction(ack)
+        if problem is not None:
+            self._start_new_stream(problem)
             return
         if ack.acked_seq > self.acked_seq:
             self.acked_seq = ack.acked_seq
@@ -184,14 +189,22 @@ class Drainer:
             self.gap_rewound_at = ack.gap_from
             self._rewind()
 
-    def _highest_known(self, acked: int) -> int:
-        """The outbox's highest seq; read only when HQ claims more than was sent (cheap in the normal case)."""
-        if acked < self.next_seq:
-            return self.next_seq - 1
-        return self.source.max_seq()
+    def _contradiction(self, ack: Ack) -> str | None:
+        """Why HQ's position can not be this database's: it is past the outbox's end (`stream_behind`), or
+        HQ holds another event at that seq (`seq_conflict`): a backup restored, numbering anew."""
+        if ack.acked_seq < self.stream.first_seq or ack.acked_seq == self.verified_seq:
+            return None
+        local = self.source.event_id_at(ack.acked_seq)
+        if local is None:
+            return "stream_behind"
+        if ack.acked_event_id is not None and ack.acked_event_id != local:
+            return "seq_conflict"
+        self.verified_seq = ack.acked_seq
+        return None
 
     def _start_new_stream(self, reason: str) -> None:
         self.counts["new_streams"] += 1
+        self.verified_seq = None
         self.stream = self.source.rebirth(reason)
         self.acked_seq = self._local_acked()
         self.inflight.clear()

@@ -12,7 +12,7 @@ import binascii
 import re
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -152,7 +152,7 @@ class Ack:
     gap_from: int | None = None  # HQ saw a later seq but misses this one: resend from here
     reply_to: str | None = None
     error: str | None = None  # seq_conflict | stream_behind: the agent must start a new stream
-    extra: dict[str, Any] = field(default_factory=dict)
+    acked_event_id: str | None = None  # the event HQ holds at acked_seq: a restored database numbers another there
 
 
 # -- building --------------------------------------------------------------------------------------
@@ -181,8 +181,8 @@ def build_hello(hello: Hello) -> bytes:
 
 def build_ack(ack: Ack) -> bytes:
     envelope = _head("ack", ack.msg_id, ack.tenant, ack.store)
-    envelope.update(stream=ack.stream, acked_seq=ack.acked_seq, gap_from=ack.gap_from, reply_to=ack.reply_to,
-                    error=ack.error)
+    envelope.update(stream=ack.stream, acked_seq=ack.acked_seq, acked_event_id=ack.acked_event_id,
+                    gap_from=ack.gap_from, reply_to=ack.reply_to, error=ack.error)
     return dumps_bytes(envelope)
 
 
@@ -211,7 +211,9 @@ def parse_ack(data: bytes, tenant: str, store: str) -> Ack:
     if error is not None and error not in ACK_ERRORS:
         raise ProtocolError("bad_field", f"error {str(error)[:40]!r} is not one of {sorted(ACK_ERRORS)} or null")
     reply_to = _optional_str(obj, "reply_to", 64)
-    return Ack(_str(obj, "msg_id", 64), tenant, store, _uuid(obj, "stream"), acked, gap, reply_to, error)
+    acked_event_id = None if obj.get("acked_event_id") is None else _uuid(obj, "acked_event_id")
+    return Ack(_str(obj, "msg_id", 64), tenant, store, _uuid(obj, "stream"), acked, gap, reply_to, error,
+               acked_event_id)
 
 
 def parse_hello(data: bytes, tenant: str, store: str) -> Hello:

@@ -50,6 +50,10 @@ class StoreOutbox:
     def max_seq(self) -> int:
         return self.reader.read_sync(outbox.max_seq)
 
+    def event_id_at(self, seq: int) -> str | None:
+        row = self.reader.read_sync(lambda conn: conn.execute("SELECT event_id FROM outbox WHERE seq = ?", (seq,)).fetchone())
+        return str(row[0]) if row else None
+
     def mark_acked_through(self, seq: int) -> None:
         future = self.writer.submit(lambda conn: outbox.mark_acked_through(conn, seq), durable=False)
         future.add_done_callback(_log_failed_mark)
