@@ -253,6 +253,7 @@ class Link:
             deadline = time.monotonic() + 1.0
             while time.monotonic() < deadline and client.want_write():
                 client.loop(timeout=0.05)
+            client.on_disconnect = None  # a disconnect we asked for is not a lost connection
             client.disconnect()
             client.loop(timeout=0.05)
         except Exception:
