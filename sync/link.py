@@ -83,6 +83,7 @@ class Link:
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._next_attempt = 0.0
         self._next_status = 0.0
+        self._connect_started = 0.0
         self._lock = threading.Lock()
         self._state: State = "connecting"
         self._last_error: str | None = None
@@ -135,6 +136,9 @@ class Link:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._drop(f"connection lost: {mqtt.error_string(rc)}")
             return
+        if not self.drainer.connected and time.monotonic() - self._connect_started > 2 * self.settings.connect_timeout_s:
+            self._drop("the broker accepted the connection but sent no CONNACK")  # a silent broker or proxy
+            return
         if self.drainer.connected:
             for topic, payload in self.drainer.publishes():
                 self._publish(client, topic, payload)
@@ -152,6 +156,7 @@ class Link:
     def _connect(self) -> None:
         s = self.settings
         self._set_state("connecting")
+        self._connect_started = time.monotonic()
         client = self._new_client()
         try:
             if s.protocol == "5":
