@@ -1,8 +1,8 @@
 """Events per second from the outbox to HQ's database over loopback, next to raw paho in the same run.
 
 Batched: N sale events already in an agent database (the store's writer and reader, schema and all),
-drained by the sync link (sync/link.py + sync/drainer.py, `[mqtt]` defaults: 200 events or 64 KiB a
-batch, 8 batches in flight) through a real mosquitto (no persistence) into a real `posedge-hq serve`
+drained by the sync link (sync/link.py + sync/drainer.py, `[mqtt]` defaults: 500 events or 512 KiB
+of JSON a batch, zlib-compressed, 8 batches in flight) through a real mosquitto (no persistence) into a real `posedge-hq serve`
 process and its SQLite; the clock stops when HQ's `sales` table holds all N, so it includes HQ's
 commits and acks and the agent's acked marks.
 Raw: paho publishing the same N events' JSON one QoS 1 message per event with the same in-flight
@@ -39,6 +39,7 @@ from posedge.sync.link import Link
 from posedge.sync.protocol import Topics
 
 WINDOW = 8
+MQTT_KEYS: dict[str, object] = {}
 
 
 def free_port() -> int:
@@ -101,7 +102,7 @@ def hq_count(db: Path) -> int:
 
 def batched(home: Path, port: int, events: int) -> float:
     config = validate_config({"store": {"tenant": "bench", "id": "s1"}, "storage": {"path": str(home / "store.db")},
-                              "mqtt": {"url": f"mqtt://127.0.0.1:{port}"}, "scanners": [], "printers": []})
+                              "mqtt": {"url": f"mqtt://127.0.0.1:{port}", **MQTT_KEYS}, "scanners": [], "printers": []})
     writer = StoreWriter(config.storage.path)
     assert writer.start() is None
     reader = StoreReader(config.storage.path)
@@ -166,7 +167,13 @@ def raw(port: int, events: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--batch-max-events", type=int, default=None, help="[mqtt] batch_max_events (default: the config's)")
+    parser.add_argument("--batch-max-bytes", type=int, default=None, help="[mqtt] batch_max_bytes (default: the config's)")
     args = parser.parse_args()
+    if args.batch_max_events:
+        MQTT_KEYS["batch_max_events"] = args.batch_max_events
+    if args.batch_max_bytes:
+        MQTT_KEYS["batch_max_bytes"] = args.batch_max_bytes
     if shutil.which("mosquitto") is None:
         raise SystemExit("bench: mosquitto is not installed (tools/system-deps.sh test)")
     home = Path(tempfile.mkdtemp(prefix="posedge-bench-sync-"))
@@ -178,7 +185,7 @@ def main() -> None:
         broker.kill()
         broker.wait(10)
         shutil.rmtree(home, ignore_errors=True)
-    print(f"events: {args.events}, in-flight window {WINDOW} (batches of up to 200 events / raw messages)")
+    print(f"events: {args.events}, in-flight window {WINDOW} (batches / raw messages), batch keys {MQTT_KEYS or 'default'}")
     print(f"outbox -> HQ's SQLite, batched, acked end to end: {batched_rate:,.0f} events/s")
     print(f"raw paho, one QoS 1 message per event, PUBACK only: {raw_rate:,.0f} events/s")
     print(f"ratio batched/raw: {batched_rate / raw_rate:.2f}")

@@ -57,8 +57,8 @@ class OutboxSource(Protocol):
 
 @dataclass(frozen=True)
 class DrainSettings:
-    batch_max_events: int = 200
-    batch_max_bytes: int = 65_536
+    batch_max_events: int = 500
+    batch_max_bytes: int = 524_288
     window: int = 8  # batches out without HQ's ack
     ack_timeout_s: float = 10.0
     compress_min_bytes: int = 2048
