@@ -94,3 +94,40 @@ def test_posedge_status_shows_the_sync_state_stream_and_position() -> None:
                                                     "last_contact": "2026-12-02T05:00:00+00:00", "last_error": None}})
     assert "sync: connected stream=0190-x acked_seq=41 last_contact=2026-12-02T05:00:00+00:00" in text
     assert "sync: offline - cannot connect" in format_status({"sync": {"state": "offline", "last_error": "cannot connect"}})
+
+
+def test_a_silent_broker_never_blocks_a_checkout_and_is_reported(agent_factory: Any, tmp_path: Any) -> None:
+    """A listener that accepts and never answers (a hung broker or proxy): sales go on; sync says why."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # keep it open, say nothing
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        agent = agent_factory(mqtt_keys=f'url = "mqtt://127.0.0.1:{port}"\nenabled = true\nreconnect_max_s = 1.0\n').start()
+        assert len(post_sales(agent, 20)) == 20
+        with agent.client() as client:
+            wait_for(lambda: "CONNACK" in str(client.get("/v1/status").json()["sync"]["last_error"]), 20,
+                     "the silent broker reported")
+            assert client.get("/v1/status").json()["outbox"]["depth"] >= 20
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()

@@ -258,3 +258,22 @@ def test_a_replaced_database_is_a_new_stream_that_hq_starts_from_its_own_first_s
     assert_exactly_once_in_order(hq, first + second)
     streams = hq.query("SELECT first_seq, acked_seq FROM streams ORDER BY first_seen_at")
     assert len(streams) == 2 and streams[1][0] == 1  # not acknowledged from the old stream's position
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SLOW, reason="repeated broker kills over a long drain: POSEDGE_SLOW=1")
+def test_a_broker_killed_again_and_again_during_a_long_drain_loses_and_doubles_nothing(
+        agent_factory: Any, broker_factory: Any, hq_factory: Any) -> None:
+    broker: Broker = broker_factory(persistence=False).start()
+    hq = hq_factory(broker).start()
+    agent = syncing_agent(agent_factory, broker).start()
+    seller = Seller(agent, 5000)
+    seller.start()
+    for kill in range(1, 6):
+        wait_for(lambda: len(seller.sold) >= kill * 800, 60, f"sales before kill {kill}")
+        broker.kill()
+        time.sleep(0.5)  # sales go on while the broker is away
+        broker.start()
+    sold = seller.finish(120)
+    wait_drained(agent, 60)
+    assert_exactly_once_in_order(hq, sold)
