@@ -140,3 +140,14 @@ def test_any_events_field_gives_a_batch_or_a_protocol_error(value: object, compr
         return
     seqs = [e.seq for e in got.events]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) and all(isinstance(e.payload, dict) for e in got.events)
+
+
+def test_sync_and_the_reference_hq_load_without_the_agent() -> None:
+    """docs/architecture.md: sync/ depends on nothing of ours but sync/, hq/ only on sync/."""
+    import subprocess
+    import sys
+
+    code = ("import sys, posedge.hq.cli, posedge.hq.consumer, posedge.sync.link, posedge.sync.drainer; "
+            "print(sorted(m for m in sys.modules if m.startswith(('posedge.agent', 'posedge.drivers'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
