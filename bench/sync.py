@@ -9,7 +9,14 @@ Raw: paho publishing the same N events' JSON one QoS 1 message per event with th
 window (8), to the same broker, the clock stopping at the last PUBACK: no HQ, no database, no ack
 end to end; the plainest way to move the events, and an upper bound on what it could do.
 
-    .venv/bin/python bench/sync.py [--events 20000]
+Checkouts during a drain: a real agent process (`posedge run`) with a backlog of `--backlog` sale
+events in its outbox and no broker sells (`POST /v1/sales`); then the broker
+and HQ start and the till keeps selling while the backlog drains: p50/p99 of the checkouts idle
+(backlog, no broker) next to during the drain, and how long the drain took. The till sells 50 sales a
+second in both phases (a busy store's tills together): flat out, it would race the drain for the
+CPU instead.
+
+    .venv/bin/python bench/sync.py [--events 20000] [--backlog 20000] [--checkouts 300]
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -38,7 +46,10 @@ from posedge.sync.encoding import dumps_bytes
 from posedge.sync.link import Link
 from posedge.sync.protocol import Topics
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 WINDOW = 8
+PACE_PER_S = 50
 MQTT_KEYS: dict[str, object] = {}
 
 
@@ -164,9 +175,87 @@ def raw(port: int, events: int) -> float:
     return events / elapsed
 
 
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def paced_checkout(client: httpx.Client, n: int) -> float:
+    """One checkout every 1/PACE_PER_S seconds: a busy store's tills together, not a till posting flat out
+    (which would race the drain for the CPU rather than show what a checkout feels during it)."""
+    started = time.perf_counter()
+    elapsed = checkout(client, n)
+    time.sleep(max(0.0, 1 / PACE_PER_S - (time.perf_counter() - started)))
+    return elapsed
+
+
+def checkout(client: httpx.Client, n: int) -> float:
+    body = {"sale_id": f"bench-{n:07d}", "lines": [{"sku": "6901234567892", "qty": 1, "unit_price_fen": 300}],
+            "payments": [{"method": "cash", "amount_fen": 300}]}
+    t0 = time.perf_counter()
+    answer = client.post("/v1/sales", json=body)
+    elapsed = time.perf_counter() - t0
+    if answer.status_code != 201:
+        raise SystemExit(f"bench: sale {n} answered {answer.status_code}: {answer.text}")
+    return elapsed
+
+
+def checkouts_during_drain(home: Path, backlog: int, count: int) -> tuple[list[float], list[float], float]:
+    from conftest import AgentProcess
+
+    port = free_port()
+    (home / "agent" / "var").mkdir(parents=True)
+    agent = AgentProcess(home / "agent", top_config="printers = []", mqtt_keys=f'url = "mqtt://127.0.0.1:{port}"\nenabled = true\n'
+                                                    "reconnect_max_s = 1.0\n")
+    writer = StoreWriter(home / "agent" / "var" / "posedge.db")
+    assert writer.start() is None
+    for start in range(0, backlog, 1000):
+        def fill(conn: sqlite3.Connection, start: int = start) -> None:
+            for i in range(start, min(backlog, start + 1000)):
+                payload = sale_payload(i)
+                outbox.append_event(conn, "sale", str(payload["sale_id"]), payload)
+        writer.submit(fill).result(60)
+    writer.stop()
+    agent.start()
+    broker = hq = None
+    try:
+        with agent.client() as client:
+            for n in range(50):
+                checkout(client, n)
+            idle = [paced_checkout(client, 1000 + n) for n in range(count)]
+            broker_home = home / "broker-drain"
+            broker_home.mkdir()
+            conf = broker_home / "mosquitto.conf"
+            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+            broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            hq = subprocess.Popen([sys.executable, "-m", "posedge.hq", "serve", "--mqtt", f"mqtt://127.0.0.1:{port}",
+                                   "--db", f"sqlite:///{home / 'hq-drain.db'}"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+            started = time.perf_counter()
+            during: list[float] = []
+            n = 100_000
+            while True:
+                during.extend(paced_checkout(client, n + k) for k in range(20))
+                n += 20
+                if client.get("/v1/status").json()["outbox"]["depth"] == 0:
+                    break
+                if time.perf_counter() - started > 600:
+                    raise SystemExit("bench: the drain did not finish within 600 s")
+            drain_s = time.perf_counter() - started
+    finally:
+        agent.stop()
+        for proc in (hq, broker):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
+    return idle, during, drain_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--backlog", type=int, default=20000, help="sale events waiting when the broker comes back")
+    parser.add_argument("--checkouts", type=int, default=300, help="timed checkouts while idle")
     parser.add_argument("--batch-max-events", type=int, default=None, help="[mqtt] batch_max_events (default: the config's)")
     parser.add_argument("--batch-max-bytes", type=int, default=None, help="[mqtt] batch_max_bytes (default: the config's)")
     args = parser.parse_args()
@@ -181,6 +270,7 @@ def main() -> None:
     try:
         raw_rate = raw(port, args.events)
         batched_rate = batched(home, port, args.events)
+        idle, during, drain_s = checkouts_during_drain(home, args.backlog, args.checkouts)
     finally:
         broker.kill()
         broker.wait(10)
@@ -189,6 +279,11 @@ def main() -> None:
     print(f"outbox -> HQ's SQLite, batched, acked end to end: {batched_rate:,.0f} events/s")
     print(f"raw paho, one QoS 1 message per event, PUBACK only: {raw_rate:,.0f} events/s")
     print(f"ratio batched/raw: {batched_rate / raw_rate:.2f}")
+    idle_ms = [percentile(idle, q) * 1000 for q in (50, 99)]
+    during_ms = [percentile(during, q) * 1000 for q in (50, 99)]
+    print(f"backlog of {args.backlog} events drained in {drain_s:.1f} s while the till sold {len(during)} sales")
+    print(f"checkout p50/p99 idle (backlog, no broker): {idle_ms[0]:.1f} / {idle_ms[1]:.1f} ms; "
+          f"during the drain: {during_ms[0]:.1f} / {during_ms[1]:.1f} ms; p99 ratio {during_ms[1] / idle_ms[1]:.2f}")
 
 
 if __name__ == "__main__":

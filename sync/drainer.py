@@ -88,7 +88,6 @@ class Drainer:
         self.inflight: deque[_InFlight] = deque()
         self.connected = False
         self.hello_due = False
-        self.hello_sent_at: float | None = None
         self.gap_rewound_at: int | None = None
         self.verified_seq: int | None = None
         self.last_contact: datetime | None = None
@@ -111,7 +110,6 @@ class Drainer:
 
     def on_disconnected(self) -> None:
         self.connected = False
-        self.hello_sent_at = None
         self._rewind()
 
     def on_ack(self, data: bytes) -> None:
@@ -128,17 +126,13 @@ class Drainer:
         if not self.connected:
             return []
         now = self.clock()
-        if self.hello_due:
+        out: list[Publish] = []
+        if self.hello_due:  # HQ's answer moves acked_seq on if marks were lost; no need to wait for it
             self.hello_due = False
-            self.hello_sent_at = now
-            return [(self.topics.up_hello, self._hello())]
-        if self.hello_sent_at is not None and now - self.hello_sent_at < self.settings.ack_timeout_s:
-            return []  # wait for HQ's position before sending what it may already hold
-        self.hello_sent_at = None
+            out.append((self.topics.up_hello, self._hello()))
         if self.inflight and now - self.inflight[0].sent_at > self.settings.ack_timeout_s:
             self.counts["ack_timeouts"] += 1
             self._rewind()
-        out: list[Publish] = []
         while len(self.inflight) < self.settings.window:
             batch = self._next_batch(now)
             if batch is None:
@@ -171,7 +165,6 @@ class Drainer:
             return
         self.last_contact = datetime.now(timezone.utc)
         self.counts["acks"] += 1
-        self.hello_sent_at = None
         problem = ack.error or self._contradiction(ack)
         if problem is not None:
             self._start_new_stream(problem)

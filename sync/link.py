@@ -33,6 +33,7 @@ from posedge.sync.protocol import Topics, build_status
 
 log = logging.getLogger("posedge.sync.link")
 
+READS_PER_STEP = 16
 State = Literal["connecting", "connected", "offline", "stopped"]
 
 
@@ -133,6 +134,10 @@ class Link:
                 self._stop.wait(min(0.05, max(0.0, self._next_attempt - time.monotonic())))
             return
         rc = client.loop(timeout=0.02)
+        for _ in range(READS_PER_STEP):  # paho reads one packet a loop(); acks and PUBACKs come in bursts
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            rc = client.loop(timeout=0)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._drop(f"connection lost: {mqtt.error_string(rc)}")
             return
