@@ -90,6 +90,7 @@ class Link:
         self._last_error: str | None = None
         self._connected_at: datetime | None = None
         self._snapshot: dict[str, Any] = {}
+        self._refresh_snapshot()  # GET /v1/status has the stream and position before the first connection
 
     # -- other threads ----------------------------------------------------------------------
     def start(self) -> None:
@@ -244,7 +245,7 @@ class Link:
                 client.disconnect()
             except Exception:  # the socket may already be gone
                 pass
-        if self.drainer.connected or self._state != "offline":
+        if self.drainer.connected or error[:300] != self._last_error:  # not once per retry of the same failure
             log.warning("event=sync_disconnected error=%r", error)
         self.drainer.on_disconnected()
         delay = self._backoff.next_delay()

@@ -100,6 +100,7 @@ def test_sales_made_while_the_broker_is_down_reach_hq_exactly_once_when_it_start
     sold = post_sales(agent, 60)
     status = sync_status(agent)
     assert status["state"] in ("connecting", "offline") and status["last_error"]
+    assert status["stream"] and status["acked_seq"] == 0 and status["last_contact"] is None
 
     broker.start()
     hq = hq_factory(broker, protocol).start()
