@@ -112,12 +112,13 @@ def test_sales_made_while_the_broker_is_down_reach_hq_exactly_once_when_it_start
     assert status["stream"] == hq.query("SELECT stream FROM streams")[0][0]
 
 
-@pytest.mark.parametrize("persistence", [True, False], ids=["persistent-broker", "broker-without-persistence"])
+@pytest.mark.parametrize("persistence,protocol", [(True, "5"), (False, "5"), (False, "3.1.1")],
+                         ids=["persistent-broker", "broker-without-persistence", "mqtt-3.1.1-without-persistence"])
 def test_broker_killed_mid_drain_loses_no_sale_and_duplicates_none(
-        agent_factory: Any, broker_factory: Any, hq_factory: Any, persistence: bool) -> None:
+        agent_factory: Any, broker_factory: Any, hq_factory: Any, persistence: bool, protocol: str) -> None:
     broker: Broker = broker_factory(persistence=persistence).start()
-    hq = hq_factory(broker).start()
-    agent = syncing_agent(agent_factory, broker).start()
+    hq = hq_factory(broker, protocol).start()
+    agent = syncing_agent(agent_factory, broker, protocol).start()
     seller = Seller(agent)
     seller.start()
     wait_for(lambda: len(hq.sale_ids()) >= SALES // 4, 30, "the drain started")
