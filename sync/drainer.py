@@ -5,7 +5,9 @@ It is the link thread's logic, without MQTT: the link (sync/link.py) calls `on_c
 The outbox is reached through an `OutboxSource` the agent provides (its reader for reads, its
 writer's `submit` for the acked marks), so this module knows nothing of the agent.
 
-Go-back-N over a bounded window: at most `window` batches are out unacknowledged. An event is done
+Go-back-N over a bounded window: at most `window` batches are out unacknowledged; after a connect or
+an ack timeout only one, until HQ answers (a store whose HQ is down resends one batch a timeout, not
+a window of them). An event is done
 when HQ acknowledges its seq (never on the broker's PUBACK: a broker may lose what it acknowledged,
 and paho's queue is in memory). A gap HQ reports (`gap_from`), an ack that does not come within
 `ack_timeout_s`, or a new connection all rewind to the first unacknowledged seq and send from there;
@@ -88,6 +90,7 @@ class Drainer:
         self.inflight: deque[_InFlight] = deque()
         self.connected = False
         self.hello_due = False
+        self.probing = True  # one batch out until HQ answers: nobody listening must not cost a window a timeout
         self.gap_rewound_at: int | None = None
         self.verified_seq: int | None = None
         self.last_contact: datetime | None = None
@@ -107,6 +110,7 @@ class Drainer:
         self.connected = True
         self._rewind()
         self.hello_due = True
+        self.probing = True
 
     def on_disconnected(self) -> None:
         self.connected = False
@@ -132,8 +136,10 @@ class Drainer:
             out.append((self.topics.up_hello, self._hello()))
         if self.inflight and now - self.inflight[0].sent_at > self.settings.ack_timeout_s:
             self.counts["ack_timeouts"] += 1
+            self.probing = True
             self._rewind()
-        while len(self.inflight) < self.settings.window:
+        window = 1 if self.probing else self.settings.window
+        while len(self.inflight) < window:
             batch = self._next_batch(now)
             if batch is None:
                 break
@@ -165,6 +171,7 @@ class Drainer:
             return
         self.last_contact = datetime.now(timezone.utc)
         self.counts["acks"] += 1
+        self.probing = False
         problem = ack.error or self._contradiction(ack)
         if problem is not None:
             self._start_new_stream(problem)
@@ -203,6 +210,7 @@ class Drainer:
         self.inflight.clear()
         self.next_seq = self.acked_seq + 1
         self.hello_due = self.connected
+        self.probing = True
 
     def _rewind(self) -> None:
         if self.inflight or self.next_seq != self.acked_seq + 1:

@@ -50,13 +50,13 @@ def store(tmp_path: Path) -> Iterator[StoreOutbox]:
 
 
 def drainer(store: StoreOutbox, clock: Clock) -> tuple[Drainer, list[tuple[str, bytes]]]:
-    """Connected: the hello, then the first window's batches at once (HQ's answer is not waited for)."""
+    """Connected: the hello and one batch at once (HQ's answer is not waited for); the window opens on it."""
     d = Drainer(TOPICS, store, DrainSettings(batch_max_events=10, window=4, ack_timeout_s=5), "test", clock)
     d.on_connected()
     first = d.publishes()
-    assert first[0][0] == TOPICS.up_hello
+    assert [t for t, _ in first] == [TOPICS.up_hello, TOPICS.up_batch]
     d.on_ack(ack(d, 0))  # HQ has never seen the stream
-    return d, first[1:]
+    return d, first[1:] + d.publishes()
 
 
 def ack(d: Drainer, acked: int, gap_from: int | None = None, event_id: str | None = None, error: str | None = None,
@@ -100,9 +100,13 @@ def test_no_ack_within_the_timeout_sends_again_from_the_first_unacked(store: Sto
     d, _ = drainer(store, clock)
     clock.now += 4
     assert d.publishes() == []
-    clock.now += 2  # past ack_timeout_s of the oldest batch
-    assert sent_ranges(d.publishes()) == [(1, 10), (11, 20), (21, 30), (31, 40)]
-    assert d.status()["ack_timeouts"] == 1
+    clock.now += 2  # past ack_timeout_s of the oldest batch: one batch again, as a probe
+    assert sent_ranges(d.publishes()) == [(1, 10)]
+    clock.now += 6
+    assert sent_ranges(d.publishes()) == [(1, 10)]  # HQ still silent: still one batch a timeout
+    d.on_ack(ack(d, 10, event_id=store.event_id_at(10)))
+    assert sent_ranges(d.publishes()) == [(11, 20), (21, 30), (31, 40), (41, 50)]
+    assert d.status()["ack_timeouts"] == 2
 
 
 def test_an_ack_naming_another_event_at_its_position_starts_a_new_stream(store: StoreOutbox, tmp_path: Path) -> None:
@@ -112,7 +116,7 @@ def test_an_ack_naming_another_event_at_its_position_starts_a_new_stream(store: 
     assert d.stream.stream_id != old and d.stream.reason == "seq_conflict" and d.stream.first_seq == 1
     assert (tmp_path / "s.db.stream").read_text().strip() == d.stream.stream_id
     again = d.publishes()
-    assert again[0][0] == TOPICS.up_hello and sent_ranges(again[1:])[0] == (1, 10)  # all again, on the new stream
+    assert again[0][0] == TOPICS.up_hello and sent_ranges(again[1:]) == [(1, 10)]  # all again, on the new stream
 
 
 def test_an_ack_past_the_outbox_end_is_stream_behind_and_an_old_streams_ack_is_ignored(store: StoreOutbox) -> None:
