@@ -2,7 +2,8 @@
 
 Batched: N sale events already in an agent database (the store's writer and reader, schema and all),
 drained by the sync link (sync/link.py + sync/drainer.py, `[mqtt]` defaults: 500 events or 512 KiB
-of JSON a batch, zlib-compressed, 8 batches in flight) through a real mosquitto (no persistence) into a real `posedge-hq serve`
+of JSON a batch, zlib-compressed, 8 batches in flight) through a real mosquitto (no persistence) into
+a real `posedge-hq serve`
 process and its SQLite; the clock stops when HQ's `sales` table holds all N, so it includes HQ's
 commits and acks and the agent's acked marks.
 Raw: paho publishing the same N events' JSON one QoS 1 message per event with the same in-flight
@@ -205,7 +206,8 @@ def checkouts_during_drain(home: Path, backlog: int, count: int) -> tuple[list[f
 
     port = free_port()
     (home / "agent" / "var").mkdir(parents=True)
-    agent = AgentProcess(home / "agent", top_config="printers = []", mqtt_keys=f'url = "mqtt://127.0.0.1:{port}"\nenabled = true\n'
+    agent = AgentProcess(home / "agent", top_config="printers = []",
+                         mqtt_keys=f'url = "mqtt://127.0.0.1:{port}"\nenabled = true\n'
                                                     "reconnect_max_s = 1.0\n")
     writer = StoreWriter(home / "agent" / "var" / "posedge.db")
     assert writer.start() is None
@@ -227,7 +229,8 @@ def checkouts_during_drain(home: Path, backlog: int, count: int) -> tuple[list[f
             broker_home.mkdir()
             conf = broker_home / "mosquitto.conf"
             conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-            broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
             hq = subprocess.Popen([sys.executable, "-m", "posedge.hq", "serve", "--mqtt", f"mqtt://127.0.0.1:{port}",
                                    "--db", f"sqlite:///{home / 'hq-drain.db'}"], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
@@ -256,8 +259,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--backlog", type=int, default=20000, help="sale events waiting when the broker comes back")
     parser.add_argument("--checkouts", type=int, default=300, help="timed checkouts while idle")
-    parser.add_argument("--batch-max-events", type=int, default=None, help="[mqtt] batch_max_events (default: the config's)")
-    parser.add_argument("--batch-max-bytes", type=int, default=None, help="[mqtt] batch_max_bytes (default: the config's)")
+    parser.add_argument("--batch-max-events", type=int, default=None,
+                        help="[mqtt] batch_max_events (default: the config's)")
+    parser.add_argument("--batch-max-bytes", type=int, default=None,
+                        help="[mqtt] batch_max_bytes (default: the config's)")
     args = parser.parse_args()
     if args.batch_max_events:
         MQTT_KEYS["batch_max_events"] = args.batch_max_events
@@ -275,7 +280,8 @@ def main() -> None:
         broker.kill()
         broker.wait(10)
         shutil.rmtree(home, ignore_errors=True)
-    print(f"events: {args.events}, in-flight window {WINDOW} (batches / raw messages), batch keys {MQTT_KEYS or 'default'}")
+    print(f"events: {args.events}, in-flight window {WINDOW} (batches / raw messages), "
+          f"batch keys {MQTT_KEYS or 'default'}")
     print(f"outbox -> HQ's SQLite, batched, acked end to end: {batched_rate:,.0f} events/s")
     print(f"raw paho, one QoS 1 message per event, PUBACK only: {raw_rate:,.0f} events/s")
     print(f"ratio batched/raw: {batched_rate / raw_rate:.2f}")

@@ -68,7 +68,8 @@ def _client(args: argparse.Namespace) -> mqtt.Client:
     client_id = args.client_id or f"posedge-hq-{uuid.uuid4().hex[:12]}"
     if args.protocol == "5":
         return mqtt.Client(CallbackAPIVersion.VERSION2, client_id, protocol=MQTTProtocolVersion.MQTTv5)
-    return mqtt.Client(CallbackAPIVersion.VERSION2, client_id, clean_session=True, protocol=MQTTProtocolVersion.MQTTv311)
+    return mqtt.Client(CallbackAPIVersion.VERSION2, client_id, clean_session=True,
+                       protocol=MQTTProtocolVersion.MQTTv311)
 
 
 def _subscribed(client: mqtt.Client, reason_code: object) -> None:

@@ -150,7 +150,8 @@ def _insert_event(conn: sqlite3.Connection, batch: Batch, event: WireEvent, now:
 
 def _apply_event(conn: sqlite3.Connection, batch: Batch, event: WireEvent, now: str) -> tuple[bool, bool]:
     """(first time this event id is applied, its payload was valid for its kind)."""
-    cur = conn.execute("INSERT OR IGNORE INTO applied_events VALUES (?, ?, ?)", (batch.tenant, batch.store, event.event_id))
+    cur = conn.execute("INSERT OR IGNORE INTO applied_events VALUES (?, ?, ?)",
+                       (batch.tenant, batch.store, event.event_id))
     if cur.rowcount == 0:
         return False, True
     if event.kind != "sale":

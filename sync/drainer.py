@@ -232,8 +232,9 @@ class Drainer:
             chosen.append(wire)
         if not chosen:
             return None
+        sent_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         batch = Batch(str(uuid7()), self.topics.tenant, self.topics.store, self.stream.stream_id,
-                      self.stream.first_seq, datetime.now(timezone.utc).isoformat(timespec="milliseconds"), tuple(chosen))
+                      self.stream.first_seq, sent_at, tuple(chosen))
         self.inflight.append(_InFlight(chosen[0].seq, chosen[-1].seq, now))
         self.next_seq = chosen[-1].seq + 1
         self.counts["batches"] += 1

@@ -142,7 +142,8 @@ class Link:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._drop(f"connection lost: {mqtt.error_string(rc)}")
             return
-        if not self.drainer.connected and time.monotonic() - self._connect_started > 2 * self.settings.connect_timeout_s:
+        waited = time.monotonic() - self._connect_started
+        if not self.drainer.connected and waited > 2 * self.settings.connect_timeout_s:
             self._drop("the broker accepted the connection but sent no CONNACK")  # a silent broker or proxy
             return
         if self.drainer.connected:

@@ -59,7 +59,8 @@ def pending(conn: sqlite3.Connection, limit: int = 100, after_seq: int = 0) -> l
         "WHERE acked_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
         (after_seq, limit),
     ).fetchall()
-    return [OutboxEvent(r[0], r[1], r[2], r[3], loads(r[4]), r[5], r[6]) for r in rows]  # orjson: the drainer reads a lot
+    # orjson: the drainer reads a lot
+    return [OutboxEvent(r[0], r[1], r[2], r[3], loads(r[4]), r[5], r[6]) for r in rows]
 
 
 def mark_sent(conn: sqlite3.Connection, event_ids: Iterable[str]) -> None:
@@ -87,10 +88,6 @@ def mark_acked_through(conn: sqlite3.Connection, seq: int) -> int:
 def max_seq(conn: sqlite3.Connection) -> int:
     """The highest seq in the outbox (0: empty)."""
     return int(conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0])
-
-
-def first_pending_seq(conn: sqlite3.Connection) -> int | None:
-    return conn.execute("SELECT min(seq) FROM outbox WHERE acked_at IS NULL").fetchone()[0]  # type: ignore[no-any-return]
 
 
 def stats(conn: sqlite3.Connection) -> OutboxStats:

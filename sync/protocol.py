@@ -239,7 +239,8 @@ def parse_batch(data: bytes, tenant: str, store: str) -> Batch:
     events = tuple(_event(e, i) for i, e in enumerate(raw_events))
     for before, after in zip(events, events[1:]):
         if after.seq != before.seq + 1:
-            raise ProtocolError("bad_field", f"events[].seq must be consecutive; {before.seq} is followed by {after.seq}")
+            raise ProtocolError("bad_field",
+                                f"events[].seq must be consecutive; {before.seq} is followed by {after.seq}")
     first = _int(obj, "first_seq", 1)
     if events[0].seq < first:
         raise ProtocolError("bad_field", f"seq {events[0].seq} is below the stream's first_seq {first}")
@@ -301,7 +302,8 @@ def _event(raw: Any, index: int) -> WireEvent:
 def _int(obj: dict[str, Any], key: str, minimum: int, where: str = "") -> int:
     value = obj.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= MAX_SEQ:
-        raise ProtocolError("bad_field", f"{_at(where, key)} {str(value)[:30]!r} is not an integer from {minimum} to 2^63-1")
+        raise ProtocolError("bad_field",
+                            f"{_at(where, key)} {str(value)[:30]!r} is not an integer from {minimum} to 2^63-1")
     return value
 
 

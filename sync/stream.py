@@ -7,7 +7,8 @@ store PC's file) or a marker that is missing (a database carried to a new PC, a 
 which only the database came back) starts a new stream. A backup of the same stream (row and
 marker agree) is caught by HQ's ack instead: its position is past the outbox's highest seq
 (`stream_behind`), or the event it holds at its position is not the outbox's (`seq_conflict`); both
-make the agent start a new stream too (sync/drainer.py). A new stream is always safe (HQ deduplicates on event ids); a reused one is not.
+make the agent start a new stream too (sync/drainer.py). A new stream is always safe (HQ
+deduplicates on event ids); a reused one is not.
 
 Why seq is gap-free and never reused: `outbox.seq` is `INTEGER PRIMARY KEY AUTOINCREMENT`. SQLite
 gives each insert max(seq ever used)+1 from `sqlite_sequence`, and that update is part of the

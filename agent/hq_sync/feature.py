@@ -51,7 +51,8 @@ class StoreOutbox:
         return self.reader.read_sync(outbox.max_seq)
 
     def event_id_at(self, seq: int) -> str | None:
-        row = self.reader.read_sync(lambda conn: conn.execute("SELECT event_id FROM outbox WHERE seq = ?", (seq,)).fetchone())
+        query = "SELECT event_id FROM outbox WHERE seq = ?"
+        row = self.reader.read_sync(lambda conn: conn.execute(query, (seq,)).fetchone())
         return str(row[0]) if row else None
 
     def mark_acked_through(self, seq: int) -> None:

@@ -61,7 +61,8 @@ def drainer(store: StoreOutbox, clock: Clock) -> tuple[Drainer, list[tuple[str, 
 
 def ack(d: Drainer, acked: int, gap_from: int | None = None, event_id: str | None = None, error: str | None = None,
         stream: str | None = None) -> bytes:
-    return build_ack(Ack(str(uuid7()), "t1", "s1", stream or d.stream.stream_id, acked, gap_from, None, error, event_id))
+    stream = stream or d.stream.stream_id
+    return build_ack(Ack(str(uuid7()), "t1", "s1", stream, acked, gap_from, None, error, event_id))
 
 
 def sent_ranges(publishes: list[tuple[str, bytes]]) -> list[tuple[int, int]]:

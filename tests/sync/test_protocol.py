@@ -101,7 +101,8 @@ json_values = st.recursive(
 def ack_like() -> st.SearchStrategy[dict[str, object]]:
     fields = {"v": st.sampled_from([1, 1, 2, "1", None]), "type": st.sampled_from(["ack", "batch", 3]),
               "msg_id": st.text(max_size=70) | json_values, "tenant": st.sampled_from(["t1", "t2", None]),
-              "store": st.sampled_from(["s1", "s2"]), "stream": st.sampled_from([STREAM, STREAM.upper(), "x"]) | json_values,
+              "store": st.sampled_from(["s1", "s2"]),
+              "stream": st.sampled_from([STREAM, STREAM.upper(), "x"]) | json_values,
               "acked_seq": st.integers(min_value=-2, max_value=2**64) | json_values,
               "gap_from": st.none() | st.integers(min_value=-2, max_value=2**64) | json_values,
               "error": st.none() | st.sampled_from(["seq_conflict", "nope"]) | json_values,

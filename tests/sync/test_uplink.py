@@ -76,10 +76,12 @@ def wait_drained(agent: AgentProcess, deadline_s: float = 30.0) -> None:
     def drained() -> bool:
         with agent.client() as client:
             return client.get("/v1/status").json()["outbox"]["depth"] == 0
-    wait_for(drained, deadline_s, f"the agent's outbox empty (sync: {sync_status(agent)}; log {agent.log_text()[-1500:]})")
+    wait_for(drained, deadline_s,
+             f"the agent's outbox empty (sync: {sync_status(agent)}; log {agent.log_text()[-1500:]})")
 
 
-def assert_exactly_once_in_order(hq: HqProcess, sold: list[str], uncertain: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+def assert_exactly_once_in_order(hq: HqProcess, sold: list[str],
+                                 uncertain: frozenset[str] | set[str] = frozenset()) -> None:
     at_hq = hq.sale_ids()
     assert len(at_hq) == len(set(at_hq)), "a sale twice at HQ"
     missing = set(sold) - set(at_hq)
