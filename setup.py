@@ -6,7 +6,7 @@ sub-packages under their installed names, which a static `packages.find` cannot 
 
 from setuptools import find_packages, setup
 
-ROOMS = ("agent", "drivers", "sync")
+ROOMS = ("agent", "drivers", "sync", "hq")
 
 packages = ["posedge"]
 for room in ROOMS:

@@ -14,7 +14,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -153,6 +153,12 @@ class MqttConfig(ConfigModel):
     password_file: Path | None = Field(None, description="file holding the broker password")
     client_id: str | None = Field(None, description="MQTT client id; default posedge-<tenant>-<store id>")
     keepalive_s: int = Field(30, ge=5, le=600, description="MQTT keepalive in seconds")
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version: '5' or '3.1.1' (the wire protocol is the same)")
+    batch_max_events: int = Field(500, ge=1, le=10000, description="most outbox events in one up batch")
+    batch_max_bytes: int = Field(524_288, ge=1024, le=1_000_000, description="an up batch's events stop growing past this many bytes of JSON (before compression)")
+    inflight_batches: int = Field(8, ge=1, le=100, description="batches sent but not yet acknowledged by HQ, at most")
+    ack_timeout_s: float = Field(10.0, ge=0.5, le=600, description="no ack from HQ this long after a batch: send again from the first unacked event")
+    reconnect_max_s: float = Field(30.0, ge=1, le=3600, description="longest wait between two connection attempts (exponential backoff with jitter)")
 
     @model_validator(mode="before")
     @classmethod

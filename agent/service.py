@@ -14,6 +14,7 @@ from posedge.agent.config import Config
 from posedge.agent.errors import StorageError
 from posedge.agent.events import EventHub
 from posedge.agent.feature import Feature
+from posedge.agent.hq_sync.feature import HqSync
 from posedge.agent.receipts.feature import Receipts
 from posedge.agent.sales import SaleService
 from posedge.agent.scans.feature import Scans
@@ -49,7 +50,8 @@ class Agent:
         self.scanning = Scans(config, self.events)
         self.till = Till(config, self.reader, self.writer)
         self.receipts = Receipts(config, self.writer.submit, self.reader)
-        self.features: list[Feature] = [self.scanning, self.till, self.receipts]
+        self.sync = HqSync(config, self.reader, self.writer)  # last: it starts once the others serve
+        self.features: list[Feature] = [self.scanning, self.till, self.receipts, self.sync]
 
         self.scans = self.scanning.pipeline  # POST /v1/scans and payment-code claims go to it
         self.refunds = Refunds(self.writer, config.coupons.return_on_refund)

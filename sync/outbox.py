@@ -2,20 +2,21 @@
 
 Each event has a UUIDv7 `event_id` that HQ deduplicates on, so resending after any failure is safe
 (exactly once in effect). The drainer that publishes them over MQTT comes with the sync link; this
-module owns the table's semantics: append, what is pending, marking sent and acked.
+module owns the table's semantics: append, what is pending, marking sent and acked. The drainer
+(sync/drainer.py) reads `pending` in seq order and marks `mark_acked_through` on HQ's cumulative ack;
+sync/stream.py says why seq is gap-free and never reused.
 Table `outbox` (created by the agent's schema migration 0001):
 seq, event_id, kind, key, payload (JSON), created_at, sent_at, acked_at, attempts.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from posedge.sync.encoding import dumps
+from posedge.sync.encoding import dumps, loads
 from posedge.sync.ids import uuid7
 
 
@@ -58,7 +59,8 @@ def pending(conn: sqlite3.Connection, limit: int = 100, after_seq: int = 0) -> l
         "WHERE acked_at IS NULL AND seq > ? ORDER BY seq LIMIT ?",
         (after_seq, limit),
     ).fetchall()
-    return [OutboxEvent(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
+    # orjson: the drainer reads a lot
+    return [OutboxEvent(r[0], r[1], r[2], r[3], loads(r[4]), r[5], r[6]) for r in rows]
 
 
 def mark_sent(conn: sqlite3.Connection, event_ids: Iterable[str]) -> None:
@@ -75,6 +77,17 @@ def mark_acked(conn: sqlite3.Connection, event_ids: Iterable[str]) -> int:
         "UPDATE outbox SET acked_at = ? WHERE event_id = ? AND acked_at IS NULL", [(now, e) for e in event_ids]
     )
     return cur.rowcount
+
+
+def mark_acked_through(conn: sqlite3.Connection, seq: int) -> int:
+    """HQ's cumulative ack: every event up to `seq` is done. Returns how many were newly marked."""
+    cur = conn.execute("UPDATE outbox SET acked_at = ? WHERE seq <= ? AND acked_at IS NULL", (_now(), seq))
+    return cur.rowcount
+
+
+def max_seq(conn: sqlite3.Connection) -> int:
+    """The highest seq in the outbox (0: empty)."""
+    return int(conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()[0])
 
 
 def stats(conn: sqlite3.Connection) -> OutboxStats:

@@ -24,8 +24,9 @@ def free_port() -> int:
 
 
 def write_config(home: Path, port: int, extra: str = "", storage: Path | None = None, top: str = "",
-                 storage_keys: str = "", api_keys: str = "") -> Path:
-    """A config for a test agent living in `home`: no terminal scanner, no broker connection.
+                 storage_keys: str = "", api_keys: str = "", mqtt_keys: str = "enabled = false") -> Path:
+    """A config for a test agent living in `home`: no terminal scanner, no broker connection (unless
+    `mqtt_keys`, the keys of [mqtt], say otherwise).
     `top`: top-level keys (before the first table), e.g. "printers = []"; `storage_keys`: more keys
     of [storage]; `api_keys`: more keys of [api]; `extra`: tables at the end."""
     storage = storage or home / "var" / "posedge.db"
@@ -49,7 +50,7 @@ cors_origins = ["http://pos.local:3000"]
 {api_keys}
 
 [mqtt]
-enabled = false
+{mqtt_keys}
 {extra}
 """,
         encoding="utf-8",
@@ -61,10 +62,11 @@ class AgentProcess:
     """`posedge run` as a real process, with the controls tests need (start, kill -9, stop)."""
 
     def __init__(self, home: Path, extra_config: str = "", storage: Path | None = None, top_config: str = "",
-                 storage_keys: str = "", api_keys: str = "") -> None:
+                 storage_keys: str = "", api_keys: str = "", mqtt_keys: str = "enabled = false") -> None:
         self.home = home
         self.port = free_port()
-        self.config = write_config(home, self.port, extra_config, storage, top_config, storage_keys, api_keys)
+        self.config = write_config(home, self.port, extra_config, storage, top_config, storage_keys, api_keys,
+                                   mqtt_keys)
         self.proc: subprocess.Popen | None = None
         self.log = home / "agent.log"
         self.url = f"http://127.0.0.1:{self.port}"
@@ -121,10 +123,11 @@ def agent_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[AgentProcess] = []
 
     def make(extra_config: str = "", storage: Path | None = None, home: Path | None = None,
-             top_config: str = "", storage_keys: str = "", api_keys: str = "") -> AgentProcess:
+             top_config: str = "", storage_keys: str = "", api_keys: str = "",
+             mqtt_keys: str = "enabled = false") -> AgentProcess:
         agent_home = home or tmp_path / f"agent{len(started)}"
         agent_home.mkdir(parents=True, exist_ok=True)
-        agent = AgentProcess(agent_home, extra_config, storage, top_config, storage_keys, api_keys)
+        agent = AgentProcess(agent_home, extra_config, storage, top_config, storage_keys, api_keys, mqtt_keys)
         started.append(agent)
         return agent
 

@@ -150,3 +150,11 @@ def test_run_refuses_an_invalid_config(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "storage.paht: unknown key; did you mean 'path'?" in result.stderr
     assert not (tmp_path / "var").exists()
+
+
+def test_mqtt_protocol_is_5_or_3_1_1_and_says_so(tmp_path: Path) -> None:
+    assert validate_config({"mqtt": {"protocol": "3.1.1"}}).mqtt.protocol == "3.1.1"
+    assert validate_config({}).mqtt.protocol == "5"
+    for wrong in ('"3"', '"v5"', "5"):
+        [problem] = problems(f"[mqtt]\nprotocol = {wrong}\n", tmp_path)
+        assert "mqtt.protocol: found" in problem and "'5' or '3.1.1'" in problem, problem

@@ -156,6 +156,12 @@ def format_status(status: dict[str, Any]) -> str:
                  + (f" error={storage['error']}" if storage.get("error") else ""))
     box = status.get("outbox", {})
     lines.append(f"outbox: {box.get('depth')} pending, oldest {box.get('oldest_pending_age_s')} s")
+    sync = status.get("sync")
+    if sync:
+        lines.append(f"sync: {sync.get('state')}"
+                     + (f" stream={sync['stream']} acked_seq={sync.get('acked_seq')}" if sync.get("stream") else "")
+                     + (f" last_contact={sync['last_contact']}" if sync.get("last_contact") else "")
+                     + (f" - {sync['last_error']}" if sync.get("last_error") else ""))
     for device in status.get("devices", []):
         lines.append(f"{device['kind']} {device['name']} ({device['type']}): {device['state']}"
                      + (f" - {device['last_error']}" if device.get("last_error") else ""))

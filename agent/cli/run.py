@@ -136,6 +136,10 @@ async def _banner_when_listening(server: uvicorn.Server, config: Config) -> None
     _banner(config)
 
 
+def _sync_target(config: Config) -> str:
+    return f"{config.mqtt.url} (MQTT {config.mqtt.protocol})" if config.mqtt.enabled else "disabled"
+
+
 def _banner(config: Config) -> None:
     api = config.api
     token_from = "the environment/config" if api.token is not None else str(api.token_file.resolve())
@@ -143,8 +147,8 @@ def _banner(config: Config) -> None:
         f"posedge is running for store {config.store.tenant}/{config.store.id}\n"
         f"  local API:  http://{api.listen}/v1/health   (token: {token_from})\n"
         f"  database:   {config.storage.path.resolve()}\n"
-        f"  HQ sync:    {config.mqtt.url if config.mqtt.enabled else 'disabled'}; not connected by this version: every "
-        f"event waits in the outbox (posedge status shows it)\n"
+        f"  HQ sync:    {_sync_target(config)}; "
+        f"events wait in the outbox until HQ acknowledges them (posedge status shows it)\n"
         f"  stop it with Ctrl-C (or SIGTERM)",
         file=sys.stderr, flush=True,
     )

@@ -1,0 +1,167 @@
+"""`HqSync`: wires sync/ (link, drainer, stream) to the agent's store, and reports `sync` in GET /v1/status.
+
+Reads go through the agent's reader; every write (the stream's row, the acked marks) goes through the
+store writer's `submit`, so the single-writer rule holds. Acked marks are bookkeeping
+(`durable=False`): a mark lost to a power cut only makes the drainer send those events again, and HQ
+deduplicates them; so a big backlog's marks never add an fsync to a checkout's commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Future
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+from posedge import __version__
+from posedge.agent.config import Config
+from posedge.agent.feature import EventListener
+from posedge.agent.sales import SaleParticipant
+from posedge.agent.store.reader import StoreReader
+from posedge.agent.store.writer import StoreWriter
+from posedge.sync import outbox, stream as streams
+from posedge.sync.drainer import Drainer, DrainSettings
+from posedge.sync.link import Link, LinkSettings
+from posedge.sync.outbox import OutboxEvent
+from posedge.sync.protocol import Topics
+from posedge.sync.stream import Stream
+
+log = logging.getLogger("posedge.agent.sync")
+
+WRITE_TIMEOUT_S = 30.0
+
+
+class StoreOutbox:
+    """The drainer's `OutboxSource` over the agent's reader and writer (called on the link thread)."""
+
+    def __init__(self, config: Config, reader: StoreReader, writer: StoreWriter, current: Stream) -> None:
+        self.path = config.storage.path
+        self.reader = reader
+        self.writer = writer
+        self.current = current
+
+    def stream(self) -> Stream:
+        return self.current
+
+    def read_pending(self, after_seq: int, limit: int) -> list[OutboxEvent]:
+        return self.reader.read_sync(lambda conn: outbox.pending(conn, limit, after_seq))
+
+    def max_seq(self) -> int:
+        return self.reader.read_sync(outbox.max_seq)
+
+    def event_id_at(self, seq: int) -> str | None:
+        query = "SELECT event_id FROM outbox WHERE seq = ?"
+        row = self.reader.read_sync(lambda conn: conn.execute(query, (seq,)).fetchone())
+        return str(row[0]) if row else None
+
+    def mark_acked_through(self, seq: int) -> None:
+        future = self.writer.submit(lambda conn: outbox.mark_acked_through(conn, seq), durable=False)
+        future.add_done_callback(_log_failed_mark)
+
+    def rebirth(self, reason: str) -> Stream:
+        new = self.writer.submit(lambda conn: streams.birth_stream(conn, reason)).result(WRITE_TIMEOUT_S)
+        streams.write_marker(self.path, new.stream_id)
+        log.warning("event=sync_new_stream reason=%s stream=%s first_seq=%s", reason, new.stream_id, new.first_seq)
+        self.current = new
+        return new
+
+
+def _log_failed_mark(future: Future[int]) -> None:
+    if future.exception() is not None:
+        log.warning("event=sync_ack_mark_failed error=%r (the events are sent again)", str(future.exception()))
+
+
+def ensure_stream(conn: Any, marker: str | None) -> Stream:
+    """In the writer: the database's stream, born (again) when it is new or not the one last run with."""
+    current = streams.read_stream(conn)
+    reason = streams.birth_reason(current, marker)
+    if reason is None and current is not None:
+        return current
+    return streams.birth_stream(conn, reason or "new_database")
+
+
+class HqSync:
+    name = "sync"
+
+    def __init__(self, config: Config, reader: StoreReader, writer: StoreWriter) -> None:
+        self.config = config
+        self.reader = reader
+        self.writer = writer
+        self.link: Link | None = None
+        self._listeners: list[EventListener] = []
+        self._problem: str | None = None
+
+    @property
+    def participants(self) -> Sequence[SaleParticipant]:
+        return ()
+
+    @property
+    def listeners(self) -> list[EventListener]:
+        return self._listeners
+
+    async def start(self) -> None:
+        if not self.config.mqtt.enabled:
+            return
+        try:
+            current = await asyncio.to_thread(self._ensure_stream)
+        except Exception as exc:  # storage down: the agent serves sales; sync waits for a restart
+            self._problem = f"cannot read or start the outbox stream: {exc}"
+            log.error("event=sync_not_started error=%r", self._problem)
+            return
+        source = StoreOutbox(self.config, self.reader, self.writer, current)
+        mqtt = self.config.mqtt
+        topics = Topics(self.config.store.tenant, self.config.store.id)
+        drainer = Drainer(topics, source, DrainSettings(mqtt.batch_max_events, mqtt.batch_max_bytes,
+                                                        mqtt.inflight_batches, mqtt.ack_timeout_s), __version__)
+        self.link = Link(link_settings(self.config), topics, drainer, self._status_fields)
+        self.link.start()
+        log.info("event=sync_started broker=%s stream=%s", mqtt.url, current.stream_id)
+
+    def _ensure_stream(self) -> Stream:
+        path = self.config.storage.path
+        marker = streams.read_marker(path)
+        current = self.writer.submit(lambda conn: ensure_stream(conn, marker)).result(WRITE_TIMEOUT_S)
+        if current.stream_id != marker:
+            streams.write_marker(path, current.stream_id)
+            if marker is not None or current.reason != "new_database":
+                log.warning("event=sync_new_stream reason=%s stream=%s first_seq=%s", current.reason,
+                            current.stream_id, current.first_seq)
+        return current
+
+    async def stop(self) -> None:
+        if self.link is not None:
+            await asyncio.to_thread(self.link.stop)
+
+    def _status_fields(self) -> dict[str, Any]:
+        stats = self.reader.read_sync(outbox.stats)
+        return {"agent_version": __version__, "outbox_depth": stats.depth,
+                "oldest_pending_age_s": _round(stats.oldest_age_s())}
+
+    def status(self) -> dict[str, Any]:
+        if not self.config.mqtt.enabled:
+            return {"state": "disabled", "last_contact": None, "last_error": None, "acked_seq": None, "stream": None}
+        if self.link is None:
+            return {"state": "offline", "last_contact": None, "last_error": self._problem, "acked_seq": None,
+                    "stream": None}
+        status = self.link.status()
+        if status["state"] == "stopped":
+            status["state"] = "offline"
+        return {"broker": self.config.mqtt.url, "protocol": self.config.mqtt.protocol, **status}
+
+
+def link_settings(config: Config) -> LinkSettings:
+    mqtt = config.mqtt
+    parts = urlsplit(mqtt.url)
+    tls = parts.scheme == "mqtts"
+    return LinkSettings(
+        host=parts.hostname or "127.0.0.1", port=parts.port or (8883 if tls else 1883),
+        client_id=mqtt.client_id or f"posedge-{config.store.tenant}-{config.store.id}",
+        protocol=mqtt.protocol, tls=tls, username=mqtt.username,
+        password=mqtt.password.get_secret_value() if mqtt.password else None,
+        keepalive_s=mqtt.keepalive_s, reconnect_max_s=mqtt.reconnect_max_s, window=mqtt.inflight_batches,
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 1) if value is not None else None

@@ -1,0 +1,296 @@
+"""Events per second from the outbox to HQ's database over loopback, next to raw paho in the same run.
+
+Batched: N sale events already in an agent database (the store's writer and reader, schema and all),
+drained by the sync link (sync/link.py + sync/drainer.py, `[mqtt]` defaults: 500 events or 512 KiB
+of JSON a batch, zlib-compressed, 8 batches in flight) through a real mosquitto (no persistence) into
+a real `posedge-hq serve`
+process and its SQLite; the clock stops when HQ's `sales` table holds all N, so it includes HQ's
+commits and acks and the agent's acked marks.
+Raw: paho publishing the same N events' JSON one QoS 1 message per event with the same in-flight
+window (8), to the same broker, the clock stopping at the last PUBACK: no HQ, no database, no ack
+end to end; the plainest way to move the events, and an upper bound on what it could do.
+
+Checkouts during a drain: a real agent process (`posedge run`) with a backlog of `--backlog` sale
+events in its outbox and no broker sells (`POST /v1/sales`); then the broker
+and HQ start and the till keeps selling while the backlog drains: p50/p99 of the checkouts idle
+(backlog, no broker) next to during the drain, and how long the drain took. The till sells 50 sales a
+second in both phases (a busy store's tills together): flat out, it would race the drain for the
+CPU instead.
+
+    .venv/bin/python bench/sync.py [--events 20000] [--backlog 20000] [--checkouts 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from posedge.agent.config import validate_config
+from posedge.agent.hq_sync.feature import StoreOutbox, ensure_stream, link_settings
+from posedge.agent.store.reader import StoreReader
+from posedge.agent.store.writer import StoreWriter
+from posedge.sync import outbox
+from posedge.sync.drainer import Drainer, DrainSettings
+from posedge.sync.encoding import dumps_bytes
+from posedge.sync.link import Link
+from posedge.sync.protocol import Topics
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+WINDOW = 8
+PACE_PER_S = 50
+MQTT_KEYS: dict[str, object] = {}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def sale_payload(i: int) -> dict[str, object]:
+    sale_id = str(uuid.uuid4())
+    return {"sale_id": sale_id, "receipt_no": f"20261202-{i:05d}", "gross_fen": 300, "discount_fen": 0,
+            "total_fen": 300, "paid_fen": 300, "change_fen": 0, "tenant": "bench", "store_id": "s1",
+            "business_day": "20261202", "till": "T1", "cashier": "c1", "member_id": None,
+            "lines": [{"sku": "6901234567892", "name": "矿泉水 550ml", "qty": 1, "unit": "pcs", "unit_price_fen": 300,
+                       "discount_fen": 0, "amount_fen": 300}],
+            "payments": [{"method": "cash", "amount_fen": 300, "reference": None}]}
+
+
+def start_broker(home: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    conf = home / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\n"
+                    "max_queued_messages 1000000\n")
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait(lambda: _listening(port), 10)
+    return proc, port
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait(predicate: object, deadline_s: float) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.01)
+    raise SystemExit(f"bench: timed out after {deadline_s} s")
+
+
+def hq_count(db: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(conn.execute("SELECT count(*) FROM sales").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+
+
+def batched(home: Path, port: int, events: int) -> float:
+    config = validate_config({"store": {"tenant": "bench", "id": "s1"}, "storage": {"path": str(home / "store.db")},
+                              "mqtt": {"url": f"mqtt://127.0.0.1:{port}", **MQTT_KEYS}, "scanners": [], "printers": []})
+    writer = StoreWriter(config.storage.path)
+    assert writer.start() is None
+    reader = StoreReader(config.storage.path)
+    for start in range(0, events, 1000):
+        def fill(conn: sqlite3.Connection, start: int = start) -> None:
+            for i in range(start, min(events, start + 1000)):
+                payload = sale_payload(i)
+                outbox.append_event(conn, "sale", str(payload["sale_id"]), payload)
+        writer.submit(fill).result(60)
+    stream = writer.submit(lambda conn: ensure_stream(conn, None)).result(10)
+    hq_db = home / "hq.db"
+    hq = subprocess.Popen([sys.executable, "-m", "posedge.hq", "serve", "--mqtt", f"mqtt://127.0.0.1:{port}",
+                           "--db", f"sqlite:///{hq_db}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait(hq_db.exists, 15)
+    time.sleep(0.5)  # HQ subscribed
+    mqtt_config = config.mqtt
+    topics = Topics("bench", "s1")
+    drainer = Drainer(topics, StoreOutbox(config, reader, writer, stream),
+                      DrainSettings(mqtt_config.batch_max_events, mqtt_config.batch_max_bytes,
+                                    mqtt_config.inflight_batches, mqtt_config.ack_timeout_s), "bench")
+    link = Link(link_settings(config), topics, drainer, lambda: {"agent_version": "bench"})
+    started = time.perf_counter()
+    link.start()
+    wait(lambda: hq_count(hq_db) >= events, 600)
+    elapsed = time.perf_counter() - started
+    link.stop()
+    hq.terminate()
+    hq.wait(10)
+    writer.stop()
+    reader.close()
+    return events / elapsed
+
+
+def raw(port: int, events: int) -> float:
+    payloads = [dumps_bytes({"seq": i + 1, "event_id": str(uuid.uuid4()), "kind": "sale", "payload": sale_payload(i)})
+                for i in range(events)]
+    done = threading.Event()
+    acked = [0]
+
+    def on_publish(client: mqtt.Client, userdata: object, mid: int, reason: object, props: object) -> None:
+        acked[0] += 1
+        if acked[0] >= events:
+            done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, "bench-raw")
+    client.max_inflight_messages_set(WINDOW)
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    started = time.perf_counter()
+    for payload in payloads:
+        client.publish("posedge/v1/bench/raw/up/event", payload, qos=1)
+    if not done.wait(600):
+        raise SystemExit("bench: raw publishing did not finish")
+    elapsed = time.perf_counter() - started
+    client.disconnect()
+    client.loop_stop()
+    return events / elapsed
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def paced_checkout(client: httpx.Client, n: int) -> float:
+    """One checkout every 1/PACE_PER_S seconds: a busy store's tills together, not a till posting flat out
+    (which would race the drain for the CPU rather than show what a checkout feels during it)."""
+    started = time.perf_counter()
+    elapsed = checkout(client, n)
+    time.sleep(max(0.0, 1 / PACE_PER_S - (time.perf_counter() - started)))
+    return elapsed
+
+
+def checkout(client: httpx.Client, n: int) -> float:
+    body = {"sale_id": f"bench-{n:07d}", "lines": [{"sku": "6901234567892", "qty": 1, "unit_price_fen": 300}],
+            "payments": [{"method": "cash", "amount_fen": 300}]}
+    t0 = time.perf_counter()
+    answer = client.post("/v1/sales", json=body)
+    elapsed = time.perf_counter() - t0
+    if answer.status_code != 201:
+        raise SystemExit(f"bench: sale {n} answered {answer.status_code}: {answer.text}")
+    return elapsed
+
+
+def checkouts_during_drain(home: Path, backlog: int, count: int) -> tuple[list[float], list[float], float]:
+    from conftest import AgentProcess
+
+    port = free_port()
+    (home / "agent" / "var").mkdir(parents=True)
+    agent = AgentProcess(home / "agent", top_config="printers = []",
+                         mqtt_keys=f'url = "mqtt://127.0.0.1:{port}"\nenabled = true\n'
+                                                    "reconnect_max_s = 1.0\n")
+    writer = StoreWriter(home / "agent" / "var" / "posedge.db")
+    assert writer.start() is None
+    for start in range(0, backlog, 1000):
+        def fill(conn: sqlite3.Connection, start: int = start) -> None:
+            for i in range(start, min(backlog, start + 1000)):
+                payload = sale_payload(i)
+                outbox.append_event(conn, "sale", str(payload["sale_id"]), payload)
+        writer.submit(fill).result(60)
+    writer.stop()
+    agent.start()
+    broker = hq = None
+    try:
+        with agent.client() as client:
+            for n in range(50):
+                checkout(client, n)
+            idle = [paced_checkout(client, 1000 + n) for n in range(count)]
+            broker_home = home / "broker-drain"
+            broker_home.mkdir()
+            conf = broker_home / "mosquitto.conf"
+            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+            broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            hq = subprocess.Popen([sys.executable, "-m", "posedge.hq", "serve", "--mqtt", f"mqtt://127.0.0.1:{port}",
+                                   "--db", f"sqlite:///{home / 'hq-drain.db'}"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+            started = time.perf_counter()
+            during: list[float] = []
+            n = 100_000
+            while True:
+                during.extend(paced_checkout(client, n + k) for k in range(20))
+                n += 20
+                if client.get("/v1/status").json()["outbox"]["depth"] == 0:
+                    break
+                if time.perf_counter() - started > 600:
+                    raise SystemExit("bench: the drain did not finish within 600 s")
+            drain_s = time.perf_counter() - started
+    finally:
+        agent.stop()
+        for proc in (hq, broker):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
+    return idle, during, drain_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--backlog", type=int, default=20000, help="sale events waiting when the broker comes back")
+    parser.add_argument("--checkouts", type=int, default=300, help="timed checkouts while idle")
+    parser.add_argument("--batch-max-events", type=int, default=None,
+                        help="[mqtt] batch_max_events (default: the config's)")
+    parser.add_argument("--batch-max-bytes", type=int, default=None,
+                        help="[mqtt] batch_max_bytes (default: the config's)")
+    args = parser.parse_args()
+    if args.batch_max_events:
+        MQTT_KEYS["batch_max_events"] = args.batch_max_events
+    if args.batch_max_bytes:
+        MQTT_KEYS["batch_max_bytes"] = args.batch_max_bytes
+    if shutil.which("mosquitto") is None:
+        raise SystemExit("bench: mosquitto is not installed (tools/system-deps.sh test)")
+    home = Path(tempfile.mkdtemp(prefix="posedge-bench-sync-"))
+    broker, port = start_broker(home)
+    try:
+        raw_rate = raw(port, args.events)
+        batched_rate = batched(home, port, args.events)
+        idle, during, drain_s = checkouts_during_drain(home, args.backlog, args.checkouts)
+    finally:
+        broker.kill()
+        broker.wait(10)
+        shutil.rmtree(home, ignore_errors=True)
+    print(f"events: {args.events}, in-flight window {WINDOW} (batches / raw messages), "
+          f"batch keys {MQTT_KEYS or 'default'}")
+    print(f"outbox -> HQ's SQLite, batched, acked end to end: {batched_rate:,.0f} events/s")
+    print(f"raw paho, one QoS 1 message per event, PUBACK only: {raw_rate:,.0f} events/s")
+    print(f"ratio batched/raw: {batched_rate / raw_rate:.2f}")
+    idle_ms = [percentile(idle, q) * 1000 for q in (50, 99)]
+    during_ms = [percentile(during, q) * 1000 for q in (50, 99)]
+    print(f"backlog of {args.backlog} events drained in {drain_s:.1f} s while the till sold {len(during)} sales")
+    print(f"checkout p50/p99 idle (backlog, no broker): {idle_ms[0]:.1f} / {idle_ms[1]:.1f} ms; "
+          f"during the drain: {during_ms[0]:.1f} / {during_ms[1]:.1f} ms; p99 ratio {during_ms[1] / idle_ms[1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from posedge.hq.cli import main
+
+raise SystemExit(main())

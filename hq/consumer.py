@@ -1,0 +1,71 @@
+"""The up path at HQ: batches and hellos in, acks out (docs/protocol.md).
+
+Runs on paho's loop thread (HQ's main thread, `loop_forever`), which is the only user of the database
+connection. Anything that is not the protocol is counted by reason and dropped; HQ keeps consuming.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections import Counter
+from typing import Any, Callable
+
+from posedge.hq import db
+from posedge.sync.ids import uuid7
+from posedge.sync.protocol import Ack, ProtocolError, Topics, build_ack, parse_batch, parse_hello, parse_up_topic
+
+log = logging.getLogger("posedge.hq")
+
+Publish = Callable[[str, bytes], None]
+
+
+class Consumer:
+    def __init__(self, conn: sqlite3.Connection, publish: Publish) -> None:
+        self.conn = conn
+        self.publish = publish
+        self.counts: Counter[str] = Counter()
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            tenant, store, name = parse_up_topic(topic)
+            if name == "batch":
+                self._batch(tenant, store, payload)
+            elif name == "hello":
+                self._hello(tenant, store, payload)
+            else:
+                self.counts["unknown_topic"] += 1
+        except ProtocolError as exc:
+            self.counts[f"rejected_{exc.reason}"] += 1
+            log.warning("event=hq_rejected topic=%s reason=%s detail=%r", topic[:200], exc.reason, exc.detail[:200])
+
+    def _batch(self, tenant: str, store: str, payload: bytes) -> None:
+        batch = parse_batch(payload, tenant, store)
+        outcome = db.apply_batch(self.conn, batch)
+        self.counts["batches"] += 1
+        self.counts["applied"] += outcome.applied
+        self.counts["duplicates"] += outcome.duplicates
+        self.counts["bad_payloads"] += outcome.bad_payloads
+        if outcome.gap_from is not None:
+            self.counts["gaps"] += 1
+        if outcome.error is not None:
+            log.warning("event=hq_stream_conflict store=%s/%s stream=%s", tenant, store, batch.stream)
+        self._ack(tenant, store, batch.stream, outcome.acked_seq, batch.msg_id, outcome.gap_from, outcome.error,
+                  outcome.acked_event_id)
+
+    def _hello(self, tenant: str, store: str, payload: bytes) -> None:
+        hello = parse_hello(payload, tenant, store)
+        self.counts["hellos"] += 1
+        held = db.position(self.conn, tenant, store, hello.stream)
+        acked = hello.first_seq - 1 if held is None else held
+        error = "stream_behind" if acked > hello.max_seq else None
+        held_id = db.held_event_id(self.conn, tenant, store, hello.stream, acked)
+        self._ack(tenant, store, hello.stream, acked, hello.msg_id, None, error, held_id)
+
+    def _ack(self, tenant: str, store: str, stream: str, acked: int, reply_to: str, gap_from: int | None,
+             error: str | None, acked_event_id: str | None) -> None:
+        ack = Ack(str(uuid7()), tenant, store, stream, acked, gap_from, reply_to, error, acked_event_id)
+        self.publish(Topics(tenant, store).down_ack, build_ack(ack))
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.counts)

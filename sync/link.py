@@ -1,0 +1,283 @@
+"""The MQTT link: one thread owns the paho client; everyone else hands it work or reads a snapshot.
+
+paho's weak spots are avoided by design, not hoped away:
+- callbacks on paho's network thread: there is none; the link thread runs `client.loop()` itself, so
+  paho's callbacks, the drainer and every publish run on this one thread;
+- a full in-flight window and stale session flags after a reconnect: every connection is a new
+  `Client`; what the old one still held is dropped, and the drainer rewinds to HQ's acked position;
+- `wait_for_publish` without a timeout: never called; nothing waits for a PUBACK (HQ's ack decides);
+- connect blocking: it blocks this thread only (up to `connect_timeout_s`), never the till.
+Reconnects back off exponentially with full jitter, so a thousand stores do not return in step.
+Retained `status` carries online/offline; the broker publishes the offline one as the last will.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from posedge.sync.drainer import Drainer
+from posedge.sync.protocol import Topics, build_status
+
+log = logging.getLogger("posedge.sync.link")
+
+READS_PER_STEP = 16
+State = Literal["connecting", "connected", "offline", "stopped"]
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    host: str
+    port: int
+    client_id: str
+    protocol: Literal["5", "3.1.1"] = "5"
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = 30
+    connect_timeout_s: float = 5.0
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    status_interval_s: float = 30.0
+    window: int = 8  # paho's own in-flight limit (batches plus hello and status)
+
+
+class Backoff:
+    """Exponential backoff with full jitter (AWS architecture blog's "full jitter")."""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum, self.maximum = minimum, maximum
+        self.ceiling = minimum
+
+    def next_delay(self) -> float:
+        delay = random.uniform(self.minimum, self.ceiling)
+        self.ceiling = min(self.maximum, self.ceiling * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.ceiling = self.minimum
+
+
+class Link:
+    def __init__(self, settings: LinkSettings, topics: Topics, drainer: Drainer,
+                 status_fields: Callable[[], dict[str, Any]]) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.drainer = drainer
+        self.status_fields = status_fields  # agent version, outbox depth: read on the link thread
+        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: mqtt.Client | None = None
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        self._next_attempt = 0.0
+        self._next_status = 0.0
+        self._connect_started = 0.0
+        self._lock = threading.Lock()
+        self._state: State = "connecting"
+        self._last_error: str | None = None
+        self._connected_at: datetime | None = None
+        self._snapshot: dict[str, Any] = {}
+        self._refresh_snapshot()  # GET /v1/status has the stream and position before the first connection
+
+    # -- other threads ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sync-link", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish the retained offline status (a clean stop sends no last will), disconnect, join."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, work: Callable[[], None]) -> None:
+        """Run `work` on the link thread (the only thread that may touch the client or the drainer)."""
+        self._work.put(work)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {"state": self._state, "last_error": self._last_error,
+                    "connected_at": self._connected_at.isoformat() if self._connected_at else None,
+                    **self._snapshot}
+
+    # -- the link thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+                self._refresh_snapshot()
+            except Exception as exc:  # a bug must not end the link: note it, drop the connection, go on
+                log.exception("event=sync_link_error")
+                self._drop(f"{exc.__class__.__name__}: {exc}")
+        self._goodbye()
+        self._set_state("stopped")
+
+    def _step(self) -> None:
+        self._run_work()
+        client = self._client
+        if client is None:
+            if time.monotonic() >= self._next_attempt:
+                self._connect()
+            else:
+                self._stop.wait(min(0.05, max(0.0, self._next_attempt - time.monotonic())))
+            return
+        rc = client.loop(timeout=0.02)
+        for _ in range(READS_PER_STEP):  # paho reads one packet a loop(); acks and PUBACKs come in bursts
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            rc = client.loop(timeout=0)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._drop(f"connection lost: {mqtt.error_string(rc)}")
+            return
+        waited = time.monotonic() - self._connect_started
+        if not self.drainer.connected and waited > 2 * self.settings.connect_timeout_s:
+            self._drop("the broker accepted the connection but sent no CONNACK")  # a silent broker or proxy
+            return
+        if self.drainer.connected:
+            for topic, payload in self.drainer.publishes():
+                self._publish(client, topic, payload)
+            if time.monotonic() >= self._next_status:
+                self._publish_status(client, "online")
+
+    def _run_work(self) -> None:
+        while True:
+            try:
+                work = self._work.get_nowait()
+            except queue.Empty:
+                return
+            work()
+
+    def _connect(self) -> None:
+        s = self.settings
+        self._set_state("connecting")
+        self._connect_started = time.monotonic()
+        client = self._new_client()
+        try:
+            if s.protocol == "5":
+                client.connect(s.host, s.port, s.keepalive_s, clean_start=True)
+            else:
+                client.connect(s.host, s.port, s.keepalive_s)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._drop(f"cannot connect to {s.host}:{s.port}: {exc}")
+            return
+        self._client = client
+
+    def _new_client(self) -> mqtt.Client:
+        s = self.settings
+        if s.protocol == "5":
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, s.client_id, protocol=MQTTProtocolVersion.MQTTv5)
+        else:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, s.client_id, clean_session=True,
+                                 protocol=MQTTProtocolVersion.MQTTv311)
+        client.connect_timeout = s.connect_timeout_s
+        client.max_inflight_messages_set(s.window + 4)
+        client.max_queued_messages_set(0)
+        if s.tls:
+            client.tls_set()
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        client.will_set(self.topics.status, build_status("offline", **self._status_fields_safe()),
+                        qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            self._drop(f"broker refused the connection: {reason_code}")
+            return
+        client.subscribe(self.topics.down_ack, qos=1)
+        self._backoff.reset()
+        with self._lock:
+            self._state = "connected"
+            self._last_error = None
+            self._connected_at = datetime.now(timezone.utc)
+        self.drainer.on_connected()
+        self._publish_status(client, "online")
+        log.info("event=sync_connected broker=%s:%s protocol=%s", self.settings.host, self.settings.port,
+                 self.settings.protocol)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if client is self._client:
+            self._drop(f"disconnected: {reason_code}")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self.topics.down_ack:
+            self.drainer.on_ack(bytes(message.payload))
+
+    def _publish(self, client: mqtt.Client, topic: str, payload: bytes, retain: bool = False) -> None:
+        properties = None
+        if self.settings.protocol == "5":  # an extra only: the payload says the same (docs/protocol.md)
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.ContentType = "application/json"
+        info = client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
+            log.warning("event=sync_publish_failed topic=%s rc=%s", topic, info.rc)
+
+    def _publish_status(self, client: mqtt.Client, state: str) -> None:
+        self._next_status = time.monotonic() + self.settings.status_interval_s
+        self._publish(client, self.topics.status, build_status(state, **self._status_fields_safe()), retain=True)
+
+    def _status_fields_safe(self) -> dict[str, Any]:
+        try:
+            return self.status_fields()
+        except Exception as exc:  # the status must go out even when the store cannot say its depth
+            return {"status_error": f"{exc.__class__.__name__}: {exc}"[:200]}
+
+    def _drop(self, error: str) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.on_disconnect = None
+                client.disconnect()
+            except Exception:  # the socket may already be gone
+                pass
+        if self.drainer.connected or error[:300] != self._last_error:  # not once per retry of the same failure
+            log.warning("event=sync_disconnected error=%r", error)
+        self.drainer.on_disconnected()
+        delay = self._backoff.next_delay()
+        self._next_attempt = time.monotonic() + delay
+        with self._lock:
+            self._state = "offline"
+            self._last_error = error[:300]
+            self._connected_at = None
+
+    def _goodbye(self) -> None:
+        client = self._client
+        if client is None or not self.drainer.connected:
+            return
+        try:
+            self._publish_status(client, "offline")
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and client.want_write():
+                client.loop(timeout=0.05)
+            client.on_disconnect = None  # a disconnect we asked for is not a lost connection
+            client.disconnect()
+            client.loop(timeout=0.05)
+        except Exception:
+            log.warning("event=sync_goodbye_failed", exc_info=True)
+        self._client = None
+
+    def _set_state(self, state: State) -> None:
+        with self._lock:
+            self._state = state
+
+    def _refresh_snapshot(self) -> None:
+        snapshot = self.drainer.status()
+        snapshot["last_contact"] = self.drainer.last_contact.isoformat() if self.drainer.last_contact else None
+        with self._lock:
+            self._snapshot = snapshot

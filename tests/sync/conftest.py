@@ -1,0 +1,169 @@
+"""Real parts for the sync tests: a mosquitto per test on a free port, the real `posedge-hq serve` process."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from conftest import AgentProcess, free_port
+
+
+def wait_for(predicate: Callable[[], Any], deadline_s: float, what: str, interval: float = 0.05) -> Any:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {deadline_s} s")
+
+
+class Broker:
+    """`mosquitto -c <conf>` in a temp dir, on a fixed free port, with stop / start / SIGKILL controls."""
+
+    def __init__(self, home: Path, persistence: bool = True) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.conf = home / "mosquitto.conf"
+        self.log = home / "mosquitto.log"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence {'true' if persistence else 'false'}\npersistence_location {home}/\n"
+            "autosave_interval 1\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+            encoding="utf-8")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, deadline_s: float = 10.0) -> "Broker":
+        handle = open(self.log, "ab")
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], cwd=self.home, stdin=subprocess.DEVNULL,
+                                     stdout=handle, stderr=subprocess.STDOUT)
+        handle.close()
+        wait_for(self._listening, deadline_s, f"mosquitto on {self.port} ({self.log.read_text(errors='replace')})")
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"mosquitto exited: {self.log.read_text(errors='replace')}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class HqProcess:
+    """`posedge-hq serve` as a real process (python -m posedge.hq), its SQLite read by the test."""
+
+    def __init__(self, home: Path, broker_url: str, protocol: str = "5") -> None:
+        self.home = home
+        self.db = home / "hq.db"
+        self.log = home / "hq.log"
+        self.args = [sys.executable, "-m", "posedge.hq", "serve", "--mqtt", broker_url, "--db", f"sqlite:///{self.db}",
+                     "--protocol", protocol]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "HqProcess":
+        handle = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.args, cwd=self.home, stdin=subprocess.DEVNULL, stdout=handle,
+                                     stderr=subprocess.STDOUT)
+        handle.close()
+        wait_for(lambda: self.db.exists() or self._died(), 15, "HQ database created")
+        return self
+
+    def _died(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"posedge-hq exited {self.proc.returncode}: {self.log.read_text(errors='replace')}")
+        return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError:  # the schema is not created yet
+            return []
+        finally:
+            conn.close()
+
+    def sale_ids(self, tenant: str = "test", store: str = "store-1") -> list[str]:
+        return [r[0] for r in self.query("SELECT sale_id FROM sales WHERE tenant = ? AND store_id = ? ORDER BY rowid",
+                                         tenant, store)]
+
+
+def sync_config(broker: Broker, protocol: str = "5", extra: str = "") -> str:
+    """The [mqtt] keys of a test agent that syncs (tests/conftest.py writes `enabled = false` first)."""
+    return (f'url = "{broker.url}"\nenabled = true\nprotocol = "{protocol}"\nack_timeout_s = 2.0\n'
+            f"reconnect_max_s = 2.0\nbatch_max_events = 50\n{extra}")
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    made: list[Broker] = []
+
+    def make(persistence: bool = True) -> Broker:
+        home = tmp_path / f"broker{len(made)}"
+        home.mkdir()
+        broker = Broker(home, persistence)
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.kill()
+
+
+@pytest.fixture
+def hq_factory(tmp_path: Path) -> Iterator[Callable[..., HqProcess]]:
+    made: list[HqProcess] = []
+
+    def make(broker: Broker, protocol: str = "5") -> HqProcess:
+        home = tmp_path / f"hq{len(made)}"
+        home.mkdir(exist_ok=True)
+        hq = HqProcess(home, broker.url, protocol)
+        made.append(hq)
+        return hq
+
+    yield make
+    for hq in made:
+        hq.stop()
+
+
+def syncing_agent(agent_factory: Callable[..., AgentProcess], broker: Broker, protocol: str = "5",
+                  **kwargs: Any) -> AgentProcess:
+    return agent_factory(mqtt_keys=sync_config(broker, protocol), **kwargs)
