@@ -80,22 +80,46 @@ class StoreConfig(ConfigModel):
 class StorageConfig(ConfigModel):
     path: Path = Field(Path("var/posedge.db"), description="SQLite file (relative paths: from the working directory)")
     group_commit_max: int = Field(64, ge=1, le=1000, description="most sales that may share one durable commit")
-    busy_timeout_ms: int = Field(5000, ge=0, le=60000, description="how long a write or read waits on a database another process locked")
-    inline_max_ms: float = Field(2.0, ge=0, le=50, description="a sale alone commits on the API's own thread while COMMITs (the fsync) take under this; 0: never")
+    busy_timeout_ms: int = Field(
+        5000, ge=0, le=60000,
+        description="how long a write or read waits on a database another process locked",
+    )
+    inline_max_ms: float = Field(
+        2.0, ge=0, le=50,
+        description="a sale alone commits on the API's own thread while COMMITs (the fsync) take under this; 0: never",
+    )
 
 
 class ApiConfig(ConfigModel):
     listen: str = Field("127.0.0.1:8765", description="host:port of the local API; keep it on loopback")
-    token_file: Path = Field(Path("var/api-token"), description="bearer token file, generated at first start (mode 0600)")
+    token_file: Path = Field(
+        Path("var/api-token"),
+        description="bearer token file, generated at first start (mode 0600)",
+    )
     token: SecretStr | None = Field(None, description="bearer token; or env POSEDGE_API_TOKEN, or token_file")
     cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed to call the API")
-    allowed_hosts: list[str] = Field(default_factory=list, description="extra Host names accepted besides the listen address")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="extra Host names accepted besides the listen address",
+    )
     max_body_bytes: int = Field(262_144, ge=1024, le=16_777_216, description="largest request body accepted")
-    header_timeout_s: float = Field(10.0, gt=0, le=300, description="a request's line and headers must arrive within this (else the connection is closed)")
-    body_timeout_s: float = Field(10.0, gt=0, le=300, description="a request's body must arrive within this after its headers (else 408 body_timeout)")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=300,
+        description="a request's line and headers must arrive within this (else the connection is closed)",
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=300,
+        description="a request's body must arrive within this after its headers (else 408 body_timeout)",
+    )
     keep_alive_s: int = Field(5, ge=1, le=300, description="an idle keep-alive connection is closed after this")
-    max_connections: int = Field(512, ge=8, le=65536, description="connections and requests served at once; more get 503 (event streams count)")
-    shutdown_grace_s: int = Field(3, ge=1, le=120, description="at stop, how long requests in flight may take to finish")
+    max_connections: int = Field(
+        512, ge=8, le=65536,
+        description="connections and requests served at once; more get 503 (event streams count)",
+    )
+    shutdown_grace_s: int = Field(
+        3, ge=1, le=120,
+        description="at stop, how long requests in flight may take to finish",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -149,16 +173,31 @@ class MqttConfig(ConfigModel):
     url: str = Field("mqtt://127.0.0.1:1883", description="broker, mqtt://host:port or mqtts://host:port (TLS)")
     enabled: bool = Field(True, description="false: never connect (the outbox still fills, for a later sync)")
     username: str | None = Field(None, description="broker user name")
-    password: SecretStr | None = Field(None, description="broker password; or env POSEDGE_MQTT_PASSWORD, or password_file")
+    password: SecretStr | None = Field(
+        None,
+        description="broker password; or env POSEDGE_MQTT_PASSWORD, or password_file",
+    )
     password_file: Path | None = Field(None, description="file holding the broker password")
     client_id: str | None = Field(None, description="MQTT client id; default posedge-<tenant>-<store id>")
     keepalive_s: int = Field(30, ge=5, le=600, description="MQTT keepalive in seconds")
-    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version: '5' or '3.1.1' (the wire protocol is the same)")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="MQTT protocol version: '5' or '3.1.1' (the wire protocol is the same)",
+    )
     batch_max_events: int = Field(500, ge=1, le=10000, description="most outbox events in one up batch")
-    batch_max_bytes: int = Field(524_288, ge=1024, le=1_000_000, description="an up batch's events stop growing past this many bytes of JSON (before compression)")
+    batch_max_bytes: int = Field(
+        524_288, ge=1024, le=1_000_000,
+        description="an up batch's events stop growing past this many bytes of JSON (before compression)",
+    )
     inflight_batches: int = Field(8, ge=1, le=100, description="batches sent but not yet acknowledged by HQ, at most")
-    ack_timeout_s: float = Field(10.0, ge=0.5, le=600, description="no ack from HQ this long after a batch: send again from the first unacked event")
-    reconnect_max_s: float = Field(30.0, ge=1, le=3600, description="longest wait between two connection attempts (exponential backoff with jitter)")
+    ack_timeout_s: float = Field(
+        10.0, ge=0.5, le=600,
+        description="no ack from HQ this long after a batch: send again from the first unacked event",
+    )
+    reconnect_max_s: float = Field(
+        30.0, ge=1, le=3600,
+        description="longest wait between two connection attempts (exponential backoff with jitter)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -199,13 +238,25 @@ class ScanPattern(ConfigModel):
 class ScanConfig(ConfigModel):
     """The scan pipeline (agent/scans/): duplicates, limits, store-specific code patterns."""
 
-    dedup_ms: int = Field(800, ge=0, le=60000, description="the same code from the same scanner within this window is one scan")
+    dedup_ms: int = Field(
+        800, ge=0, le=60000,
+        description="the same code from the same scanner within this window is one scan",
+    )
     max_line_bytes: int = Field(4096, ge=64, le=65536, description="longest scan accepted; longer lines are rejected")
     max_scans_per_s: float = Field(20.0, gt=0, le=1000, description="more scans per second from one scanner is a flood")
-    payment_claim_s: float = Field(60.0, gt=0, le=600, description="how long the POS may claim a payment code's clear text")
-    line_timeout_ms: int = Field(250, ge=20, le=5000, description="scanners with a suffix: after this much silence, bytes "
-                                 "without their suffix are a rejected half line, and skipping an over-long line ends")
-    min_length: int = Field(4, ge=1, le=64, description="scanner codes shorter than this are line noise: rejected (too_short)")
+    payment_claim_s: float = Field(
+        60.0, gt=0, le=600,
+        description="how long the POS may claim a payment code's clear text",
+    )
+    line_timeout_ms: int = Field(
+        250, ge=20, le=5000,
+        description="scanners with a suffix: after this much silence, bytes without their suffix are a rejected half "
+                    "line, and skipping an over-long line ends",
+    )
+    min_length: int = Field(
+        4, ge=1, le=64,
+        description="scanner codes shorter than this are line noise: rejected (too_short)",
+    )
     check_symbology: bool = Field(True, description="codes whose AIM id says EAN/UPC (]E0-]E4) must have its digits, "
                                   "length and check digit, or are rejected")
     patterns: list[ScanPattern] = Field(default_factory=list, description="[[scan.patterns]]: extra named code formats")
@@ -226,8 +277,14 @@ class ScanConfig(ConfigModel):
 class EventsConfig(ConfigModel):
     """The live event stream (GET /v1/events)."""
 
-    buffer: int = Field(1000, ge=10, le=100000, description="events kept in memory for clients resuming with Last-Event-ID")
-    heartbeat_s: float = Field(15.0, ge=0.05, le=300, description="seconds between heartbeat comments on a quiet stream")
+    buffer: int = Field(
+        1000, ge=10, le=100000,
+        description="events kept in memory for clients resuming with Last-Event-ID",
+    )
+    heartbeat_s: float = Field(
+        15.0, ge=0.05, le=300,
+        description="seconds between heartbeat comments on a quiet stream",
+    )
 
 
 def _default_scanners() -> list[dict[str, Any]]:
@@ -325,7 +382,8 @@ def _describe(error: Mapping[str, Any], model: type[BaseModel]) -> str:
     return f"found {found!r}: {message}"
 
 
-def _issues_from(exc: ValidationError, file: str, model: type[BaseModel], prefix: tuple[Any, ...] = ()) -> list[ConfigIssue]:
+def _issues_from(exc: ValidationError, file: str, model: type[BaseModel],
+                 prefix: tuple[Any, ...] = ()) -> list[ConfigIssue]:
     return [ConfigIssue(file, dotted(prefix + tuple(e["loc"])), _describe(e, model)) for e in exc.errors()]
 
 
@@ -345,7 +403,8 @@ def _validate_driver_tables(raw: dict[str, Any], file: str) -> tuple[dict[str, A
             issues += entry_issues
             if driver is not None:
                 if driver.name in names:
-                    issues.append(ConfigIssue(file, f"{table}[{index}].name", f"found {driver.name!r}: names must be unique"))
+                    issues.append(ConfigIssue(file, f"{table}[{index}].name",
+                                              f"found {driver.name!r}: names must be unique"))
                 names.add(driver.name)
                 typed.append(driver)
         raw[table] = typed

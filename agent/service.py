@@ -79,7 +79,8 @@ class Agent:
             log.error("event=agent_degraded reason=%s message=%r", failure.code, failure.message)
         for feature in self.features:
             await feature.start()
-        log.info("event=agent_started version=%s store=%s/%s", __version__, self.config.store.tenant, self.config.store.id)
+        log.info("event=agent_started version=%s store=%s/%s", __version__, self.config.store.tenant,
+                 self.config.store.id)
 
     async def stop(self) -> None:
         for feature in reversed(self.features):

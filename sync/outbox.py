@@ -43,7 +43,8 @@ class OutboxStats:
         return max(0.0, (now - self.oldest_created_at).total_seconds())
 
 
-def append_event(conn: sqlite3.Connection, kind: str, key: str, payload: dict[str, Any], *, event_id: str | None = None) -> str:
+def append_event(conn: sqlite3.Connection, kind: str, key: str, payload: dict[str, Any], *,
+                 event_id: str | None = None) -> str:
     """Append in the caller's transaction; returns the event id."""
     event_id = event_id or str(uuid7())
     conn.execute(
