@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sqlite3
 import sys
 import uuid
 from types import FrameType
@@ -26,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve = sub.add_parser("serve", help="consume the stores' up batches into a database and acknowledge them")
     serve.add_argument("--mqtt", required=True, metavar="URL", help="broker, mqtt://host:port")
-    serve.add_argument("--db", required=True, metavar="URL", help="sqlite:///path/to/hq.db")
+    serve.add_argument("--db", required=True, metavar="URL",
+                       help="sqlite:///path/to/hq.db or postgresql://user:password@host:port/dbname")
     serve.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT protocol version (default 5)")
     serve.add_argument("--client-id", default=None, help="MQTT client id (default posedge-hq-<random>)")
     args = parser.parse_args(argv)
@@ -39,13 +39,14 @@ def serve_forever(args: argparse.Namespace) -> int:
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         print(f"posedge-hq: --mqtt {args.mqtt!r}: expected mqtt://host:port", file=sys.stderr)
         return 2
+    refused: tuple[type[Exception], ...] = (ValueError, OSError, *db.database_errors())
     try:
-        conn = db.open_database(args.db)
-    except (ValueError, OSError, sqlite3.Error) as exc:
-        print(f"posedge-hq: {exc}", file=sys.stderr)
+        database = db.open_database(args.db)
+    except refused as exc:
+        print(f"posedge-hq: --db {db.masked_url(args.db)!r}: {exc}", file=sys.stderr)
         return 2
     client = _client(args)
-    consumer = Consumer(conn, lambda topic, payload: _publish(client, topic, payload))
+    consumer = Consumer(database, lambda topic, payload: _publish(client, topic, payload))
     client.on_message = lambda c, u, message: consumer.on_message(message.topic, bytes(message.payload))
     client.on_connect = lambda c, u, flags, rc, props: _subscribed(c, rc)
     if parts.scheme == "mqtts":
@@ -60,7 +61,7 @@ def serve_forever(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     client.loop_forever(retry_first_connection=True)
     log.info("event=hq_stopped counts=%s", consumer.summary())
-    conn.close()
+    database.close()
     return 0
 
 

@@ -7,7 +7,6 @@ connection. Anything that is not the protocol is counted by reason and dropped; 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections import Counter
 from typing import Any, Callable
 
@@ -21,8 +20,9 @@ Publish = Callable[[str, bytes], None]
 
 
 class Consumer:
-    def __init__(self, conn: sqlite3.Connection, publish: Publish) -> None:
-        self.conn = conn
+    def __init__(self, database: db.Database, publish: Publish) -> None:
+        self.database = database
+        self.database_errors = db.database_errors()
         self.publish = publish
         self.counts: Counter[str] = Counter()
 
@@ -38,10 +38,13 @@ class Consumer:
         except ProtocolError as exc:
             self.counts[f"rejected_{exc.reason}"] += 1
             log.warning("event=hq_rejected topic=%s reason=%s detail=%r", topic[:200], exc.reason, exc.detail[:200])
+        except self.database_errors as exc:  # rolled back (a deadlock, the server away): no ack, the agent resends
+            self.counts["database_errors"] += 1
+            log.warning("event=hq_database_error topic=%s error=%s", topic[:200], type(exc).__name__)
 
     def _batch(self, tenant: str, store: str, payload: bytes) -> None:
         batch = parse_batch(payload, tenant, store)
-        outcome = db.apply_batch(self.conn, batch)
+        outcome = db.apply_batch(self.database, batch)
         self.counts["batches"] += 1
         self.counts["applied"] += outcome.applied
         self.counts["duplicates"] += outcome.duplicates
@@ -56,10 +59,10 @@ class Consumer:
     def _hello(self, tenant: str, store: str, payload: bytes) -> None:
         hello = parse_hello(payload, tenant, store)
         self.counts["hellos"] += 1
-        held = db.position(self.conn, tenant, store, hello.stream)
+        held = db.position(self.database, tenant, store, hello.stream)
         acked = hello.first_seq - 1 if held is None else held
         error = "stream_behind" if acked > hello.max_seq else None
-        held_id = db.held_event_id(self.conn, tenant, store, hello.stream, acked)
+        held_id = db.held_event_id(self.database, tenant, store, hello.stream, acked)
         self._ack(tenant, store, hello.stream, acked, hello.msg_id, None, error, held_id)
 
     def _ack(self, tenant: str, store: str, stream: str, acked: int, reply_to: str, gap_from: int | None,

@@ -1,55 +1,66 @@
-"""HQ's database (SQLite; PostgreSQL comes later): one transaction per up batch, then the ack.
+"""HQ's database, SQLite or PostgreSQL (one code path, a small dialect layer).
 
-Tables:
+One transaction per up batch, then the ack.
+
+Tables (the same in both):
 - `streams`: per (tenant, store, stream) the highest seq held without a gap (`acked_seq`);
 - `events`: every event received, unique on (tenant, store, stream, seq) and (tenant, store, stream,
   event_id), raw payload kept;
 - `applied_events`: unique on (tenant, store, event_id): an event is applied once even when a new
   stream (a restored database) carries it again;
 - `sales`: one row per sale, unique on (tenant, store_id, sale_id), with the sale's totals.
-The ack goes out only after the batch's COMMIT returned (synchronous = FULL): what HQ acked is on disk.
+The ack goes out only after the batch's COMMIT returned (SQLite: synchronous = FULL; PostgreSQL: its
+default synchronous_commit): what HQ acked is on disk.
+
+Concurrency: a batch holds its stream's position row locked until COMMIT (SQLite: BEGIN IMMEDIATE, one
+writer at a time; PostgreSQL: SELECT ... FOR UPDATE), so two HQ workers fed the same batches never ack past
+each other; every insert is ON CONFLICT DO NOTHING, so the loser of a race sees a duplicate, not an error.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from posedge.sync.encoding import dumps
 from posedge.sync.protocol import Batch, WireEvent
 
+# {int}: the integer column type (SQLite's STRICT INTEGER is 64-bit; PostgreSQL's INTEGER is not);
+# {strict}: SQLite's STRICT tables (type-checked columns), nothing on PostgreSQL whose columns always are.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS streams (
     tenant TEXT NOT NULL, store_id TEXT NOT NULL, stream TEXT NOT NULL,
-    first_seq INTEGER NOT NULL, acked_seq INTEGER NOT NULL,
+    first_seq {int} NOT NULL, acked_seq {int} NOT NULL,
     first_seen_at TEXT NOT NULL, last_seen_at TEXT NOT NULL,
     PRIMARY KEY (tenant, store_id, stream)
-) STRICT;
+){strict};
 CREATE TABLE IF NOT EXISTS events (
-    tenant TEXT NOT NULL, store_id TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL,
+    tenant TEXT NOT NULL, store_id TEXT NOT NULL, stream TEXT NOT NULL, seq {int} NOT NULL,
     event_id TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, created_at TEXT NOT NULL,
     payload TEXT NOT NULL, received_at TEXT NOT NULL,
     PRIMARY KEY (tenant, store_id, stream, seq),
     UNIQUE (tenant, store_id, stream, event_id)
-) STRICT;
+){strict};
 CREATE TABLE IF NOT EXISTS applied_events (
     tenant TEXT NOT NULL, store_id TEXT NOT NULL, event_id TEXT NOT NULL,
     PRIMARY KEY (tenant, store_id, event_id)
-) STRICT;
+){strict};
 CREATE TABLE IF NOT EXISTS sales (
     tenant TEXT NOT NULL, store_id TEXT NOT NULL, sale_id TEXT NOT NULL,
     receipt_no TEXT, business_day TEXT,
-    gross_fen INTEGER NOT NULL, discount_fen INTEGER NOT NULL, total_fen INTEGER NOT NULL, paid_fen INTEGER NOT NULL,
-    stream TEXT NOT NULL, seq INTEGER NOT NULL, received_at TEXT NOT NULL,
+    gross_fen {int} NOT NULL, discount_fen {int} NOT NULL, total_fen {int} NOT NULL, paid_fen {int} NOT NULL,
+    stream TEXT NOT NULL, seq {int} NOT NULL, received_at TEXT NOT NULL,
     UNIQUE (tenant, store_id, sale_id)
-) STRICT;
+){strict};
 """
 
 SALE_TOTALS = ("gross_fen", "discount_fen", "total_fen", "paid_fen")
+POSTGRES_INSTALL_HINT = "PostgreSQL needs psycopg 3: pip install 'posedge[hq]'"
 
 
 @dataclass(frozen=True)
@@ -63,56 +74,168 @@ class Outcome:
     acked_event_id: str | None = None  # the event held at acked_seq, for the agent to check (docs/protocol.md)
 
 
-def open_database(url: str) -> sqlite3.Connection:
-    """sqlite:///path (the only scheme so far: PostgreSQL support is to come)."""
+@dataclass(frozen=True)
+class Result:
+    rows: list[tuple[Any, ...]]
+    rowcount: int
+
+    def one(self) -> tuple[Any, ...] | None:
+        return self.rows[0] if self.rows else None
+
+
+class Database:
+    """What the up path needs of a database. SQL is written once with `?` placeholders; a dialect says the rest."""
+
+    integer_type = "INTEGER"
+    table_suffix = ""
+    lock_row = ""  # appended to the SELECT of the stream position inside a batch
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Result:
+        raise NotImplementedError
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        raise NotImplementedError
+        yield
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def create_schema(self) -> None:
+        with self.transaction():
+            for statement in SCHEMA.format(int=self.integer_type, strict=self.table_suffix).split(";"):
+                if statement.strip():
+                    self.execute(statement)
+
+
+class SqliteDatabase(Database):
+    table_suffix = " STRICT"
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.execute("PRAGMA busy_timeout = 5000")
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Result:
+        cur = self._conn.execute(sql, params)
+        return Result(cur.fetchall() if cur.description else [], cur.rowcount)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first write: one batch at a time
+        try:
+            yield
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class PostgresDatabase(Database):
+    integer_type = "BIGINT"
+    lock_row = " FOR UPDATE"
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise ValueError(POSTGRES_INSTALL_HINT) from exc
+        self._url = url
+        self._psycopg = psycopg
+        self._conn = psycopg.connect(url, autocommit=True)
+
+    def _live(self) -> Any:
+        if self._conn.closed:  # the server went away and came back: the next batch opens a new connection
+            self._conn = self._psycopg.connect(self._url, autocommit=True)
+        return self._conn
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Result:
+        cur = self._live().execute(sql.replace("?", "%s"), params)  # no literal ? or % in this module's SQL
+        return Result(list(cur.fetchall()) if cur.description else [], cur.rowcount)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._live().transaction():  # COMMIT on leaving, ROLLBACK on an exception
+            yield
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """The exceptions a database raises (psycopg's only when it is installed)."""
+    try:
+        import psycopg
+    except ImportError:
+        return (sqlite3.Error,)
+    return (sqlite3.Error, psycopg.Error)
+
+
+def masked_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
     parts = urlsplit(url)
-    if parts.scheme != "sqlite" or not parts.path:
-        raise ValueError(f"--db {url!r}: expected sqlite:///path/to/hq.db (postgresql:// is not supported yet)")
-    path = Path(parts.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA busy_timeout = 5000")
-    conn.executescript(SCHEMA)
-    return conn
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
-def held_event_id(conn: sqlite3.Connection, tenant: str, store: str, stream: str, seq: int) -> str | None:
-    return _held_event_id(conn, tenant, store, stream, seq)
+def open_database(url: str) -> Database:
+    """sqlite:///path/to/hq.db or postgresql://user[:password]@host[:port]/dbname; the schema is created."""
+    parts = urlsplit(url)
+    database: Database
+    if parts.scheme == "sqlite" and parts.path:
+        database = SqliteDatabase(Path(parts.path))
+    elif parts.scheme in ("postgresql", "postgres") and parts.path.strip("/"):
+        database = PostgresDatabase(url)
+    else:
+        raise ValueError("expected sqlite:///path/to/hq.db or postgresql://user:password@host:port/dbname")
+    database.create_schema()
+    return database
 
 
-def position(conn: sqlite3.Connection, tenant: str, store: str, stream: str) -> int | None:
-    row = conn.execute("SELECT acked_seq FROM streams WHERE tenant = ? AND store_id = ? AND stream = ?",
-                       (tenant, store, stream)).fetchone()
+def held_event_id(database: Database, tenant: str, store: str, stream: str, seq: int) -> str | None:
+    row = database.execute("SELECT event_id FROM events WHERE tenant = ? AND store_id = ? AND stream = ? AND seq = ?",
+                           (tenant, store, stream, seq)).one()
+    return str(row[0]) if row else None
+
+
+def position(database: Database, tenant: str, store: str, stream: str, lock: bool = False) -> int | None:
+    """The stream's acked_seq; `lock` (inside a batch's transaction) holds its row until COMMIT."""
+    row = database.execute("SELECT acked_seq FROM streams WHERE tenant = ? AND store_id = ? AND stream = ?"
+                           + (database.lock_row if lock else ""), (tenant, store, stream)).one()
     return int(row[0]) if row else None
 
 
-def apply_batch(conn: sqlite3.Connection, batch: Batch) -> Outcome:
+def apply_batch(database: Database, batch: Batch) -> Outcome:
     """Apply the events that continue the stream without a gap, once each; one transaction."""
-    now = _now()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        outcome = _apply(conn, batch, now)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return outcome
+    with database.transaction():
+        return _apply(database, batch, _now())
 
 
-def _apply(conn: sqlite3.Connection, batch: Batch, now: str) -> Outcome:
-    held = position(conn, batch.tenant, batch.store, batch.stream)
-    if held is None:  # a new stream starts at its own first_seq, never at another stream's position
-        held = batch.first_seq - 1
-        conn.execute("INSERT INTO streams VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (batch.tenant, batch.store, batch.stream, batch.first_seq, held, now, now))
+def _locked_position(database: Database, batch: Batch, now: str) -> int:
+    """The stream's position, its row locked; a new stream starts at its own first_seq, never at another's position."""
+    database.execute("INSERT INTO streams VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                     (batch.tenant, batch.store, batch.stream, batch.first_seq, batch.first_seq - 1, now, now))
+    held = position(database, batch.tenant, batch.store, batch.stream, lock=True)
+    assert held is not None  # inserted above or by another worker that committed first
+    return held
+
+
+def _apply(database: Database, batch: Batch, now: str) -> Outcome:
+    held = _locked_position(database, batch, now)
     acked, applied, duplicates, bad = held, 0, 0, 0
     gap_from: int | None = None
     error: str | None = None
     for event in batch.events:
         if event.seq <= acked:
-            if _held_event_id(conn, batch.tenant, batch.store, batch.stream, event.seq) not in (event.event_id, None):
+            held_id = held_event_id(database, batch.tenant, batch.store, batch.stream, event.seq)
+            if held_id not in (event.event_id, None):
                 error = "seq_conflict"  # the same stream numbered another event so: a restored database
                 break
             duplicates += 1
@@ -120,47 +243,41 @@ def _apply(conn: sqlite3.Connection, batch: Batch, now: str) -> Outcome:
         if event.seq > acked + 1:
             gap_from = acked + 1
             break
-        try:
-            _insert_event(conn, batch, event, now)
-        except sqlite3.IntegrityError:
+        if not _insert_event(database, batch, event, now):
             error = "seq_conflict"  # the event id is held at another seq of this stream
             break
-        fresh, valid = _apply_event(conn, batch, event, now)
+        fresh, valid = _apply_event(database, batch, event, now)
         applied += fresh
         duplicates += not fresh
         bad += not valid
         acked = event.seq
-    conn.execute("UPDATE streams SET acked_seq = ?, last_seen_at = ? WHERE tenant = ? AND store_id = ? AND stream = ?",
-                 (acked, now, batch.tenant, batch.store, batch.stream))
-    return Outcome(acked, gap_from, error, applied, duplicates, bad, _held_event_id(conn, batch.tenant, batch.store,
-                                                                                   batch.stream, acked))
+    database.execute("UPDATE streams SET acked_seq = ?, last_seen_at = ? "
+                     "WHERE tenant = ? AND store_id = ? AND stream = ?",
+                     (acked, now, batch.tenant, batch.store, batch.stream))
+    return Outcome(acked, gap_from, error, applied, duplicates, bad,
+                   held_event_id(database, batch.tenant, batch.store, batch.stream, acked))
 
 
-def _held_event_id(conn: sqlite3.Connection, tenant: str, store: str, stream: str, seq: int) -> str | None:
-    row = conn.execute("SELECT event_id FROM events WHERE tenant = ? AND store_id = ? AND stream = ? AND seq = ?",
-                       (tenant, store, stream, seq)).fetchone()
-    return str(row[0]) if row else None
+def _insert_event(database: Database, batch: Batch, event: WireEvent, now: str) -> bool:
+    """False when a unique key holds it already (ON CONFLICT, not an error: PostgreSQL would abort the batch)."""
+    return database.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                            (batch.tenant, batch.store, batch.stream, event.seq, event.event_id, event.kind,
+                             event.key, event.created_at, dumps(event.payload), now)).rowcount == 1
 
 
-def _insert_event(conn: sqlite3.Connection, batch: Batch, event: WireEvent, now: str) -> None:
-    conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (batch.tenant, batch.store, batch.stream, event.seq, event.event_id, event.kind, event.key,
-                  event.created_at, dumps(event.payload), now))
-
-
-def _apply_event(conn: sqlite3.Connection, batch: Batch, event: WireEvent, now: str) -> tuple[bool, bool]:
+def _apply_event(database: Database, batch: Batch, event: WireEvent, now: str) -> tuple[bool, bool]:
     """(first time this event id is applied, its payload was valid for its kind)."""
-    cur = conn.execute("INSERT OR IGNORE INTO applied_events VALUES (?, ?, ?)",
-                       (batch.tenant, batch.store, event.event_id))
-    if cur.rowcount == 0:
+    fresh = database.execute("INSERT INTO applied_events VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                             (batch.tenant, batch.store, event.event_id)).rowcount
+    if fresh == 0:
         return False, True
     if event.kind != "sale":
         return True, True  # kept in `events`; other kinds get their tables with the issues that need them
     row = _sale_row(event.payload)
     if row is None:
         return True, False
-    conn.execute("INSERT OR IGNORE INTO sales VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (batch.tenant, batch.store, *row, batch.stream, event.seq, now))
+    database.execute("INSERT INTO sales VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                     (batch.tenant, batch.store, *row, batch.stream, event.seq, now))
     return True, True
 
 

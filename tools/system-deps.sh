@@ -11,6 +11,8 @@ compgen -G "/usr/share/fonts/opentype/noto/NotoSansCJK-*.ttc" >/dev/null \
   || missing+=(fonts-noto-cjk)                                      # CJK glyphs for receipt PNGs
 if [ "$purpose" = test ]; then
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+  # posedge-hq on PostgreSQL: the tests start their own server with Debian's initdb/pg_ctl
+  command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0

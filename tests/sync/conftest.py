@@ -1,12 +1,17 @@
-"""Real parts for the sync tests: a mosquitto per test on a free port, the real `posedge-hq serve` process."""
+"""Real parts for the sync tests: a mosquitto per test on a free port, the real `posedge-hq serve` process,
+and for HQ on PostgreSQL the session's own PostgreSQL (initdb in a temp dir, a free port), a database per test."""
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -75,13 +80,15 @@ class Broker:
 
 
 class HqProcess:
-    """`posedge-hq serve` as a real process (python -m posedge.hq), its SQLite read by the test."""
+    """`posedge-hq serve` as a real process (python -m posedge.hq), its database (SQLite or PostgreSQL) read by
+    the test."""
 
-    def __init__(self, home: Path, broker_url: str, protocol: str = "5") -> None:
+    def __init__(self, home: Path, broker_url: str, protocol: str = "5", db_url: str | None = None) -> None:
         self.home = home
         self.db = home / "hq.db"
+        self.db_url = db_url or f"sqlite:///{self.db}"
         self.log = home / "hq.log"
-        self.args = [sys.executable, "-m", "posedge.hq", "serve", "--mqtt", broker_url, "--db", f"sqlite:///{self.db}",
+        self.args = [sys.executable, "-m", "posedge.hq", "serve", "--mqtt", broker_url, "--db", self.db_url,
                      "--protocol", protocol]
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -90,7 +97,7 @@ class HqProcess:
         self.proc = subprocess.Popen(self.args, cwd=self.home, stdin=subprocess.DEVNULL, stdout=handle,
                                      stderr=subprocess.STDOUT)
         handle.close()
-        wait_for(lambda: self.db.exists() or self._died(), 15, "HQ database created")
+        wait_for(lambda: self._schema_made() or self._died(), 15, "HQ database created")
         return self
 
     def _died(self) -> bool:
@@ -112,7 +119,15 @@ class HqProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def _schema_made(self) -> bool:
+        if self.db_url.startswith("sqlite:"):
+            return self.db.exists()
+        return self.query("SELECT to_regclass('sales') IS NOT NULL") == [(True,)]  # HQ makes its schema at once
+
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """`sql` with `?` placeholders, on SQLite or PostgreSQL; [] while the schema is not created yet."""
+        if not self.db_url.startswith("sqlite:"):
+            return postgres_query(self.db_url, sql, params)
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
         try:
             return conn.execute(sql, params).fetchall()
@@ -122,8 +137,99 @@ class HqProcess:
             conn.close()
 
     def sale_ids(self, tenant: str = "test", store: str = "store-1") -> list[str]:
-        return [r[0] for r in self.query("SELECT sale_id FROM sales WHERE tenant = ? AND store_id = ? ORDER BY rowid",
-                                         tenant, store)]
+        """HQ's sales of the store in seq order: streams in the order HQ first saw them, each by seq."""
+        return [r[0] for r in self.query(
+            "SELECT s.sale_id FROM sales s JOIN streams t ON t.tenant = s.tenant AND t.store_id = s.store_id "
+            "AND t.stream = s.stream WHERE s.tenant = ? AND s.store_id = ? ORDER BY t.first_seen_at, s.seq",
+            tenant, store)]
+
+
+def postgres_query(url: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        try:
+            cur = conn.execute(sql.replace("?", "%s"), params)
+        except psycopg.errors.UndefinedTable:  # the schema is not created yet
+            return []
+        return list(cur.fetchall())
+
+
+def postgres_binaries() -> Path | None:
+    """The folder of Debian's initdb and pg_ctl (on PATH or the newest /usr/lib/postgresql/*/bin), or None."""
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("pg_ctl"):
+        return Path(os.path.realpath(on_path)).parent
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[4]))
+    return Path(found[-1]).parent if found else None
+
+
+class PostgresCluster:
+    """A PostgreSQL of the test session's own: initdb in a temp dir under /tmp, started on a free port.
+
+    PostgreSQL refuses to run as root: as root, the dir belongs to the `postgres` user and initdb and pg_ctl
+    run through `runuser -u postgres`."""
+
+    def __init__(self, binaries: Path) -> None:
+        self.binaries = binaries
+        self.home = Path(tempfile.mkdtemp(prefix="posedge-pg-", dir="/tmp"))
+        self.data = self.home / "data"
+        self.port = free_port()
+        self.made = 0
+        os.chmod(self.home, 0o755)
+        self.as_owner: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.home, "postgres", "postgres")
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+
+    def _run(self, tool: str, *args: str) -> None:
+        result = subprocess.run([*self.as_owner, str(self.binaries / tool), *args], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise AssertionError(f"{tool} {' '.join(args)} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+    def start(self) -> "PostgresCluster":
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.home / "postgres.log"), "-w", "-t", "60", "-o",
+                  f"-p {self.port} -k {self.home} -c listen_addresses=127.0.0.1", "start")
+        return self
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database: each test's HQ starts with no schema, as a new deployment does."""
+        import psycopg
+
+        self.made += 1
+        name = f"hq_{self.made}"
+        with psycopg.connect(self.url("postgres"), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    binaries = postgres_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed (Debian package postgresql; "
+                    "tools/system-deps.sh test installs it)")
+    cluster = PostgresCluster(binaries).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def hq_db(request: pytest.FixtureRequest) -> str | None:
+    """HQ's --db for a test parametrized with indirect `hq_db`: "sqlite" (HQ's own file) or "postgresql"."""
+    if request.param == "sqlite":
+        return None
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    return cluster.new_database()
 
 
 def sync_config(broker: Broker, protocol: str = "5", extra: str = "") -> str:
@@ -152,10 +258,10 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
 def hq_factory(tmp_path: Path) -> Iterator[Callable[..., HqProcess]]:
     made: list[HqProcess] = []
 
-    def make(broker: Broker, protocol: str = "5") -> HqProcess:
+    def make(broker: Broker, protocol: str = "5", db_url: str | None = None) -> HqProcess:
         home = tmp_path / f"hq{len(made)}"
         home.mkdir(exist_ok=True)
-        hq = HqProcess(home, broker.url, protocol)
+        hq = HqProcess(home, broker.url, protocol, db_url)
         made.append(hq)
         return hq
 

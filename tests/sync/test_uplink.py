@@ -94,9 +94,10 @@ def assert_exactly_once_in_order(hq: HqProcess, sold: list[str],
         assert seqs[-1] == hq.query("SELECT acked_seq FROM streams WHERE stream = ?", stream)[0][0]
 
 
-@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+@pytest.mark.parametrize("protocol,hq_db", [("5", "sqlite"), ("3.1.1", "sqlite"), ("5", "postgresql")],
+                         indirect=["hq_db"], ids=["mqtt-5", "mqtt-3.1.1", "hq-on-postgresql"])
 def test_sales_made_while_the_broker_is_down_reach_hq_exactly_once_when_it_starts(
-        agent_factory: Any, broker_factory: Any, hq_factory: Any, protocol: str) -> None:
+        agent_factory: Any, broker_factory: Any, hq_factory: Any, protocol: str, hq_db: str | None) -> None:
     broker: Broker = broker_factory()
     agent = syncing_agent(agent_factory, broker, protocol).start()
     sold = post_sales(agent, 60)
@@ -105,7 +106,7 @@ def test_sales_made_while_the_broker_is_down_reach_hq_exactly_once_when_it_start
     assert status["stream"] and status["acked_seq"] == 0 and status["last_contact"] is None
 
     broker.start()
-    hq = hq_factory(broker, protocol).start()
+    hq = hq_factory(broker, protocol, hq_db).start()
     wait_drained(agent)
     assert_exactly_once_in_order(hq, sold)
     status = sync_status(agent)
@@ -147,10 +148,11 @@ def test_agent_killed_mid_drain_resends_from_hqs_position(agent_factory: Any, br
     assert_exactly_once_in_order(hq, sold, seller.uncertain)
 
 
+@pytest.mark.parametrize("hq_db", ["sqlite", "postgresql"], indirect=True)
 def test_hq_killed_mid_drain_applies_every_sale_once_after_it_restarts(agent_factory: Any, broker_factory: Any,
-                                                                       hq_factory: Any) -> None:
+                                                                       hq_factory: Any, hq_db: str | None) -> None:
     broker: Broker = broker_factory().start()
-    hq = hq_factory(broker).start()
+    hq = hq_factory(broker, db_url=hq_db).start()
     agent = syncing_agent(agent_factory, broker).start()
     seller = Seller(agent)
     seller.start()
