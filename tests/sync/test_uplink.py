@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -23,7 +25,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import SLOW, AgentProcess, sale_body
-from tests.sync.conftest import Broker, HqProcess, syncing_agent, wait_for
+from tests.sync.conftest import Broker, HqProcess, PostgresCluster, syncing_agent, wait_for
 
 SALES = 2000 if SLOW else 150  # per kill test, before and after the kill together
 
@@ -283,3 +285,33 @@ def test_a_broker_killed_again_and_again_during_a_long_drain_loses_and_doubles_n
     sold = seller.finish(120)
     wait_drained(agent, 60)
     assert_exactly_once_in_order(hq, sold)
+
+
+def test_two_hq_workers_on_one_postgresql_apply_each_sale_once_and_ack_no_gap(
+        agent_factory: Any, broker_factory: Any, hq_factory: Any, postgres: PostgresCluster) -> None:
+    """Both workers get every batch (plain subscriptions): the stream row's lock makes one apply, one see duplicates."""
+    broker: Broker = broker_factory().start()
+    db_url = postgres.new_database()
+    first = hq_factory(broker, db_url=db_url).start()
+    second = hq_factory(broker, db_url=db_url).start()
+    agent = syncing_agent(agent_factory, broker).start()
+    seller = Seller(agent)
+    seller.start()
+    wait_for(lambda: len(first.sale_ids()) >= SALES // 4, 30, "the drain started")
+    second.kill()  # one worker dies mid-drain; the other goes on alone
+    sold = seller.finish()
+    wait_drained(agent)
+    assert_exactly_once_in_order(first, sold)
+    assert first.query("SELECT count(*) FROM events")[0][0] == first.query("SELECT max(seq) FROM events")[0][0]
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("mysql://hq@127.0.0.1/hq", "expected sqlite:///path/to/hq.db or postgresql://"),
+    ("postgresql://hq:s3cret@127.0.0.1:1/hq", "postgresql://hq:***@127.0.0.1:1/hq"),
+], ids=["unknown-scheme", "postgresql-unreachable"])
+def test_hq_refuses_a_database_url_it_cannot_use_with_a_clear_message_and_no_password(
+        tmp_path: Path, url: str, expected: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "posedge.hq", "serve", "--mqtt", "mqtt://127.0.0.1:1", "--db", url],
+                            cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert expected in result.stderr and "s3cret" not in result.stderr
