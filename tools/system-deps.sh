@@ -11,6 +11,7 @@ compgen -G "/usr/share/fonts/opentype/noto/NotoSansCJK-*.ttc" >/dev/null \
   || missing+=(fonts-noto-cjk)                                      # CJK glyphs for receipt PNGs
 if [ "$purpose" = test ]; then
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+  [ -x /usr/sbin/nats-server ] || missing+=(nats-server)             # the second broker of tests/sync/
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0
