@@ -136,9 +136,11 @@ class Link:
             return
         rc = client.loop(timeout=0.02)
         for _ in range(READS_PER_STEP):  # paho reads one packet a loop(); acks and PUBACKs come in bursts
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._client is not client:
                 break
             rc = client.loop(timeout=0)
+        if self._client is not client:  # a callback dropped it (a refused CONNACK): keep the reason it gave
+            return
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._drop(f"connection lost: {mqtt.error_string(rc)}")
             return

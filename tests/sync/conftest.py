@@ -1,5 +1,6 @@
-"""Real parts for the sync tests: a mosquitto per test on a free port, the real `posedge-hq serve` process,
-and for HQ on PostgreSQL the session's own PostgreSQL (initdb in a temp dir, a free port), a database per test."""
+"""Real parts for the sync tests: a broker per test on free ports (mosquitto, or nats-server with its MQTT
+listener), the real `posedge-hq serve` process, and for HQ on PostgreSQL the session's own PostgreSQL (initdb
+in a temp dir, a free port), a database per test."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from conftest import AgentProcess, free_port
+
+NATS_SERVER = "/usr/sbin/nats-server"  # Debian package nats-server (tools/system-deps.sh test)
 
 
 def wait_for(predicate: Callable[[], Any], deadline_s: float, what: str, interval: float = 0.05) -> Any:
@@ -34,31 +38,40 @@ def wait_for(predicate: Callable[[], Any], deadline_s: float, what: str, interva
 class Broker:
     """`mosquitto -c <conf>` in a temp dir, on a fixed free port, with stop / start / SIGKILL controls."""
 
+    name = "mosquitto"
+
     def __init__(self, home: Path, persistence: bool = True) -> None:
         self.home = home
         self.port = free_port()
         self.url = f"mqtt://127.0.0.1:{self.port}"
-        self.conf = home / "mosquitto.conf"
-        self.log = home / "mosquitto.log"
-        self.conf.write_text(
+        self.log = home / f"{self.name}.log"
+        self.argv = self._configure(persistence)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _configure(self, persistence: bool) -> list[str]:
+        conf = self.home / "mosquitto.conf"
+        conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence {'true' if persistence else 'false'}\npersistence_location {home}/\n"
+            f"persistence {'true' if persistence else 'false'}\npersistence_location {self.home}/\n"
             "autosave_interval 1\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n",
             encoding="utf-8")
-        self.proc: subprocess.Popen[bytes] | None = None
+        return ["mosquitto", "-c", str(conf)]
 
     def start(self, deadline_s: float = 10.0) -> "Broker":
         handle = open(self.log, "ab")
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], cwd=self.home, stdin=subprocess.DEVNULL,
-                                     stdout=handle, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.argv, cwd=self.home, stdin=subprocess.DEVNULL, stdout=handle,
+                                     stderr=subprocess.STDOUT)
         handle.close()
-        wait_for(self._listening, deadline_s, f"mosquitto on {self.port} ({self.log.read_text(errors='replace')})")
+        wait_for(self._ready, deadline_s, f"{self.name} on {self.port} ({self.log.read_text(errors='replace')})")
         return self
+
+    def _ready(self) -> bool:
+        return self._listening()
 
     def _listening(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"mosquitto exited: {self.log.read_text(errors='replace')}")
+            raise AssertionError(f"{self.name} exited: {self.log.read_text(errors='replace')}")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                 return True
@@ -77,6 +90,35 @@ class Broker:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class NatsBroker(Broker):
+    """`nats-server -c <conf>`: its MQTT listener (3.1.1 only) on `port`, JetStream (which MQTT needs for
+    sessions, QoS 1 and retained messages) storing in the temp dir, so it always persists; no auth."""
+
+    name = "nats-server"
+
+    def _configure(self, persistence: bool) -> list[str]:
+        assert persistence, "nats-server's MQTT keeps its state in JetStream: there is no run without persistence"
+        self.client_port, self.monitor_port = free_port(), free_port()
+        conf = self.home / "nats.conf"
+        conf.write_text(
+            f'server_name: "posedge-test-{self.port}"\nlisten: "127.0.0.1:{self.client_port}"\n'
+            f'http: "127.0.0.1:{self.monitor_port}"\n'
+            f'jetstream {{ store_dir: "{self.home / "jetstream"}", max_mem: 64MB, max_file: 1GB }}\n'
+            f'mqtt {{ listen: "127.0.0.1:{self.port}" }}\n',
+            encoding="utf-8")
+        return [NATS_SERVER, "-c", str(conf)]
+
+    def _ready(self) -> bool:
+        """The MQTT port takes connections before JetStream has recovered its streams; /healthz waits for it."""
+        if not self._listening():
+            return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=0.5) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
 
 
 class HqProcess:
@@ -242,10 +284,10 @@ def sync_config(broker: Broker, protocol: str = "5", extra: str = "") -> str:
 def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
     made: list[Broker] = []
 
-    def make(persistence: bool = True) -> Broker:
+    def make(persistence: bool = True, kind: str = "mosquitto") -> Broker:
         home = tmp_path / f"broker{len(made)}"
         home.mkdir()
-        broker = Broker(home, persistence)
+        broker = {"mosquitto": Broker, "nats": NatsBroker}[kind](home, persistence)
         made.append(broker)
         return broker
 

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from conftest import AgentProcess
@@ -41,10 +42,12 @@ class Watcher:
         self.client.loop_stop()
 
 
+@pytest.mark.parametrize("kind,protocol", [("mosquitto", "5"), ("nats", "3.1.1")],
+                         ids=["mosquitto-mqtt-5", "nats-server-mqtt-3.1.1"])
 def test_status_is_retained_online_and_the_last_will_says_offline_when_the_agent_dies(
-        agent_factory: Any, broker_factory: Any) -> None:
-    broker: Broker = broker_factory().start()
-    agent = syncing_agent(agent_factory, broker).start()
+        agent_factory: Any, broker_factory: Any, kind: str, protocol: str) -> None:
+    broker: Broker = broker_factory(kind=kind).start()
+    agent = syncing_agent(agent_factory, broker, protocol).start()
     post_sales(agent, 3)
     watcher = Watcher(broker, "posedge/v1/test/store-1/status")
     try:
@@ -61,6 +64,17 @@ def test_status_is_retained_online_and_the_last_will_says_offline_when_the_agent
         assert late.next_with("offline")["type"] == "status"
     finally:
         late.close()
+
+
+def test_an_agent_set_to_mqtt_5_on_a_broker_that_speaks_only_3_1_1_says_the_broker_refused_the_version(
+        agent_factory: Any, broker_factory: Any) -> None:
+    broker: Broker = broker_factory(kind="nats").start()  # nats-server 2.9: MQTT 3.1.1 only
+    agent = syncing_agent(agent_factory, broker, "5").start()
+    assert len(post_sales(agent, 5)) == 5  # checkouts go on
+    with agent.client() as client:
+        wait_for(lambda: "protocol version" in str(client.get("/v1/status").json()["sync"]["last_error"]), 20,
+                 f"the refusal reported ({client.get('/v1/status').json()['sync']})")
+        assert client.get("/v1/status").json()["sync"]["state"] in ("connecting", "offline")
 
 
 def test_hq_counts_and_drops_garbage_on_the_up_topics_and_keeps_consuming(

@@ -1,9 +1,10 @@
-"""Every sale the POS got a 2xx for reaches HQ exactly once, in seq order, through a real mosquitto.
+"""Every sale the POS got a 2xx for reaches HQ exactly once, in seq order, through a real broker.
 
-Real parts only: `mosquitto` on a free port (stopped, restarted, SIGKILLed), `posedge run` and
-`posedge-hq serve` as processes, HQ's SQLite read by the test. A `Seller` thread keeps selling while
-something is killed, so the kill always lands mid-drain; a sale whose answer was lost to a kill is
-"uncertain": it may be at HQ (committed) or not (rolled back), never twice.
+Real parts only: `mosquitto` on a free port (stopped, restarted, SIGKILLed; the broker tests also run on
+`nats-server`'s MQTT listener, a second implementation), `posedge run` and `posedge-hq serve` as
+processes, HQ's SQLite read by the test. A `Seller` thread keeps selling while something is killed, so
+the kill always lands mid-drain; a sale whose answer was lost to a kill is "uncertain": it may be at HQ
+(committed) or not (rolled back), never twice.
 """
 
 from __future__ import annotations
@@ -96,11 +97,13 @@ def assert_exactly_once_in_order(hq: HqProcess, sold: list[str],
         assert seqs[-1] == hq.query("SELECT acked_seq FROM streams WHERE stream = ?", stream)[0][0]
 
 
-@pytest.mark.parametrize("protocol,hq_db", [("5", "sqlite"), ("3.1.1", "sqlite"), ("5", "postgresql")],
-                         indirect=["hq_db"], ids=["mqtt-5", "mqtt-3.1.1", "hq-on-postgresql"])
+@pytest.mark.parametrize("kind,protocol,hq_db",
+                         [("mosquitto", "5", "sqlite"), ("mosquitto", "3.1.1", "sqlite"), ("nats", "3.1.1", "sqlite"),
+                          ("mosquitto", "5", "postgresql")], indirect=["hq_db"],
+                         ids=["mosquitto-mqtt-5", "mosquitto-mqtt-3.1.1", "nats-server-mqtt-3.1.1", "hq-on-postgresql"])
 def test_sales_made_while_the_broker_is_down_reach_hq_exactly_once_when_it_starts(
-        agent_factory: Any, broker_factory: Any, hq_factory: Any, protocol: str, hq_db: str | None) -> None:
-    broker: Broker = broker_factory()
+        agent_factory: Any, broker_factory: Any, hq_factory: Any, kind: str, protocol: str, hq_db: str | None) -> None:
+    broker: Broker = broker_factory(kind=kind)
     agent = syncing_agent(agent_factory, broker, protocol).start()
     sold = post_sales(agent, 60)
     status = sync_status(agent)
@@ -117,11 +120,15 @@ def test_sales_made_while_the_broker_is_down_reach_hq_exactly_once_when_it_start
     assert status["stream"] == hq.query("SELECT stream FROM streams")[0][0]
 
 
-@pytest.mark.parametrize("persistence,protocol", [(True, "5"), (False, "5"), (False, "3.1.1")],
-                         ids=["persistent-broker", "broker-without-persistence", "mqtt-3.1.1-without-persistence"])
-def test_broker_killed_mid_drain_loses_no_sale_and_duplicates_none(
-        agent_factory: Any, broker_factory: Any, hq_factory: Any, persistence: bool, protocol: str) -> None:
-    broker: Broker = broker_factory(persistence=persistence).start()
+@pytest.mark.parametrize("kind,persistence,protocol",
+                         [("mosquitto", True, "5"), ("mosquitto", False, "5"), ("mosquitto", False, "3.1.1"),
+                          ("nats", True, "3.1.1")],
+                         ids=["persistent-broker", "broker-without-persistence", "mqtt-3.1.1-without-persistence",
+                              "nats-server-mqtt-3.1.1"])
+def test_broker_killed_mid_drain_loses_no_sale_and_duplicates_none(agent_factory: Any, broker_factory: Any,
+                                                                   hq_factory: Any, kind: str, persistence: bool,
+                                                                   protocol: str) -> None:
+    broker: Broker = broker_factory(persistence=persistence, kind=kind).start()
     hq = hq_factory(broker, protocol).start()
     agent = syncing_agent(agent_factory, broker, protocol).start()
     seller = Seller(agent)
