@@ -198,6 +198,10 @@ class MqttConfig(ConfigModel):
         30.0, ge=1, le=3600,
         description="longest wait between two connection attempts (exponential backoff with jitter)",
     )
+    status_min_interval_s: float = Field(
+        5.0, ge=0.1, le=3600,
+        description="the retained status is published on change, at most once per this many seconds",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -68,6 +68,8 @@ class Agent:
         self.sales.pricing = self.till
         self.scans.add_resolver(("member", "coupon", "pickup"), self.till.scan_resolver)
         self.receipts.participant.contributors.append(receipt_facts)
+        self.sync.feature_status = {"till": self.till.status, "receipts": self.receipts.status,
+                                    "scans": self.scanning.status}  # what the retained MQTT status reports
         if self.receipts.signer is not None:
             self.till.claim_signer = self.receipts.signer.for_store(self.config.store.tenant, self.config.store.id)
 

@@ -8,7 +8,10 @@ paho's weak spots are avoided by design, not hoped away:
 - `wait_for_publish` without a timeout: never called; nothing waits for a PUBACK (HQ's ack decides);
 - connect blocking: it blocks this thread only (up to `connect_timeout_s`), never the till.
 Reconnects back off exponentially with full jitter, so a thousand stores do not return in step.
-Retained `status` carries online/offline; the broker publishes the offline one as the last will.
+Retained `status` carries online/offline and the store's state; the broker publishes the offline one as the
+last will. It goes out on every connect, on every change (looked at every STATUS_POLL_S, published at most
+once per `status_min_interval_s`: a change inside the interval waits for its end, never dropped, since it is
+compared with the last published status) and every `status_interval_s`.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from posedge.sync.drainer import Drainer
-from posedge.sync.protocol import Topics, build_status
+from posedge.sync.protocol import Topics, build_status, status_changed
 
 log = logging.getLogger("posedge.sync.link")
 
 READS_PER_STEP = 16
+STATUS_POLL_S = 0.5  # how often the status fields are read for a change (they read the database)
 State = Literal["connecting", "connected", "offline", "stopped"]
 
 
@@ -51,6 +55,7 @@ class LinkSettings:
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
     status_interval_s: float = 30.0
+    status_min_interval_s: float = 5.0
     window: int = 8  # paho's own in-flight limit (batches plus hello and status)
 
 
@@ -76,14 +81,17 @@ class Link:
         self.settings = settings
         self.topics = topics
         self.drainer = drainer
-        self.status_fields = status_fields  # agent version, outbox depth: read on the link thread
+        self.status_fields = status_fields  # the store's state for the retained status: read on the link thread
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._next_attempt = 0.0
-        self._next_status = 0.0
+        self._next_status = 0.0  # the periodic status is due
+        self._next_status_poll = 0.0
+        self._last_status_at = -1e9
+        self._published_fields: dict[str, Any] | None = None
         self._connect_started = 0.0
         self._lock = threading.Lock()
         self._state: State = "connecting"
@@ -151,8 +159,7 @@ class Link:
         if self.drainer.connected:
             for topic, payload in self.drainer.publishes():
                 self._publish(client, topic, payload)
-            if time.monotonic() >= self._next_status:
-                self._publish_status(client, "online")
+            self._status_if_due(client)
 
     def _run_work(self) -> None:
         while True:
@@ -230,9 +237,24 @@ class Link:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
             log.warning("event=sync_publish_failed topic=%s rc=%s", topic, info.rc)
 
-    def _publish_status(self, client: mqtt.Client, state: str) -> None:
-        self._next_status = time.monotonic() + self.settings.status_interval_s
-        self._publish(client, self.topics.status, build_status(state, **self._status_fields_safe()), retain=True)
+    def _status_if_due(self, client: mqtt.Client) -> None:
+        now = time.monotonic()
+        if now >= self._next_status:
+            self._publish_status(client, "online")
+            return
+        if now < self._next_status_poll or now < self._last_status_at + self.settings.status_min_interval_s:
+            return
+        self._next_status_poll = now + STATUS_POLL_S
+        fields = self._status_fields_safe()
+        if status_changed(self._published_fields, fields):
+            self._publish_status(client, "online", fields)
+
+    def _publish_status(self, client: mqtt.Client, state: str, fields: dict[str, Any] | None = None) -> None:
+        fields = self._status_fields_safe() if fields is None else fields
+        self._last_status_at = time.monotonic()
+        self._next_status = self._last_status_at + self.settings.status_interval_s
+        self._published_fields = fields
+        self._publish(client, self.topics.status, build_status(state, **fields), retain=True)
 
     def _status_fields_safe(self) -> dict[str, Any]:
         try:

@@ -186,6 +186,20 @@ def build_ack(ack: Ack) -> bytes:
     return dumps_bytes(envelope)
 
 
+# Status fields that change with time alone: a new value is no reason to publish (the periodic status
+# refreshes them); only turning from null to a number, or back, is.
+STATUS_CLOCK_FIELDS = ("oldest_pending_age_s", "hours_since_hq")
+
+
+def status_changed(last: dict[str, Any] | None, now: dict[str, Any]) -> bool:
+    """Whether `now` says something the last published status did not (clock-driven fields aside)."""
+    if last is None:
+        return True
+    def comparable(fields: dict[str, Any]) -> dict[str, Any]:
+        return {k: (v is None if k in STATUS_CLOCK_FIELDS else v) for k, v in fields.items()}
+    return comparable(last) != comparable(now)
+
+
 def build_status(state: str, **fields: Any) -> bytes:
     """The retained status message (and, with state offline, the last will)."""
     return dumps_bytes({"v": SCHEMA_VERSION, "type": "status", "state": state, **fields})

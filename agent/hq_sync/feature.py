@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Future
-from typing import Any, Sequence
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 from posedge import __version__
@@ -30,6 +31,7 @@ from posedge.sync.stream import Stream
 log = logging.getLogger("posedge.agent.sync")
 
 WRITE_TIMEOUT_S = 30.0
+CONFIG_VERSION_FILE_ONLY = 0  # the applied pushed config's version; pushed config is not built yet
 
 
 class StoreOutbox:
@@ -91,6 +93,9 @@ class HqSync:
         self.link: Link | None = None
         self._listeners: list[EventListener] = []
         self._problem: str | None = None
+        # The other features' status() by section name ("till", "receipts", "scans"), set by the agent: the
+        # retained status is built from what they already report, not from their insides.
+        self.feature_status: dict[str, Callable[[], dict[str, Any]]] = {}
 
     @property
     def participants(self) -> Sequence[SaleParticipant]:
@@ -134,9 +139,23 @@ class HqSync:
             await asyncio.to_thread(self.link.stop)
 
     def _status_fields(self) -> dict[str, Any]:
+        """The retained status's fields (docs/protocol.md section 7); called on the link thread."""
         stats = self.reader.read_sync(outbox.stats)
-        return {"agent_version": __version__, "outbox_depth": stats.depth,
-                "oldest_pending_age_s": _round(stats.oldest_age_s())}
+        till = self._section("till")
+        link_contact = self.link.drainer.last_contact if self.link is not None else None
+        return {"agent_version": __version__, "config_version": CONFIG_VERSION_FILE_ONLY,
+                "outbox_depth": stats.depth, "oldest_pending_age_s": _round(stats.oldest_age_s()),
+                "hours_since_hq": hours_since(link_contact, till.get("last_hq_contact_at")),
+                "offline_redemptions_pending": till.get("offline_redemptions"),
+                "printers": [{"name": p.get("name"), "state": p.get("state"), "problem": p.get("problem")}
+                             for p in self._section("receipts").get("printers", [])],
+                "scanners": [{"name": s.get("name"), "state": s.get("state")}
+                             for s in self._section("scans").get("devices", [])]}
+
+    def _section(self, name: str) -> dict[str, Any]:
+        """A feature's status section; {} when there is none (the fields it gives are then null or empty)."""
+        provider = self.feature_status.get(name)
+        return provider() if provider is not None else {}
 
     def status(self) -> dict[str, Any]:
         if not self.config.mqtt.enabled:
@@ -160,7 +179,16 @@ def link_settings(config: Config) -> LinkSettings:
         protocol=mqtt.protocol, tls=tls, username=mqtt.username,
         password=mqtt.password.get_secret_value() if mqtt.password else None,
         keepalive_s=mqtt.keepalive_s, reconnect_max_s=mqtt.reconnect_max_s, window=mqtt.inflight_batches,
+        status_min_interval_s=mqtt.status_min_interval_s,
     )
+
+
+def hours_since(link_contact: datetime | None, till_contact: str | None) -> float | None:
+    """Hours since HQ was last heard from: an ack on the link or an answer the till counted; None if never."""
+    seen = [t for t in (link_contact, datetime.fromisoformat(till_contact) if till_contact else None) if t]
+    if not seen:
+        return None
+    return round((datetime.now(timezone.utc) - max(seen)).total_seconds() / 3600, 2)
 
 
 def _round(value: float | None) -> float | None:
