@@ -26,6 +26,7 @@ from posedge.sync.protocol import (
     parse_batch,
     parse_hello,
     parse_up_topic,
+    status_changed,
 )
 
 STREAM = str(uuid7())
@@ -152,3 +153,25 @@ def test_sync_and_the_reference_hq_load_without_the_agent() -> None:
             "print(sorted(m for m in sys.modules if m.startswith(('posedge.agent', 'posedge.drivers'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+STATUS_FIELDS = st.dictionaries(st.sampled_from(["outbox_depth", "printers", "scanners"]),
+                                st.one_of(st.none(), st.integers(), st.text(max_size=5)))
+CLOCK_VALUES = st.one_of(st.none(), st.floats(min_value=0, max_value=1e6))
+
+
+@given(STATUS_FIELDS, CLOCK_VALUES, CLOCK_VALUES, CLOCK_VALUES)
+def test_a_status_changes_only_with_a_field_not_driven_by_the_clock_or_a_clock_field_turning_null(
+        fields: dict, age: float | None, later_age: float | None, hours: float | None) -> None:
+    last = {**fields, "oldest_pending_age_s": age, "hours_since_hq": hours}
+    now = {**last, "oldest_pending_age_s": later_age}
+    assert status_changed(None, last)  # nothing published yet: always publish
+    assert status_changed(last, now) == ((age is None) != (later_age is None))
+    assert status_changed(last, {**last, "outbox_depth": ("other", last.get("outbox_depth"))})
+
+
+def test_the_ages_moving_with_the_clock_are_no_change_but_turning_null_is() -> None:
+    last = {"outbox_depth": 2, "oldest_pending_age_s": 3.0, "hours_since_hq": 0.5}
+    assert not status_changed(last, {**last, "oldest_pending_age_s": 9.5, "hours_since_hq": 1.25})
+    assert status_changed(last, {**last, "oldest_pending_age_s": None})
+    assert status_changed(last, {**last, "outbox_depth": 3})
