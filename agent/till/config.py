@@ -12,9 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from posedge.agent.config import ConfigModel, resolve_secrets
 from posedge.agent.domain.pricing import PointsRules, StackingRules
-from posedge.agent.till.codes import load_public_key
-
-KID = r"^[A-Za-z0-9._:-]{1,64}$"
+from posedge.agent.till.codes import KID, load_public_key
 
 
 class HqConfig(ConfigModel):

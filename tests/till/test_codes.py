@@ -267,3 +267,21 @@ def test_codes_minted_by_pyjwt_as_documented_verify(hq, verifier):
     token = jwt.encode({"k": "m", "sub": "M1001", "tier": "gold", "iat": NOW, "exp": NOW + 300}, hq.private_key,
                        algorithm="EdDSA", headers={"kid": hq.kid})
     assert verifier.verify(token, kind="member").sub == "M1001"
+
+
+# -- the shared format (sync/codes.py) and the agent's errors ------------------------------------------
+
+def test_the_agent_refuses_with_its_errors_what_the_shared_format_refuses_in_the_same_words(hq, clock):
+    from posedge.agent.errors import AgentError
+    from posedge.sync import codes as wire
+
+    keyring = Keyring({hq.kid: hq.public_key_b64})
+    token = hq.coupon("C1", off=100, st=["store-9"])
+    with pytest.raises(wire.CodeRefused) as shared:
+        wire.CodeVerifier(keyring, STORE, clock=clock).verify(token, kind="member")
+    with pytest.raises(CodeRefused) as agent:
+        CodeVerifier(keyring, STORE, clock=clock).verify(token, kind="member")
+    assert not isinstance(shared.value, AgentError) and isinstance(agent.value, AgentError)
+    assert (agent.value.status, agent.value.body()) == (422, {"code": "wrong_kind", "message": shared.value.message,
+                                                             "expected": "member", "found": "coupon"})
+    assert set(REFUSALS) == set(wire.REFUSALS)
