@@ -1,4 +1,5 @@
-"""`posedge-hq`: the reference HQ. `serve` consumes the stores' up path into a database and acknowledges."""
+"""`posedge-hq`: the reference HQ. `serve` consumes the stores' up path into a database and acknowledges;
+`keygen` and `mint` make HQ's signing keys and the signed codes of docs/codes.md (hq/keys.py)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ import argparse
 import logging
 import signal
 import sys
+import time
 import uuid
+from datetime import datetime, timezone
+from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from posedge.hq import db
+from posedge.hq import db, keys
 from posedge.hq.consumer import Consumer
+from posedge.sync.codes import CodeMinter
 from posedge.sync.protocol import UP_SUBSCRIPTION
 
 log = logging.getLogger("posedge.hq")
@@ -29,9 +34,150 @@ def main(argv: list[str] | None = None) -> int:
                        help="sqlite:///path/to/hq.db or postgresql://user:password@host:port/dbname")
     serve.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT protocol version (default 5)")
     serve.add_argument("--client-id", default=None, help="MQTT client id (default posedge-hq-<random>)")
+    _add_keygen(sub)
+    _add_mint(sub)
     args = parser.parse_args(argv)
+    if args.command == "keygen":
+        return keygen(args)
+    if args.command == "mint":
+        return mint(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     return serve_forever(args)
+
+
+# -- keygen and mint (docs/codes.md) ---------------------------------------------------------------
+
+
+def _add_keygen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keygen = sub.add_parser("keygen", help="make an Ed25519 signing key; print the line stores need")
+    keygen.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes DIR/KID.pem (mode 0600)")
+    keygen.add_argument("--kid", type=_kid, default=None, help="key id (default hq-YYYYMMDD, today in UTC)")
+
+
+def _add_mint(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    mint = sub.add_parser("mint", help="print a signed member, coupon or pickup code")
+    kinds = mint.add_subparsers(dest="kind", metavar="KIND", required=True)
+    member = _mint_parser(kinds, "member", "a member code (k=m)")
+    member.add_argument("--member-id", required=True, type=_code_id, help="the member id (sub)")
+    member.add_argument("--tier", type=_code_id, default="basic", help="member tier (tier; default basic)")
+    member.add_argument("--ttl-s", type=_positive, default=300, help="seconds until it expires (default 300)")
+    coupon = _mint_parser(kinds, "coupon", "a coupon code (k=c)")
+    coupon.add_argument("--coupon-id", required=True, type=_code_id, help="unique coupon id (jti)")
+    coupon.add_argument("--campaign", required=True, type=_code_id, help="campaign id (cmp)")
+    benefit = coupon.add_mutually_exclusive_group(required=True)
+    benefit.add_argument("--off-fen", type=_positive, help="amount off in fen (off)")
+    benefit.add_argument("--pct", type=_percent, help="percent off, 1-100 (pct)")
+    benefit.add_argument("--gift-sku", type=_code_id, help="one piece of this SKU becomes free (gift)")
+    coupon.add_argument("--cap-fen", type=_positive, help="with --pct: the most it takes off, fen (cap)")
+    coupon.add_argument("--min-fen", type=_non_negative, default=0, help="minimum spend in fen (min; default 0)")
+    coupon.add_argument("--stores", nargs="+", type=_code_id, metavar="STORE_ID",
+                        help="store ids where it is valid (st; default every store)")
+    coupon.add_argument("--member-id", type=_code_id, help="bind it to this member (sub)")
+    coupon.add_argument("--valid-from", type=_instant, metavar="TIME", help="not before (nbf): ISO 8601 with offset "
+                        "or epoch seconds")
+    until = coupon.add_mutually_exclusive_group()
+    until.add_argument("--valid-until", type=_instant, metavar="TIME", help="expiry (exp), like --valid-from")
+    until.add_argument("--ttl-s", type=_positive, default=30 * 86400, help="seconds until it expires (default 30 days)")
+    pickup = _mint_parser(kinds, "pickup", "a pickup code (k=p)")
+    pickup.add_argument("--order-id", required=True, type=_code_id, help="the order id (oid)")
+    pickup.add_argument("--store", required=True, type=_code_id, help="the store where it is collected (st)")
+    pickup.add_argument("--ttl-s", type=_positive, default=7 * 86400, help="seconds until it expires (default 7 days)")
+
+
+def _mint_parser(kinds: argparse._SubParsersAction[argparse.ArgumentParser], kind: str,
+                 what: str) -> argparse.ArgumentParser:
+    parser = kinds.add_parser(kind, help=what, description=f"Print {what}, signed (docs/codes.md).")
+    parser.add_argument("--key", required=True, type=Path, metavar="FILE", help="private key from posedge-hq keygen")
+    parser.add_argument("--kid", required=True, type=_kid, help="the key's id, as stores list it")
+    return parser
+
+
+def keygen(args: argparse.Namespace) -> int:
+    kid = args.kid or keys.default_kid(datetime.now(timezone.utc))
+    try:
+        path, minter = keys.write_key(args.out, kid)
+    except keys.KeyFileError as exc:
+        print(f"posedge-hq keygen: {exc}", file=sys.stderr)
+        return 2
+    print(f"posedge-hq keygen: wrote {path} (private: keep it at HQ); add to each store's [hq.public_keys]:",
+          file=sys.stderr)
+    print(keys.public_key_line(minter))
+    return 0
+
+
+def mint(args: argparse.Namespace) -> int:
+    try:
+        minter = keys.load_minter(args.key, args.kid)
+        print(keys.checked(minter, _signed(minter, args)))
+    except (keys.KeyFileError, ValueError) as exc:
+        print(f"posedge-hq mint {args.kind}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _signed(minter: CodeMinter, args: argparse.Namespace) -> str:
+    if args.kind == "member":
+        return minter.member(args.member_id, args.tier, ttl_s=args.ttl_s)
+    if args.kind == "pickup":
+        return minter.pickup(args.order_id, args.store, ttl_s=args.ttl_s)
+    if args.cap_fen is not None and args.pct is None:
+        raise ValueError("--cap-fen goes only with --pct")
+    if args.valid_until is not None and args.valid_until <= max(args.valid_from or 0, int(time.time())):
+        raise ValueError("--valid-until must be later than now and than --valid-from")
+    return minter.coupon(args.coupon_id, args.campaign, off=args.off_fen, pct=args.pct, cap=args.cap_fen,
+                         gift=args.gift_sku, min=args.min_fen, st=args.stores, sub=args.member_id,
+                         ttl_s=args.ttl_s, nbf=args.valid_from, exp=args.valid_until)
+
+
+# argparse types: a bad value is reported as "argument --x: ..." with exit 2.
+
+def _kid(text: str) -> str:
+    try:
+        return keys.check_kid(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _code_id(text: str) -> str:
+    if not 0 < len(text) <= 64 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a non-empty printable id of at most 64 characters")
+    return text
+
+
+def _bounded_int(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer from {low} to {high}")
+    return value
+
+
+def _positive(text: str) -> int:
+    return _bounded_int(text, 1, 2**53)
+
+
+def _non_negative(text: str) -> int:
+    return _bounded_int(text, 0, 2**53)
+
+
+def _percent(text: str) -> int:
+    return _bounded_int(text, 1, 100)
+
+
+def _instant(text: str) -> int:
+    """Epoch seconds from an ISO 8601 time with an offset (or Z), or from plain epoch seconds."""
+    if text.isdigit():
+        return _non_negative(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ISO 8601 with an offset (2026-12-01T00:00:00+08:00)"
+                                         " or epoch seconds")
+    return int(moment.timestamp())
 
 
 def serve_forever(args: argparse.Namespace) -> int:

@@ -149,7 +149,8 @@ def test_sync_and_the_reference_hq_load_without_the_agent() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, posedge.hq.cli, posedge.hq.consumer, posedge.sync.link, posedge.sync.drainer; "
+    code = ("import sys, posedge.hq.cli, posedge.hq.consumer, posedge.hq.keys, posedge.sync.link, "
+            "posedge.sync.drainer, posedge.sync.codes; "
             "print(sorted(m for m in sys.modules if m.startswith(('posedge.agent', 'posedge.drivers'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
