@@ -122,11 +122,13 @@ def _signed(minter: CodeMinter, args: argparse.Namespace) -> str:
         return minter.pickup(args.order_id, args.store, ttl_s=args.ttl_s)
     if args.cap_fen is not None and args.pct is None:
         raise ValueError("--cap-fen goes only with --pct")
-    if args.valid_until is not None and args.valid_until <= max(args.valid_from or 0, int(time.time())):
-        raise ValueError("--valid-until must be later than now and than --valid-from")
+    now = int(time.time())
+    exp: int = args.valid_until if args.valid_until is not None else now + args.ttl_s
+    if exp <= max(args.valid_from or 0, now):  # a code no store would ever accept
+        raise ValueError("the expiry (--valid-until, or now + --ttl-s) must be later than now and than --valid-from")
     return minter.coupon(args.coupon_id, args.campaign, off=args.off_fen, pct=args.pct, cap=args.cap_fen,
                          gift=args.gift_sku, min=args.min_fen, st=args.stores, sub=args.member_id,
-                         ttl_s=args.ttl_s, nbf=args.valid_from, exp=args.valid_until)
+                         nbf=args.valid_from, exp=exp)
 
 
 # argparse types: a bad value is reported as "argument --x: ..." with exit 2.

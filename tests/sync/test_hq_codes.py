@@ -151,6 +151,8 @@ def test_mint_refuses_a_bad_key_file_clearly(tmp_path: Path) -> None:
     (["coupon", "--coupon-id", "C1", "--campaign", "w", "--off-fen", "5", "--cap-fen", "9"], "--cap-fen goes only"),
     (["coupon", "--coupon-id", "C1", "--campaign", "w", "--off-fen", "5", "--valid-from", "2026-01-01"], "offset"),
     (["coupon", "--coupon-id", "C1", "--campaign", "w", "--off-fen", "5", "--valid-until", "1000"], "later than now"),
+    (["coupon", "--coupon-id", "C1", "--campaign", "w", "--off-fen", "5", "--valid-from", "4000000000",
+      "--ttl-s", "60"], "than --valid-from"),
     (["coupon", "--coupon-id", "x" * 65, "--campaign", "w", "--off-fen", "5"], "at most 64"),
     (["pickup", "--order-id", "O1"], "--store"),
 ])
