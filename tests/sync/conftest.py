@@ -35,7 +35,26 @@ def wait_for(predicate: Callable[[], Any], deadline_s: float, what: str, interva
     raise AssertionError(f"{what}: not within {deadline_s} s")
 
 
-class Broker:
+class ChildProcess:
+    """A process the test started and may stop (SIGTERM, then SIGKILL after 10 s) or kill."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Broker(ChildProcess):
     """`mosquitto -c <conf>` in a temp dir, on a fixed free port, with stop / start / SIGKILL controls."""
 
     name = "mosquitto"
@@ -78,19 +97,6 @@ class Broker:
         except OSError:
             return False
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
 
 class NatsBroker(Broker):
     """`nats-server -c <conf>`: its MQTT listener (3.1.1 only) on `port`, JetStream (which MQTT needs for
@@ -121,7 +127,7 @@ class NatsBroker(Broker):
             return False
 
 
-class HqProcess:
+class HqProcess(ChildProcess):
     """`posedge-hq serve` as a real process (python -m posedge.hq), its database (SQLite or PostgreSQL) read by
     the test."""
 
@@ -147,19 +153,6 @@ class HqProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"posedge-hq exited {self.proc.returncode}: {self.log.read_text(errors='replace')}")
         return False
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
     def _schema_made(self) -> bool:
         if self.db_url.startswith("sqlite:"):
