@@ -31,6 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from posedge.sync.down import store_down_subscriptions
 from posedge.sync.drainer import Drainer
 from posedge.sync.protocol import Topics, build_status, status_changed
 
@@ -39,6 +40,8 @@ log = logging.getLogger("posedge.sync.link")
 READS_PER_STEP = 16
 STATUS_POLL_S = 0.5  # how often the status fields are read for a change (they read the database)
 State = Literal["connecting", "connected", "offline", "stopped"]
+DownHandler = Callable[[str, bytes], None]  # (topic, payload) of a down message other than down/ack
+ConnectHook = Callable[[], None]  # run on the link thread after every CONNACK (e.g. to send up/versions)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class Link:
         self.topics = topics
         self.drainer = drainer
         self.status_fields = status_fields  # the store's state for the retained status: read on the link thread
+        # Set before start(): every down message but down/ack goes to on_down, on the link thread (a handler
+        # must not block it: hand the work to the writer and answer with send()).
+        self.on_down: DownHandler | None = None
+        self.connect_hooks: list[ConnectHook] = []
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,6 +121,21 @@ class Link:
     def submit(self, work: Callable[[], None]) -> None:
         """Run `work` on the link thread (the only thread that may touch the client or the drainer)."""
         self._work.put(work)
+
+    def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish from any thread, QoS 1, when connected; while offline it is dropped (say it again on the
+        next connect: up/versions and the drainer's resend are how the protocol never relies on it)."""
+        def publish() -> None:
+            client = self._client
+            if client is not None and self.drainer.connected:
+                self._publish(client, topic, payload, retain)
+            else:
+                log.info("event=sync_send_dropped topic=%s reason=offline", topic)
+        self._work.put(publish)
+
+    @property
+    def connected(self) -> bool:
+        return self.drainer.connected
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -209,7 +231,7 @@ class Link:
         if reason_code.is_failure:
             self._drop(f"broker refused the connection: {reason_code}")
             return
-        client.subscribe(self.topics.down_ack, qos=1)
+        client.subscribe([(topic, 1) for topic in store_down_subscriptions(self.topics)])
         self._backoff.reset()
         with self._lock:
             self._state = "connected"
@@ -217,6 +239,11 @@ class Link:
             self._connected_at = datetime.now(timezone.utc)
         self.drainer.on_connected()
         self._publish_status(client, "online")
+        for hook in self.connect_hooks:
+            try:
+                hook()
+            except Exception:  # one feature's hook must not cost the others theirs, nor the connection
+                log.exception("event=sync_connect_hook_failed")
         log.info("event=sync_connected broker=%s:%s protocol=%s", self.settings.host, self.settings.port,
                  self.settings.protocol)
 
@@ -227,6 +254,11 @@ class Link:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.topic == self.topics.down_ack:
             self.drainer.on_ack(bytes(message.payload))
+        elif self.on_down is not None:
+            try:
+                self.on_down(message.topic, bytes(message.payload))
+            except Exception:  # a handler's bug must not drop the connection nor the messages after it
+                log.exception("event=sync_down_handler_failed topic=%s", message.topic[:200])
 
     def _publish(self, client: mqtt.Client, topic: str, payload: bytes, retain: bool = False) -> None:
         properties = None

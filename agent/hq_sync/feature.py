@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections import Counter
 from concurrent.futures import Future
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
@@ -22,15 +24,18 @@ from posedge.agent.sales import SaleParticipant
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
 from posedge.sync import outbox, stream as streams
+from posedge.sync.down import parse_down_topic
 from posedge.sync.drainer import Drainer, DrainSettings
-from posedge.sync.link import Link, LinkSettings
+from posedge.sync.link import ConnectHook, Link, LinkSettings
 from posedge.sync.outbox import OutboxEvent
-from posedge.sync.protocol import Topics
+from posedge.sync.protocol import ProtocolError, Topics
 from posedge.sync.stream import Stream
 
 log = logging.getLogger("posedge.agent.sync")
 
 WRITE_TIMEOUT_S = 30.0
+# A down message for this store: (store or None when tenant-wide, the down name, the payload); on the link thread.
+DownRoute = Callable[[str | None, str, bytes], None]
 CONFIG_VERSION_FILE_ONLY = 0  # the applied pushed config's version; pushed config is not built yet
 
 
@@ -96,6 +101,12 @@ class HqSync:
         # The other features' status() by section name ("till", "receipts", "scans"), set by the agent: the
         # retained status is built from what they already report, not from their insides.
         self.feature_status: dict[str, Callable[[], dict[str, Any]]] = {}
+        # Who handles each down name (docs/protocol.md section 8): records kinds, config, confirm, ...; set by the
+        # features that own them before start(). A name nobody handles is counted and dropped.
+        self.down_routes: dict[str, DownRoute] = {}
+        self.connect_hooks: list[ConnectHook] = []
+        self.down_rejected: Counter[str] = Counter()
+        self._down_lock = threading.Lock()
 
     @property
     def participants(self) -> Sequence[SaleParticipant]:
@@ -120,6 +131,8 @@ class HqSync:
         drainer = Drainer(topics, source, DrainSettings(mqtt.batch_max_events, mqtt.batch_max_bytes,
                                                         mqtt.inflight_batches, mqtt.ack_timeout_s), __version__)
         self.link = Link(link_settings(self.config), topics, drainer, self._status_fields)
+        self.link.on_down = self._on_down
+        self.link.connect_hooks.extend(self.connect_hooks)
         self.link.start()
         log.info("event=sync_started broker=%s stream=%s", mqtt.url, current.stream_id)
 
@@ -133,6 +146,34 @@ class HqSync:
                 log.warning("event=sync_new_stream reason=%s stream=%s first_seq=%s", current.reason,
                             current.stream_id, current.first_seq)
         return current
+
+    def _on_down(self, topic: str, payload: bytes) -> None:
+        """Route a down message to its feature; refuse one for another tenant or store (on the link thread)."""
+        try:
+            tenant, store, name = parse_down_topic(topic)
+            if tenant != self.config.store.tenant:
+                raise ProtocolError("wrong_tenant", f"topic of tenant {tenant!r}")
+            if store not in (None, self.config.store.id):
+                raise ProtocolError("wrong_store", f"topic of store {store!r}")
+            route = self.down_routes.get(name)
+            if route is None:
+                raise ProtocolError("unhandled", f"nothing in this agent handles down/{name}")
+        except ProtocolError as exc:
+            self.count_down_rejected(exc.reason)
+            log.warning("event=sync_down_rejected topic=%s reason=%s", topic[:200], exc.reason)
+            return
+        route(store, name, payload)
+
+    def count_down_rejected(self, reason: str) -> None:
+        with self._down_lock:
+            self.down_rejected[reason] += 1
+
+    def send(self, name: str, payload: bytes) -> bool:
+        """Publish on this store's up/{name} when the link runs; False when there is no link (sync disabled)."""
+        if self.link is None:
+            return False
+        self.link.send(f"{Topics(self.config.store.tenant, self.config.store.id).base}/up/{name}", payload)
+        return True
 
     async def stop(self) -> None:
         if self.link is not None:
@@ -166,7 +207,10 @@ class HqSync:
         status = self.link.status()
         if status["state"] == "stopped":
             status["state"] = "offline"
-        return {"broker": self.config.mqtt.url, "protocol": self.config.mqtt.protocol, **status}
+        with self._down_lock:
+            rejected = dict(self.down_rejected)
+        return {"broker": self.config.mqtt.url, "protocol": self.config.mqtt.protocol, **status,
+                "rejected_down": rejected}
 
 
 def link_settings(config: Config) -> LinkSettings:
