@@ -239,6 +239,22 @@ def cmd_scan_test(args: argparse.Namespace) -> int:
     return run_scan_test(args, config.scanner_configs() if config else [])
 
 
+def _service_parser(sub: Any) -> None:
+    from posedge.agent.system.install import add_parser
+
+    add_parser(sub)
+
+
+PARSER_EXTENSIONS.append(_service_parser)
+
+
+@command("service")
+def cmd_service(args: argparse.Namespace) -> int:
+    from posedge.agent.system.install import run
+
+    return run(args)
+
+
 @command("data")
 def cmd_data(args: argparse.Namespace) -> int:
     config = _load(args.config)
