@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "API on 127.0.0.1:8765, a scanner reading lines typed in this terminal, "
                                      "receipts rendered to ./var/receipts/, MQTT optional.")
     run.add_argument("--config", "-c", metavar="PATH", help="TOML config file (see config.example.toml)")
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="default INFO, or POSEDGE_LOG_LEVEL")
+    run.add_argument("--log-format", default=None, choices=["text", "json"],
+                     help="one event per line as key=value text (default) or JSON; or POSEDGE_LOG_FORMAT")
 
     check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 if not",
                            description="Validate a config file and print every problem with the file, the key, "
@@ -102,12 +105,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 @command("run")
 def cmd_run(args: argparse.Namespace) -> int:
     from posedge.agent.cli.run import run_agent
-    from posedge.agent.logs import setup_logging
+    from posedge.agent.logs import FORMATS, LEVELS, choose, setup_logging
 
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    setup_logging(args.log_level)
+    setup_logging(choose(args.log_level, "POSEDGE_LOG_LEVEL", "INFO", LEVELS),
+                  choose(args.log_format, "POSEDGE_LOG_FORMAT", "text", FORMATS))
     try:
         sock = bind_listen_socket(config.api.host, config.api.port)
     except OSError as exc:

@@ -182,7 +182,13 @@ def _sync_target(config: Config) -> str:
 
 
 def _banner(config: Config) -> None:
+    from posedge.agent import logs
+
     api = config.api
+    if logs.FORMAT == "json":  # every line a JSON event: the banner's facts as one
+        log.info("event=agent_listening api=%s database=%s sync=%r", api.listen, config.storage.path.resolve(),
+                 _sync_target(config))
+        return
     token_from = "the environment/config" if api.token is not None else str(api.token_file.resolve())
     print(
         f"posedge is running for store {config.store.tenant}/{config.store.id}\n"
