@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -30,9 +30,11 @@ class AgentServer(uvicorn.Server):
     and the process exits 0. (uvicorn itself re-raises the signal after its shutdown, which would
     kill the process before the agent's own shutdown ran.)"""
 
-    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], None],
+                 stop_intake: Callable[[], Awaitable[None]] | None = None) -> None:
         super().__init__(config)
         self.before_shutdown = before_shutdown
+        self.stop_intake = stop_intake  # runs beside the drain of requests in flight (scanners close)
         self._stopping_sent = False
 
     def handle_exit(self, sig: int, frame: Any) -> None:
@@ -46,7 +48,10 @@ class AgentServer(uvicorn.Server):
         # Long-lived responses (the event stream) end first, so the server's wait for requests in
         # flight is short and nothing is cancelled mid-response (no CancelledError at ERROR).
         self.before_shutdown()
+        intake = asyncio.ensure_future(self.stop_intake()) if self.stop_intake is not None else None
         await super().shutdown(sockets)
+        if intake is not None:
+            await intake
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -127,7 +132,8 @@ async def run_agent(config: Config, sock: socket.socket) -> int:
     except (OSError, ValueError) as exc:
         print(f"posedge: cannot start: {exc}", file=sys.stderr)
         return 1
-    server = AgentServer(server_config(build_app(agent), config.api), before_shutdown=agent.events.close_streams)
+    server = AgentServer(server_config(build_app(agent), config.api), before_shutdown=agent.events.close_streams,
+                         stop_intake=agent.scanning.stop_devices)
     with server.catch_stop_signals():
         stall = start_stall_hook()
         await agent.start()
@@ -138,8 +144,8 @@ async def run_agent(config: Config, sock: socket.socket) -> int:
             ready.cancel()
             if stall is not None:
                 stall.cancel()
-            stopped = await _stop_within_bound(agent, config)
-    return 0 if stopped else 1
+            await _stop_within_bound(agent)
+    return 0
 
 
 # Past the API's grace: each feature's own stop is bounded (printer and link joins, a few seconds each),
@@ -147,13 +153,16 @@ async def run_agent(config: Config, sock: socket.socket) -> int:
 STOP_BOUND_S = 20.0
 
 
-async def _stop_within_bound(agent: Agent, config: Config) -> bool:
+async def _stop_within_bound(agent: Agent) -> None:
+    log.info("event=agent_stopping")
     try:
         await asyncio.wait_for(agent.stop(), STOP_BOUND_S)
-        return True
     except asyncio.TimeoutError:
+        # A thread stuck in a device call would hold the interpreter's exit too: leave now. Every
+        # acknowledged sale is committed already; the WAL is checkpointed at the next start.
         log.error("event=agent_stop_timeout bound_s=%s (some device or link did not stop in time)", STOP_BOUND_S)
-        return False
+        logging.shutdown()
+        os._exit(1)
 
 
 async def _ready_when_listening(server: uvicorn.Server, agent: Agent, config: Config) -> None:
