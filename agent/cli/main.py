@@ -259,6 +259,44 @@ def cmd_service(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _doctor_parser(sub: Any) -> None:
+    doctor = sub.add_parser(
+        "doctor", help="check devices, broker, clock, disk, database and service; say what to fix",
+        description="Check everything the agent needs and print each problem with the command that fixes it. "
+                    "Exit 0 all well, 1 problems, 2 the config is not valid. Safe while the agent runs.")
+    doctor.add_argument("--config", "-c", metavar="PATH",
+                        help="the config to check (default /etc/posedge/posedge.toml if it exists, else the "
+                             "embedded defaults)")
+    doctor.add_argument("--time-url", metavar="URL", help="an HQ web address whose Date header the clock is "
+                                                          "compared with")
+    doctor.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+PARSER_EXTENSIONS.append(_doctor_parser)
+
+
+@command("doctor")
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from posedge.agent.system.doctor import format_finding, run_checks
+    from posedge.agent.system.unit import DEFAULT_CONFIG
+
+    path = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None)
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    findings = run_checks(config, args.time_url)
+    problems = sum(1 for f in findings if f.ok is False)
+    if args.json:
+        print(json.dumps({"config": path, "problems": problems, "checks": [f.as_dict() for f in findings]},
+                         ensure_ascii=False, indent=2))
+    else:
+        print(f"posedge doctor: {path or 'embedded defaults'}")
+        for finding in findings:
+            print(format_finding(finding))
+        print("all well" if not problems else f"{problems} problem(s)")
+    return EXIT_FAILURE if problems else EXIT_OK
+
+
 @command("data")
 def cmd_data(args: argparse.Namespace) -> int:
     config = _load(args.config)
