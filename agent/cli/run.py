@@ -41,6 +41,7 @@ class AgentServer(uvicorn.Server):
         # STOPPING=1 the moment the stop is asked for, so systemd shows "deactivating" during the drain.
         if not self._stopping_sent:
             self._stopping_sent = True
+            log.info("event=stop_requested signal=%s", signal.Signals(sig).name)
             notify("STOPPING=1", "STATUS=stopping: finishing requests in flight")
         super().handle_exit(sig, frame)
 
