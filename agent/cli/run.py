@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -30,11 +30,9 @@ class AgentServer(uvicorn.Server):
     and the process exits 0. (uvicorn itself re-raises the signal after its shutdown, which would
     kill the process before the agent's own shutdown ran.)"""
 
-    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], None],
-                 stop_intake: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], None]) -> None:
         super().__init__(config)
         self.before_shutdown = before_shutdown
-        self.stop_intake = stop_intake  # runs beside the drain of requests in flight (scanners close)
         self._stopping_sent = False
 
     def handle_exit(self, sig: int, frame: Any) -> None:
@@ -49,10 +47,7 @@ class AgentServer(uvicorn.Server):
         # Long-lived responses (the event stream) end first, so the server's wait for requests in
         # flight is short and nothing is cancelled mid-response (no CancelledError at ERROR).
         self.before_shutdown()
-        intake = asyncio.ensure_future(self.stop_intake()) if self.stop_intake is not None else None
         await super().shutdown(sockets)
-        if intake is not None:
-            await intake
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -133,8 +128,7 @@ async def run_agent(config: Config, sock: socket.socket) -> int:
     except (OSError, ValueError) as exc:
         print(f"posedge: cannot start: {exc}", file=sys.stderr)
         return 1
-    server = AgentServer(server_config(build_app(agent), config.api), before_shutdown=agent.events.close_streams,
-                         stop_intake=agent.scanning.stop_devices)
+    server = AgentServer(server_config(build_app(agent), config.api), before_shutdown=agent.events.close_streams)
     with server.catch_stop_signals():
         stall = start_stall_hook()
         await agent.start()

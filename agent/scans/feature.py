@@ -44,14 +44,9 @@ class Scans:
             self.devices.append(driver)
 
     async def stop(self) -> None:
-        await self.stop_devices()
-        await self.pipeline.stop()
-
-    async def stop_devices(self) -> None:
-        """Close the scanners (no new scans); the pipeline still finishes what it holds. The agent's stop
-        calls it first, beside the API's drain; stop() repeats it harmlessly."""
         for device in reversed(self.devices):
             await asyncio.to_thread(device.stop)
+        await self.pipeline.stop()
 
     def status(self) -> dict[str, Any]:
         return {"devices": scanners_status(self.devices, self.disabled), "pipeline": self.pipeline.status()}
