@@ -39,6 +39,7 @@ log = logging.getLogger("posedge.sync.link")
 
 READS_PER_STEP = 16
 STATUS_POLL_S = 0.5  # how often the status fields are read for a change (they read the database)
+OUTAGE_WARNING_S = 300.0  # a drop and its reconnect are routine (INFO); offline this long is WARNING, once
 State = Literal["connecting", "connected", "offline", "stopped"]
 DownHandler = Callable[[str, bytes], None]  # (topic, payload) of a down message other than down/ack
 ConnectHook = Callable[[], None]  # run on the link thread after every CONNACK (e.g. to send up/versions)
@@ -100,6 +101,8 @@ class Link:
         self._last_status_at = -1e9
         self._published_fields: dict[str, Any] | None = None
         self._connect_started = 0.0
+        self._offline_since: float | None = None  # monotonic; None while connected
+        self._outage_warned = False
         self._lock = threading.Lock()
         self._state: State = "connecting"
         self._last_error: str | None = None
@@ -244,6 +247,7 @@ class Link:
                 hook()
             except Exception:  # one feature's hook must not cost the others theirs, nor the connection
                 log.exception("event=sync_connect_hook_failed")
+        self._offline_since, self._outage_warned = None, False
         log.info("event=sync_connected broker=%s:%s protocol=%s", self.settings.host, self.settings.port,
                  self.settings.protocol)
 
@@ -303,7 +307,11 @@ class Link:
             except Exception:  # the socket may already be gone
                 pass
         if self.drainer.connected or error[:300] != self._last_error:  # not once per retry of the same failure
-            log.warning("event=sync_disconnected error=%r", error)
+            log.info("event=sync_disconnected error=%r", error)
+        self._offline_since = self._offline_since or time.monotonic()
+        if not self._outage_warned and time.monotonic() - self._offline_since >= OUTAGE_WARNING_S:
+            self._outage_warned = True
+            log.warning("event=sync_outage offline_s=%d error=%r", time.monotonic() - self._offline_since, error)
         self.drainer.on_disconnected()
         delay = self._backoff.next_delay()
         self._next_attempt = time.monotonic() + delay

@@ -70,12 +70,14 @@ class AgentProcess:
         self.proc: subprocess.Popen | None = None
         self.log = home / "agent.log"
         self.url = f"http://127.0.0.1:{self.port}"
+        self.env: dict[str, str] | None = None  # the agent's environment; None: the test's own
+        self.args: list[str] = []  # more arguments of `posedge run`
 
     def start(self, deadline_s: float = 30.0) -> "AgentProcess":
         handle = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "posedge", "run", "--config", str(self.config)],
-            cwd=self.home, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "posedge", "run", "--config", str(self.config), *self.args],
+            cwd=self.home, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, env=self.env,
         )
         handle.close()
         end = time.monotonic() + deadline_s

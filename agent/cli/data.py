@@ -29,9 +29,12 @@ def register(sub: Any) -> None:
     load.add_argument("kind", choices=sorted(KINDS), help="what the file holds")
     load.add_argument("file", metavar="FILE", help="JSON lines file; '-' reads standard input")
     load.add_argument("--config", "-c", metavar="PATH", help="the config the agent runs with")
+    load.add_argument("--progress", action="store_true",
+                      help="show progress on stderr even when it is not a terminal (on a terminal it always shows)")
 
 
 def run(args: argparse.Namespace, config: Any) -> int:
+    from posedge.agent.cli.progress import Progress
     from posedge.agent.store.writer import StoreWriter
 
     try:
@@ -49,10 +52,13 @@ def run(args: argparse.Namespace, config: Any) -> int:
     if failure is not None:
         print(f"posedge: {failure.message}", file=sys.stderr)
         return 1
+    progress = Progress(f"{args.kind} applied", args.progress)
     try:
         for start in range(0, len(records), BATCH):
             chunk = records[start:start + BATCH]
             writer.submit(lambda conn: apply_batch(conn, args.kind, chunk, hasher, config.store.id, report)).result()
+            progress.update(start + len(chunk), len(records), " records")
+        progress.finish()
         writer.submit(lambda conn: record_hq_contact(conn, "import")).result()
     except Exception as exc:  # a storage failure: say what was applied before it
         print(f"posedge: import stopped: {getattr(exc, 'message', exc)}", file=sys.stderr)

@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlite_utils
 
+from posedge.agent.cli.progress import Progress
 from posedge.agent.store.schema import current_version, latest_version
 
 
@@ -25,6 +26,8 @@ def register(sub: Any) -> None:
     verbs.add_parser("check", help="run SQLite's integrity check; exit 1 if the file is damaged")
     backup = verbs.add_parser("backup", help="write a consistent copy of the database to a file")
     backup.add_argument("target", metavar="FILE")
+    backup.add_argument("--progress", action="store_true",
+                        help="show progress on stderr even when it is not a terminal (on a terminal it always shows)")
 
 
 def read_only(path: Path) -> sqlite3.Connection:
@@ -55,13 +58,23 @@ def check(path: Path) -> list[str]:
         conn.close()
 
 
-def backup(path: Path, target: Path) -> None:
+BACKUP_STEP_PAGES = 1024  # pages copied per step: the agent's writer gets its turn between steps
+
+
+def backup(path: Path, target: Path, progress: Progress | None = None) -> None:
     if target.exists():
         raise FileExistsError(f"{target} exists; choose a new file name")
     source = read_only(path)
     copy = sqlite3.connect(target)
+
+    def step(status: int, remaining: int, total: int) -> None:
+        if progress is not None:
+            progress.update(total - remaining, total, " pages")
+
     try:
-        source.backup(copy)
+        source.backup(copy, pages=BACKUP_STEP_PAGES, progress=step)
+        if progress is not None:
+            progress.finish()
     finally:
         copy.close()
         source.close()
@@ -79,7 +92,7 @@ def run(args: argparse.Namespace, path: Path) -> int:
             problems = check(path)
             print(f"{path}: " + ("ok" if problems == ["ok"] else "DAMAGED\n  " + "\n  ".join(problems)))
             return 0 if problems == ["ok"] else 1
-        backup(path, Path(args.target))
+        backup(path, Path(args.target), Progress("backup", args.progress))
         print(f"{path} -> {args.target}: consistent copy written")
         return 0
     except (OSError, sqlite3.Error) as exc:

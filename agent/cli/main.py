@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "API on 127.0.0.1:8765, a scanner reading lines typed in this terminal, "
                                      "receipts rendered to ./var/receipts/, MQTT optional.")
     run.add_argument("--config", "-c", metavar="PATH", help="TOML config file (see config.example.toml)")
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="default INFO, or POSEDGE_LOG_LEVEL")
+    run.add_argument("--log-format", default=None, choices=["text", "json"],
+                     help="one event per line as key=value text (default) or JSON; or POSEDGE_LOG_FORMAT")
 
     check = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 if not",
                            description="Validate a config file and print every problem with the file, the key, "
@@ -102,12 +105,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 @command("run")
 def cmd_run(args: argparse.Namespace) -> int:
     from posedge.agent.cli.run import run_agent
-    from posedge.agent.logs import setup_logging
+    from posedge.agent.logs import FORMATS, LEVELS, choose, setup_logging
 
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    setup_logging(args.log_level)
+    setup_logging(choose(args.log_level, "POSEDGE_LOG_LEVEL", "INFO", LEVELS),
+                  choose(args.log_format, "POSEDGE_LOG_FORMAT", "text", FORMATS))
     try:
         sock = bind_listen_socket(config.api.host, config.api.port)
     except OSError as exc:
@@ -237,6 +241,60 @@ def cmd_scan_test(args: argparse.Namespace) -> int:
     if args.config and config is None:
         return EXIT_CONFIG
     return run_scan_test(args, config.scanner_configs() if config else [])
+
+
+def _service_parser(sub: Any) -> None:
+    from posedge.agent.system.install import add_parser
+
+    add_parser(sub)
+
+
+PARSER_EXTENSIONS.append(_service_parser)
+
+
+@command("service")
+def cmd_service(args: argparse.Namespace) -> int:
+    from posedge.agent.system.install import run
+
+    return run(args)
+
+
+def _doctor_parser(sub: Any) -> None:
+    doctor = sub.add_parser(
+        "doctor", help="check devices, broker, clock, disk, database and service; say what to fix",
+        description="Check everything the agent needs and print each problem with the command that fixes it. "
+                    "Exit 0 all well, 1 problems, 2 the config is not valid. Safe while the agent runs.")
+    doctor.add_argument("--config", "-c", metavar="PATH",
+                        help="the config to check (default /etc/posedge/posedge.toml if it exists, else the "
+                             "embedded defaults)")
+    doctor.add_argument("--time-url", metavar="URL", help="an HQ web address whose Date header the clock is "
+                                                          "compared with")
+    doctor.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+PARSER_EXTENSIONS.append(_doctor_parser)
+
+
+@command("doctor")
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from posedge.agent.system.doctor import format_finding, run_checks
+    from posedge.agent.system.unit import DEFAULT_CONFIG
+
+    path = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() else None)
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    findings = run_checks(config, args.time_url)
+    problems = sum(1 for f in findings if f.ok is False)
+    if args.json:
+        print(json.dumps({"config": path, "problems": problems, "checks": [f.as_dict() for f in findings]},
+                         ensure_ascii=False, indent=2))
+    else:
+        print(f"posedge doctor: {path or 'embedded defaults'}")
+        for finding in findings:
+            print(format_finding(finding))
+        print("all well" if not problems else f"{problems} problem(s)")
+    return EXIT_FAILURE if problems else EXIT_OK
 
 
 @command("data")

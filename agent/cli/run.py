@@ -19,6 +19,7 @@ from posedge.agent.api.errors import RedactExceptions
 from posedge.agent.api.guards import ApiCounters
 from posedge.agent.config import ApiConfig, Config
 from posedge.agent.service import Agent
+from posedge.agent.system.notify import Watchdog, notify, start_stall_hook, watchdog_interval_s
 
 log = logging.getLogger("posedge.agent")
 
@@ -32,6 +33,15 @@ class AgentServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], None]) -> None:
         super().__init__(config)
         self.before_shutdown = before_shutdown
+        self._stopping_sent = False
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # STOPPING=1 the moment the stop is asked for, so systemd shows "deactivating" during the drain.
+        if not self._stopping_sent:
+            self._stopping_sent = True
+            log.info("event=stop_requested signal=%s", signal.Signals(sig).name)
+            notify("STOPPING=1", "STATUS=stopping: finishing requests in flight")
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Long-lived responses (the event stream) end first, so the server's wait for requests in
@@ -120,20 +130,55 @@ async def run_agent(config: Config, sock: socket.socket) -> int:
         return 1
     server = AgentServer(server_config(build_app(agent), config.api), before_shutdown=agent.events.close_streams)
     with server.catch_stop_signals():
+        stall = start_stall_hook()
         await agent.start()
-        banner = asyncio.create_task(_banner_when_listening(server, config))
+        ready = asyncio.create_task(_ready_when_listening(server, agent, config))
         try:
             await server.serve(sockets=[sock])
         finally:
-            banner.cancel()
-            await agent.stop()
+            ready.cancel()
+            if stall is not None:
+                stall.cancel()
+            await _stop_within_bound(agent)
     return 0
 
 
-async def _banner_when_listening(server: uvicorn.Server, config: Config) -> None:
+# Past the API's grace: each feature's own stop is bounded (printer and link joins, a few seconds each),
+# this bounds them all, so a stop never hangs until systemd's TimeoutStopSec kills the agent.
+STOP_BOUND_S = 20.0
+
+
+async def _stop_within_bound(agent: Agent) -> None:
+    log.info("event=agent_stopping")
+    try:
+        await asyncio.wait_for(agent.stop(), STOP_BOUND_S)
+    except asyncio.TimeoutError:
+        # A thread stuck in a device call would hold the interpreter's exit too: leave now. Every
+        # acknowledged sale is committed already; the WAL is checkpointed at the next start.
+        log.error("event=agent_stop_timeout bound_s=%s (some device or link did not stop in time)", STOP_BOUND_S)
+        logging.shutdown()
+        os._exit(1)
+
+
+async def _ready_when_listening(server: uvicorn.Server, agent: Agent, config: Config) -> None:
+    """READY=1 once the store is open, the drivers started (agent.start returned) and the API listens."""
     while not server.started:
         await asyncio.sleep(0.01)
     _banner(config)
+    notify("READY=1", f"STATUS=serving on {config.api.listen}", f"MAINPID={os.getpid()}")
+    interval = watchdog_interval_s()
+    if interval is None:
+        return
+    watchdog = Watchdog(interval, [agent.writer.health_problem, lambda: _server_problem(server)])
+    watchdog.start()
+    try:
+        await asyncio.Event().wait()  # lives as long as the server; cancelled at stop
+    finally:
+        watchdog.stop()
+
+
+def _server_problem(server: uvicorn.Server) -> str | None:
+    return "the HTTP server is exiting" if server.should_exit else None
 
 
 def _sync_target(config: Config) -> str:
@@ -141,7 +186,13 @@ def _sync_target(config: Config) -> str:
 
 
 def _banner(config: Config) -> None:
+    from posedge.agent import logs
+
     api = config.api
+    if logs.FORMAT == "json":  # every line a JSON event: the banner's facts as one
+        log.info("event=agent_listening api=%s database=%s sync=%r", api.listen, config.storage.path.resolve(),
+                 _sync_target(config))
+        return
     token_from = "the environment/config" if api.token is not None else str(api.token_file.resolve())
     print(
         f"posedge is running for store {config.store.tenant}/{config.store.id}\n"

@@ -204,6 +204,14 @@ class StoreWriter:
     def failure(self) -> StorageError | None:
         return self._failure
 
+    def health_problem(self) -> str | None:
+        """For the service watchdog: a writer thread that died cannot commit; a storage failure it reports
+        is not one (the agent serves and says so, and a restart does not free a disk)."""
+        thread = self._thread
+        if thread is not None and not thread.is_alive():
+            return "the store writer thread has died"
+        return None
+
     def status(self) -> dict[str, object]:
         recent = list(self._recent)
         return {**self.counts, **self.checkpointer.counts, "inline_enabled": self.inline_max_s > 0,
