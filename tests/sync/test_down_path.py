@@ -16,8 +16,9 @@ import pytest
 from conftest import AgentProcess, sale_body
 from posedge.hq import keys
 from posedge.sync.codes import CodeMinter
+from posedge.sync.down import RECORD_KINDS, Records, build_records
 from tests.sync.conftest import Broker, HqProcess, sync_config, wait_for
-from tests.sync.test_uplink import assert_exactly_once_in_order, post_sales, wait_drained
+from tests.sync.test_uplink import assert_exactly_once_in_order, post_sales, publish_raw, wait_drained
 
 TENANT, STORE = "test", "store-1"
 
@@ -174,3 +175,56 @@ def test_the_whole_up_and_down_path_on_mqtt_3_1_1_and_on_nats_server(
     assert_exactly_once_in_order(hq, sold)
     assert get(agent, "/v1/members/lookup", code="8800002").json()["member_id"] == "M-2"
     assert get(agent, "/v1/inventory/SKU-N").json()["on_hand"] == 5
+
+
+def records_doc(kind: str, version: int, records: list[dict[str, Any]], store: str | None = STORE,
+                override: dict[str, Any] | None = None) -> bytes:
+    body = json.loads(build_records(Records(f"raw-{kind}-{version}", TENANT, store, kind, version, tuple(records))))
+    body.update(override or {})
+    return json.dumps(body).encode()
+
+
+GARBAGE_REASONS = {"not_json": 1, "bad_schema": 2, "wrong_store": 1, "wrong_tenant": 1, "too_large": 1}
+
+
+def garbage(kind: str, store: str | None) -> list[bytes]:
+    """One of each: not JSON, wrong schema, records of another kind, another store and tenant, too big."""
+    other_kind = "stock" if kind != "stock" else "members"
+    return [b"\x00not json{", records_doc(kind, 9, [], store, {"type": "batch"}),
+            records_doc(kind, 9, [], store, {"kind": other_kind}),
+            records_doc(kind, 9, [], store, {"store": "store-2"}),
+            records_doc(kind, 9, [], store, {"tenant": "other"}),
+            records_doc(kind, 9, [{"sku": "SKU-HUGE", "version": 1, "qty": 1, "pad": "x" * 1_100_000}], store)]
+
+
+def test_garbage_on_every_down_topic_is_rejected_counted_and_answered_nothing_applied_and_sales_go_on(
+        agent_factory: Any, broker_factory: Any, hq_factory: Any) -> None:
+    broker: Broker = broker_factory().start()
+    hq = hq_factory(broker).start()
+    agent = agent_factory(mqtt_keys=sync_config(broker)).start()
+    wait_for(lambda: get(agent, "/v1/status").json()["sync"]["state"] == "connected", 30, "connected")
+    sold = post_sales(agent, 5)
+    scopes: list[tuple[str | None, str]] = [(STORE, f"posedge/v1/{TENANT}/{STORE}/down"),
+                                            (None, f"posedge/v1/{TENANT}/all/down")]
+    for store, prefix in scopes:
+        for kind in RECORD_KINDS:
+            stock = [{"sku": f"SKU-OLD-{store}", "version": 1, "qty": 99}] if kind == "stock" else []
+            publish_raw(broker, f"{prefix}/{kind}", [*garbage(kind, store), records_doc(kind, 5, [], store),
+                                                     records_doc(kind, 4, stock, store)])  # v4 after v5: old
+    publish_raw(broker, f"posedge/v1/{TENANT}/{STORE}/down/bogus", [b"{}"])
+    sold += post_sales(agent, 5)
+
+    topics = len(scopes) * len(RECORD_KINDS)
+    expected = {reason: n * topics for reason, n in GARBAGE_REASONS.items()} | {"bad_topic": 1}
+    wait_for(lambda: get(agent, "/v1/status").json()["sync"]["rejected_down"] == expected, 60,
+             f"every piece of garbage counted ({get(agent, '/v1/status').json()['sync']['rejected_down']})")
+    results = lambda: dict(hq.query("SELECT result, count(*) FROM down_acks GROUP BY result"))  # noqa: E731
+    wait_for(lambda: results() == {"rejected": sum(GARBAGE_REASONS.values()) * topics, "applied": topics,
+                                   "ignored": topics}, 60, f"HQ holds every answer ({results()})")
+    reasons = dict(hq.query("SELECT reason, count(*) FROM down_acks WHERE result = 'rejected' GROUP BY reason"))
+    assert reasons == {reason: n * topics for reason, n in GARBAGE_REASONS.items()}
+    assert hq.query("SELECT count(*) FROM down_acks WHERE result = 'rejected' AND version IS NOT NULL") == [(0,)]
+    for sku in (f"SKU-OLD-{STORE}", "SKU-OLD-None", "SKU-HUGE"):
+        assert get(agent, f"/v1/inventory/{sku}").json()["known"] is False  # nothing of it applied
+    wait_drained(agent)
+    assert_exactly_once_in_order(hq, sold)
