@@ -202,6 +202,12 @@ class MqttConfig(ConfigModel):
         5.0, ge=0.1, le=3600,
         description="the retained status is published on change, at most once per this many seconds",
     )
+    session_expiry_s: int = Field(
+        604_800, ge=0, le=4_294_967_295,
+        description="persistent session: the broker keeps the store's subscriptions and queues HQ's down messages "
+                    "this long while it is offline (MQTT 5 session expiry; 3.1.1: clean session off, the broker's "
+                    "own expiry); 0: a clean session on every connect",
+    )
 
     @model_validator(mode="before")
     @classmethod

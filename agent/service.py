@@ -15,6 +15,7 @@ from posedge.agent.errors import StorageError
 from posedge.agent.events import EventHub
 from posedge.agent.feature import Feature
 from posedge.agent.hq_sync.feature import HqSync
+from posedge.agent.hq_sync.inbox import RecordsInbox
 from posedge.agent.receipts.feature import Receipts
 from posedge.agent.sales import SaleService
 from posedge.agent.scans.feature import Scans
@@ -70,6 +71,7 @@ class Agent:
         self.receipts.participant.contributors.append(receipt_facts)
         self.sync.feature_status = {"till": self.till.status, "receipts": self.receipts.status,
                                     "scans": self.scanning.status}  # what the retained MQTT status reports
+        RecordsInbox(self.sync, self.till).register()  # HQ's records documents go through the till's apply logic
         if self.receipts.signer is not None:
             self.till.claim_signer = self.receipts.signer.for_store(self.config.store.tenant, self.config.store.id)
 

@@ -1,25 +1,32 @@
-"""`posedge-hq`: the reference HQ. `serve` consumes the stores' up path into a database and acknowledges;
-`keygen` and `mint` make HQ's signing keys and the signed codes of docs/codes.md (hq/keys.py)."""
+"""`posedge-hq`: the reference HQ. `serve` consumes the stores' up path into a database and acknowledges,
+and publishes the down log; `push` writes records documents to the down log (hq/down.py); `tail` shows the
+wire, masked (hq/tail.py); `keygen` and `mint` make HQ's signing keys and the signed codes of docs/codes.md
+(hq/keys.py)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
+from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from posedge.hq import db, keys
+from posedge.hq import db, keys, tail
 from posedge.hq.consumer import Consumer
+from posedge.hq.down import DocumentRefused, Publisher, write_document
 from posedge.sync.codes import CodeMinter
+from posedge.sync.down import RECORD_KINDS
 from posedge.sync.protocol import UP_SUBSCRIPTION
 
 log = logging.getLogger("posedge.hq")
@@ -36,11 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--client-id", default=None, help="MQTT client id (default posedge-hq-<random>)")
     _add_keygen(sub)
     _add_mint(sub)
+    _add_push(sub)
+    _add_tail(sub)
     args = parser.parse_args(argv)
     if args.command == "keygen":
         return keygen(args)
     if args.command == "mint":
         return mint(args)
+    if args.command == "push":
+        return push(args)
+    if args.command == "tail":
+        return tail_wire(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     return serve_forever(args)
 
@@ -131,6 +144,84 @@ def _signed(minter: CodeMinter, args: argparse.Namespace) -> str:
                          nbf=args.valid_from, exp=exp)
 
 
+# -- push and tail (docs/protocol.md section 8) ----------------------------------------------------
+
+
+def _add_push(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse._SubParsersAction[
+        argparse.ArgumentParser]:
+    push = sub.add_parser("push", help="write a records document for a store or a tenant; serve publishes it",
+                          description="Write the next version of a records document to HQ's down log (--db); "
+                                      "the running posedge-hq serve on that database publishes it.")
+    kinds = push.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for kind in RECORD_KINDS:
+        what = ("member ids to erase: one per line, or {\"member_id\", \"version\"} JSON lines" if kind == "erase"
+                else f"{kind} records, JSON lines as for posedge data import (docs/till.md)")
+        parser = kinds.add_parser(kind, help=f"push {kind}", description=f"FILE holds {what}.")
+        parser.add_argument("file", metavar="FILE", help="'-' reads standard input")
+        parser.add_argument("--db", required=True, metavar="URL", help="HQ's database (as posedge-hq serve --db)")
+        parser.add_argument("--tenant", required=True, type=_code_id, help="the tenant")
+        parser.add_argument("--store", type=_code_id, default=None, help="one store (default: the whole tenant)")
+    return kinds
+
+
+def _add_tail(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tail_parser = sub.add_parser("tail", help="print what passes on the wire, one JSON line per message, masked")
+    tail_parser.add_argument("--mqtt", required=True, metavar="URL", help="broker, mqtt://host:port")
+    tail_parser.add_argument("--tenant", type=_code_id, default=None, help="only this tenant (default all)")
+    tail_parser.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT protocol version")
+    tail_parser.add_argument("--count", type=_positive, default=None, help="stop after this many messages")
+
+
+def read_records(kind: str, lines: list[str]) -> list[dict[str, Any]]:
+    """JSON lines (erase: bare member ids too, version 1: the store keeps the newest it had seen)."""
+    records: list[dict[str, Any]] = []
+    for number, text in enumerate(lines, 1):
+        text = text.strip()
+        if not text:
+            continue
+        if kind == "erase" and not text.startswith("{"):
+            records.append({"member_id": text, "version": 1})
+            continue
+        try:
+            record = json.loads(text)
+        except ValueError as exc:
+            raise DocumentRefused(f"line {number}: not JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise DocumentRefused(f"line {number}: a record is a JSON object")
+        records.append(record)
+    return records
+
+
+def push(args: argparse.Namespace) -> int:
+    refused: tuple[type[Exception], ...] = (OSError, ValueError, *db.database_errors())
+    try:
+        handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+        with handle:
+            records = read_records(args.kind, handle.readlines())
+        database = db.open_database(args.db)
+    except refused as exc:
+        print(f"posedge-hq push {args.kind}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        version = write_document(database, args.tenant, args.store, args.kind, records)
+    except refused as exc:
+        print(f"posedge-hq push {args.kind}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        database.close()
+    print(json.dumps({"kind": args.kind, "tenant": args.tenant, "store": args.store, "version": version,
+                      "records": len(records)}))
+    return 0
+
+
+def tail_wire(args: argparse.Namespace) -> int:
+    parts = urlsplit(args.mqtt)
+    if parts.scheme != "mqtt" or not parts.hostname:
+        print(f"posedge-hq tail: --mqtt {args.mqtt!r}: expected mqtt://host:port", file=sys.stderr)
+        return 2
+    return tail.tail(parts.hostname, parts.port or 1883, args.tenant, args.protocol, args.count)
+
+
 # argparse types: a bad value is reported as "argument --x: ..." with exit 2.
 
 def _kid(text: str) -> str:
@@ -202,15 +293,42 @@ def serve_forever(args: argparse.Namespace) -> int:
     client.reconnect_delay_set(1, 5)
     client.connect_async(parts.hostname, parts.port or 1883, 30)
 
+    stopping = threading.Event()
+
     def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
         client.disconnect()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    publisher = threading.Thread(target=_publish_down_log, args=(args.db, client, stopping), name="down-publisher",
+                                 daemon=True)
+    publisher.start()
     client.loop_forever(retry_first_connection=True)
+    stopping.set()
     log.info("event=hq_stopped counts=%s", consumer.summary())
     database.close()
     return 0
+
+
+DOWN_POLL_S = 0.5
+
+
+def _publish_down_log(url: str, client: mqtt.Client, stopping: threading.Event) -> None:
+    """Publish the down log's new rows (written by `push` or the HTTP API, any process), on its own
+    connection to the database; while the broker is away they wait in the log."""
+    database = db.open_database(url)
+    publisher = Publisher(database, lambda topic, payload: _publish(client, topic, payload))
+    try:
+        while not stopping.wait(DOWN_POLL_S):
+            if not client.is_connected():
+                continue
+            try:
+                publisher.poll()
+            except db.database_errors() as exc:  # the next poll tries again
+                log.warning("event=hq_down_poll_failed error=%s", type(exc).__name__)
+    finally:
+        database.close()
 
 
 def _client(args: argparse.Namespace) -> mqtt.Client:

@@ -1,4 +1,5 @@
-"""The up path at HQ: batches and hellos in, acks out (docs/protocol.md).
+"""The up path at HQ: batches and hellos in, acks out (docs/protocol.md); the down path's versions and
+down_acks go to hq/down.py.
 
 Runs on paho's loop thread (HQ's main thread, `loop_forever`), which is the only user of the database
 connection. Anything that is not the protocol is counted by reason and dropped; HQ keeps consuming.
@@ -11,6 +12,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from posedge.hq import db
+from posedge.hq.down import DownConsumer
 from posedge.sync.ids import uuid7
 from posedge.sync.protocol import Ack, ProtocolError, Topics, build_ack, parse_batch, parse_hello, parse_up_topic
 
@@ -25,6 +27,7 @@ class Consumer:
         self.database_errors = db.database_errors()
         self.publish = publish
         self.counts: Counter[str] = Counter()
+        self.down = DownConsumer(database, publish, self.counts)
 
     def on_message(self, topic: str, payload: bytes) -> None:
         try:
@@ -33,6 +36,10 @@ class Consumer:
                 self._batch(tenant, store, payload)
             elif name == "hello":
                 self._hello(tenant, store, payload)
+            elif name == "versions":
+                self.down.on_versions(tenant, store, payload)
+            elif name == "down_ack":
+                self.down.on_down_ack(tenant, store, payload)
             else:
                 self.counts["unknown_topic"] += 1
         except ProtocolError as exc:

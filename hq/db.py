@@ -8,7 +8,9 @@ Tables (the same in both):
   event_id), raw payload kept;
 - `applied_events`: unique on (tenant, store, event_id): an event is applied once even when a new
   stream (a restored database) carries it again;
-- `sales`: one row per sale, unique on (tenant, store_id, sale_id), with the sale's totals.
+- `sales`: one row per sale, unique on (tenant, store_id, sale_id), with the sale's totals;
+- `down_documents`, `down_acks`: the down log (hq/down.py): every records document HQ pushed, unique on
+  (tenant, store ('' for tenant-wide), kind, version), and every answer the stores gave.
 The ack goes out only after the batch's COMMIT returned (SQLite: synchronous = FULL; PostgreSQL: its
 default synchronous_commit): what HQ acked is on disk.
 
@@ -56,6 +58,15 @@ CREATE TABLE IF NOT EXISTS sales (
     gross_fen {int} NOT NULL, discount_fen {int} NOT NULL, total_fen {int} NOT NULL, paid_fen {int} NOT NULL,
     stream TEXT NOT NULL, seq {int} NOT NULL, received_at TEXT NOT NULL,
     UNIQUE (tenant, store_id, sale_id)
+){strict};
+CREATE TABLE IF NOT EXISTS down_documents (
+    tenant TEXT NOT NULL, store TEXT NOT NULL, kind TEXT NOT NULL, version {int} NOT NULL,
+    msg_id TEXT NOT NULL, payload TEXT NOT NULL, created_at TEXT NOT NULL, published_at TEXT,
+    PRIMARY KEY (tenant, store, kind, version)
+){strict};
+CREATE TABLE IF NOT EXISTS down_acks (
+    tenant TEXT NOT NULL, store TEXT NOT NULL, kind TEXT NOT NULL, scope TEXT NOT NULL, version {int},
+    result TEXT NOT NULL, reason TEXT, reply_to TEXT, counts TEXT, at TEXT NOT NULL
 ){strict};
 """
 

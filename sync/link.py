@@ -5,6 +5,13 @@ paho's weak spots are avoided by design, not hoped away:
   paho's callbacks, the drainer and every publish run on this one thread;
 - a full in-flight window and stale session flags after a reconnect: every connection is a new
   `Client`; what the old one still held is dropped, and the drainer rewinds to HQ's acked position;
+- persistent sessions (`session_expiry_s` > 0, the default): the broker keeps the store's subscriptions and
+  queues its QoS 1 down messages while it is offline (MQTT 5: clean start off and a session expiry
+  interval; 3.1.1: clean session off, expiry as the broker decides). A new `Client` per connection is still
+  right: the session lives at the broker, paho's in-memory state of the old connection is not wanted (the
+  up path never relies on it), and the broker redelivers its unacknowledged messages to any client of the
+  same id. The session-present flag is kept for the status; the store subscribes again either way, and
+  `up/versions` on every connect covers a broker that lost the queue;
 - `wait_for_publish` without a timeout: never called; nothing waits for a PUBACK (HQ's ack decides);
 - connect blocking: it blocks this thread only (up to `connect_timeout_s`), never the till.
 Reconnects back off exponentially with full jitter, so a thousand stores do not return in step.
@@ -61,6 +68,7 @@ class LinkSettings:
     status_interval_s: float = 30.0
     status_min_interval_s: float = 5.0
     window: int = 8  # paho's own in-flight limit (batches plus hello and status)
+    session_expiry_s: int = 0  # 0: a clean session per connection; else the broker keeps it this long offline
 
 
 class Backoff:
@@ -107,6 +115,7 @@ class Link:
         self._state: State = "connecting"
         self._last_error: str | None = None
         self._connected_at: datetime | None = None
+        self._session_present: bool | None = None  # the broker kept this store's session (last CONNACK)
         self._snapshot: dict[str, Any] = {}
         self._refresh_snapshot()  # GET /v1/status has the stream and position before the first connection
 
@@ -144,7 +153,7 @@ class Link:
         with self._lock:
             return {"state": self._state, "last_error": self._last_error,
                     "connected_at": self._connected_at.isoformat() if self._connected_at else None,
-                    **self._snapshot}
+                    "session_present": self._session_present, **self._snapshot}
 
     # -- the link thread --------------------------------------------------------------------
     def _run(self) -> None:
@@ -201,7 +210,10 @@ class Link:
         client = self._new_client()
         try:
             if s.protocol == "5":
-                client.connect(s.host, s.port, s.keepalive_s, clean_start=True)
+                properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                properties.SessionExpiryInterval = s.session_expiry_s
+                client.connect(s.host, s.port, s.keepalive_s, clean_start=s.session_expiry_s == 0,
+                               properties=properties)
             else:
                 client.connect(s.host, s.port, s.keepalive_s)
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -214,7 +226,7 @@ class Link:
         if s.protocol == "5":
             client = mqtt.Client(CallbackAPIVersion.VERSION2, s.client_id, protocol=MQTTProtocolVersion.MQTTv5)
         else:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, s.client_id, clean_session=True,
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, s.client_id, clean_session=s.session_expiry_s == 0,
                                  protocol=MQTTProtocolVersion.MQTTv311)
         client.connect_timeout = s.connect_timeout_s
         client.max_inflight_messages_set(s.window + 4)
@@ -236,7 +248,9 @@ class Link:
             return
         client.subscribe([(topic, 1) for topic in store_down_subscriptions(self.topics)])
         self._backoff.reset()
+        session_present = bool(getattr(flags, "session_present", False))
         with self._lock:
+            self._session_present = session_present
             self._state = "connected"
             self._last_error = None
             self._connected_at = datetime.now(timezone.utc)
@@ -248,8 +262,8 @@ class Link:
             except Exception:  # one feature's hook must not cost the others theirs, nor the connection
                 log.exception("event=sync_connect_hook_failed")
         self._offline_since, self._outage_warned = None, False
-        log.info("event=sync_connected broker=%s:%s protocol=%s", self.settings.host, self.settings.port,
-                 self.settings.protocol)
+        log.info("event=sync_connected broker=%s:%s protocol=%s session_present=%s", self.settings.host,
+                 self.settings.port, self.settings.protocol, session_present)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if client is self._client:

@@ -1,4 +1,4 @@
-"""`posedge data import members|stock|pickups|revocations|verdicts FILE`: HQ records from JSON lines.
+"""`posedge data import members|stock|coupons|pickups|revocations|verdicts|erase FILE`: HQ records from JSON lines.
 
 The records go through the same apply logic the sync inbox uses (agent/till/hq_records.py): newer
 versions win, older ones are ignored. Stores without HQ, demos and tests load data this way. The

@@ -36,6 +36,7 @@ log = logging.getLogger("posedge.agent.sync")
 WRITE_TIMEOUT_S = 30.0
 # A down message for this store: (store or None when tenant-wide, the down name, the payload); on the link thread.
 DownRoute = Callable[[str | None, str, bytes], None]
+VersionSource = Callable[[], dict[str, dict[str, int]]]  # scope -> kind -> version held
 CONFIG_VERSION_FILE_ONLY = 0  # the applied pushed config's version; pushed config is not built yet
 
 
@@ -105,6 +106,10 @@ class HqSync:
         # features that own them before start(). A name nobody handles is counted and dropped.
         self.down_routes: dict[str, DownRoute] = {}
         self.connect_hooks: list[ConnectHook] = []
+        # What the store holds, for `up/versions` on every connect: each source returns scope ("store" or
+        # "tenant") -> down kind -> version; the records inbox adds one, the pushed config may add its own
+        # ("config"). Called on the link thread; a source must only read (e.g. reader.read_sync).
+        self.version_sources: list[VersionSource] = []
         self.down_rejected: Counter[str] = Counter()
         self._down_lock = threading.Lock()
 
@@ -223,7 +228,7 @@ def link_settings(config: Config) -> LinkSettings:
         protocol=mqtt.protocol, tls=tls, username=mqtt.username,
         password=mqtt.password.get_secret_value() if mqtt.password else None,
         keepalive_s=mqtt.keepalive_s, reconnect_max_s=mqtt.reconnect_max_s, window=mqtt.inflight_batches,
-        status_min_interval_s=mqtt.status_min_interval_s,
+        status_min_interval_s=mqtt.status_min_interval_s, session_expiry_s=mqtt.session_expiry_s,
     )
 
 

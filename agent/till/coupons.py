@@ -94,6 +94,13 @@ def ledger_refusal(conn: sqlite3.Connection, coupon: CouponCode) -> CodeRefused 
         (coupon.jti, coupon.cmp)).fetchone()
     if revoked is not None:
         return Revoked(f"HQ has revoked this {revoked[0]}", scope=revoked[0])
+    at_hq = conn.execute("SELECT status, redeemed_at_store FROM hq_coupons WHERE coupon_id = ? AND deleted = 0"
+                         " AND status IN ('revoked', 'redeemed')", (coupon.jti,)).fetchone()
+    if at_hq is not None and at_hq[0] == "revoked":
+        return Revoked("HQ has revoked this coupon", scope="coupon")
+    if at_hq is not None:
+        return AlreadyRedeemed(f"HQ says it was redeemed at store {at_hq[1] or 'another store'}",
+                               store=at_hq[1])
     taken = conn.execute("SELECT sale_id FROM coupon_redemptions WHERE coupon_id = ? AND returned_at IS NULL",
                          (coupon.jti,)).fetchone()
     if taken is not None:

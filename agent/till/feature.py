@@ -493,24 +493,34 @@ class Till:
 
     # -- HQ down-messages ------------------------------------------------------------------------------
     async def apply_from_hq(self, kind: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """What the sync inbox calls: validate and apply HQ records in one transaction, count it as
-        contact with HQ, then tell the POS about double-redemption verdicts. Bad records are reported."""
+        """Validate and apply HQ records in one transaction, count it as contact with HQ, then tell the POS
+        about double-redemption verdicts. Bad records are reported."""
         report = ImportReport()
-        parsed = parse_lines(kind, (json.dumps(r) for r in records), report)
 
         def work(conn: sqlite3.Connection) -> list[Any]:
-            applied = apply_batch(conn, kind, parsed, self.phones, self.config.store.id, report)
-            record_hq_contact(conn, "link")
-            return applied
+            return self.apply_hq_records(conn, kind, records, report)
 
-        applied = await self.writer.write(work)
-        if kind == "verdicts":
-            for record in applied:
-                if record.verdict == "double_redemption":
-                    log.warning("event=coupon_double_redemption coupon_id=%s other_store=%s", record.coupon_id,
-                                record.other_store)
-                    self.notify("coupon_verdict", record.model_dump(exclude={"deleted"}))
+        self.announce_hq_records(kind, await self.writer.write(work))
         return report.as_dict()
+
+    def apply_hq_records(self, conn: sqlite3.Connection, kind: str, records: Iterable[dict[str, Any]],
+                         report: ImportReport) -> list[Any]:
+        """In the caller's writer transaction (the sync inbox's): the records of one kind through the
+        import's apply logic, counted in `report`; returns the ones applied (for announce_hq_records)."""
+        parsed = parse_lines(kind, (json.dumps(r) for r in records), report)
+        applied = apply_batch(conn, kind, parsed, self.phones, self.config.store.id, report)
+        record_hq_contact(conn, "link")
+        return applied
+
+    def announce_hq_records(self, kind: str, applied: list[Any]) -> None:
+        """After the commit: tell the POS what it must know of them (double redemptions)."""
+        if kind != "verdicts":
+            return
+        for record in applied:
+            if record.verdict == "double_redemption":
+                log.warning("event=coupon_double_redemption coupon_id=%s other_store=%s", record.coupon_id,
+                            record.other_store)
+                self.notify("coupon_verdict", record.model_dump(exclude={"deleted"}))
 
     # -- status ------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Records HQ pushes down (members, stock, pickup orders, revocations, coupon verdicts) and how they apply.
+"""Records HQ pushes down (members, stock, coupons, pickup orders, revocations, coupon verdicts, member
+erasures) and how they apply.
 
-One apply path for the sync inbox (later) and for `posedge data import` (now): each record is
+One apply path for the sync inbox (agent/hq_sync/inbox.py) and for `posedge data import`: each record is
 validated (untrusted input), then applied inside the caller's writer transaction if its `version`
 is newer than what is stored; older or equal versions are ignored, so replays and out-of-order
 deliveries are harmless. A record with `deleted: true` leaves a tombstone that keeps its version.
@@ -90,6 +91,22 @@ class VerdictRecord(Record):
     detail: str | None = Field(None, max_length=200)
 
 
+class CouponRecord(Record):
+    """A coupon HQ issued, with its status at HQ: `revoked` or `redeemed` (elsewhere) makes the till refuse it."""
+
+    coupon_id: str = Field(pattern=ID)
+    status: Literal["issued", "revoked", "redeemed"]
+    campaign: str | None = Field(None, pattern=ID)
+    store_id: str | None = Field(None, pattern=ID, description="where HQ saw it redeemed")
+    reason: str | None = Field(None, max_length=200)
+
+
+class EraseRecord(Record):
+    """A member erasure (a privacy request at HQ): the member's data goes, their sales stay under a pseudonym."""
+
+    member_id: str = Field(pattern=ID)
+
+
 class PhoneHasher:
     """HMAC-SHA256 of the normalised phone (digits only, a leading 86 country code dropped)."""
 
@@ -133,6 +150,9 @@ def _stored_version(conn: sqlite3.Connection, table: str, key: str, value: str) 
 
 def apply_member(conn: sqlite3.Connection, rec: MemberRecord, hasher: PhoneHasher) -> bool:
     if not newer(rec.version, _stored_version(conn, "members", "member_id", rec.member_id)):
+        return False
+    erased = _stored_version(conn, "erased_members", "pseudonym", erased_pseudonym(conn, rec.member_id))
+    if not newer(rec.version, erased):  # a replay of what the store had before the erasure
         return False
     phone_hash, masked = rec.phone_hash, rec.phone_masked
     if rec.phone is not None:
@@ -203,6 +223,60 @@ def apply_verdict(conn: sqlite3.Connection, rec: VerdictRecord) -> bool:
     return True
 
 
+def apply_coupon(conn: sqlite3.Connection, rec: CouponRecord) -> bool:
+    if not newer(rec.version, _stored_version(conn, "hq_coupons", "coupon_id", rec.coupon_id)):
+        return False
+    conn.execute(
+        "INSERT INTO hq_coupons (coupon_id, version, status, campaign, redeemed_at_store, reason, deleted, updated_at)"
+        " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (coupon_id) DO UPDATE SET version=excluded.version,"
+        " status=excluded.status, campaign=excluded.campaign, redeemed_at_store=excluded.redeemed_at_store,"
+        " reason=excluded.reason, deleted=excluded.deleted, updated_at=excluded.updated_at",
+        (rec.coupon_id, rec.version, rec.status, rec.campaign, rec.store_id, rec.reason, int(rec.deleted), _now()))
+    return True
+
+
+def erased_pseudonym(conn: sqlite3.Connection, member_id: str) -> str:
+    """What an erased member's rows say instead of their id: stable in this database, not the id itself."""
+    salt = conn.execute("SELECT salt FROM erasure_salt WHERE id = 1").fetchone()[0]
+    return "erased-" + hashlib.sha256(f"{salt}:{member_id}".encode()).hexdigest()[:24]
+
+
+# Tables whose member_id column names the member; their rows stay (the books), the id is replaced.
+MEMBER_ID_COLUMNS = ("sales", "till_sales", "points_entries", "coupon_redemptions", "pickups")
+# JSON text columns that may quote the member id (and their masked phone) anywhere inside.
+MEMBER_JSON_COLUMNS = (("outbox", "payload"), ("sales", "response"), ("refunds", "response"),
+                       ("print_jobs", "facts"))
+
+
+def apply_erase(conn: sqlite3.Connection, rec: EraseRecord) -> bool:
+    """Delete the member's record, phone hash and masked phone; keep their sales with the id replaced.
+
+    JSON columns (the outbox's payloads, acked or not, the stored answers, print jobs) have the quoted id
+    replaced by the pseudonym and the masked phone by "": events still unsent reach HQ under the pseudonym."""
+    pseudonym = erased_pseudonym(conn, rec.member_id)
+    row = conn.execute("SELECT version, phone_masked FROM members WHERE member_id = ?", (rec.member_id,)).fetchone()
+    tombstone = _stored_version(conn, "erased_members", "pseudonym", pseudonym)
+    if tombstone is not None and row is None and tombstone >= rec.version:
+        return False  # erased already, and nothing came back since
+    version = max(rec.version, row[0] if row else 0, tombstone or 0)
+    conn.execute("INSERT INTO erased_members (pseudonym, version, erased_at) VALUES (?,?,?) ON CONFLICT (pseudonym)"
+                 " DO UPDATE SET version = excluded.version, erased_at = excluded.erased_at",
+                 (pseudonym, version, _now()))
+    conn.execute("DELETE FROM members WHERE member_id = ?", (rec.member_id,))
+    for table in MEMBER_ID_COLUMNS:
+        conn.execute(f"UPDATE {table} SET member_id = ? WHERE member_id = ?", (pseudonym, rec.member_id))
+    conn.execute("UPDATE pickups SET phone_masked = NULL WHERE member_id = ?", (pseudonym,))
+    conn.execute("UPDATE outbox SET key = ? WHERE key = ?", (pseudonym, rec.member_id))
+    replacements = [(json.dumps(rec.member_id), json.dumps(pseudonym))]
+    if row is not None and row[1]:
+        replacements.append((json.dumps(row[1]), '""'))
+    for table, column in MEMBER_JSON_COLUMNS:
+        for old, new in replacements:
+            conn.execute(f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE instr({column}, ?) > 0",
+                         (old, new, old))
+    return True
+
+
 def record_hq_contact(conn: sqlite3.Connection, source: str = "link", at: datetime | None = None) -> None:
     """Called by the sync link on every message from HQ, and by an import (HQ's data, by hand)."""
     stamp = (at or datetime.now(timezone.utc)).isoformat(timespec="milliseconds")
@@ -219,7 +293,8 @@ def last_hq_contact(conn: sqlite3.Connection) -> datetime | None:
 
 
 KINDS: dict[str, type[Record]] = {"members": MemberRecord, "stock": StockRecord, "pickups": PickupRecord,
-                                  "revocations": RevocationRecord, "verdicts": VerdictRecord}
+                                  "revocations": RevocationRecord, "verdicts": VerdictRecord,
+                                  "coupons": CouponRecord, "erase": EraseRecord}
 
 
 def parse_record(kind: str, data: Any) -> Record:
@@ -242,6 +317,8 @@ def applier(kind: str, hasher: PhoneHasher, store_id: str) -> Callable[[sqlite3.
         "pickups": lambda conn, rec: apply_pickup(conn, rec, store_id),
         "revocations": apply_revocation,
         "verdicts": apply_verdict,
+        "coupons": apply_coupon,
+        "erase": apply_erase,
     }[kind]
 
 
