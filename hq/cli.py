@@ -1,5 +1,6 @@
 """`posedge-hq`: the reference HQ. `serve` consumes the stores' up path into a database and acknowledges;
-`keygen` and `mint` make HQ's signing keys and the signed codes of docs/codes.md (hq/keys.py)."""
+`keygen` and `mint` make HQ's signing keys and the signed codes of docs/codes.md (hq/keys.py); `push`
+signs and publishes what goes down (`push config`: hq/push.py)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--client-id", default=None, help="MQTT client id (default posedge-hq-<random>)")
     _add_keygen(sub)
     _add_mint(sub)
+    _add_push(sub)
     args = parser.parse_args(argv)
     if args.command == "keygen":
         return keygen(args)
     if args.command == "mint":
         return mint(args)
+    if args.command == "push":
+        return push(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     return serve_forever(args)
 
@@ -129,6 +133,45 @@ def _signed(minter: CodeMinter, args: argparse.Namespace) -> str:
     return minter.coupon(args.coupon_id, args.campaign, off=args.off_fen, pct=args.pct, cap=args.cap_fen,
                          gift=args.gift_sku, min=args.min_fen, st=args.stores, sub=args.member_id,
                          nbf=args.valid_from, exp=exp)
+
+
+# -- push (docs/protocol.md section 8) ---------------------------------------------------------------
+
+
+def _add_push(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    push = sub.add_parser("push", help="sign and publish what HQ sends down to stores")
+    kinds = push.add_subparsers(dest="kind", metavar="KIND", required=True)
+    config = kinds.add_parser(
+        "config", help="sign a config document and publish it retained (a store's, or the whole tenant's)",
+        description="Sign FILE's tables as a config document (docs/protocol.md 8.5) with an HQ config key and "
+                    "publish it retained on .../{store}/down/config, or .../all/down/config without --store.")
+    config.add_argument("file", type=Path, metavar="FILE.toml|json", help="the tables to push, as in the store's file")
+    config.add_argument("--tenant", required=True, help="the tenant")
+    config.add_argument("--store", default=None, help="one store's id (default: every store of the tenant)")
+    config.add_argument("--key", required=True, type=Path, metavar="KEYFILE",
+                        help="HQ config key from posedge-hq keygen (not a code-signing key)")
+    config.add_argument("--kid", required=True, type=_kid, help="the key's id, as stores list it in [hq.config_keys]")
+    config.add_argument("--ver", required=True, type=_positive, help="version, greater than the last one of this scope")
+    config.add_argument("--mqtt", metavar="URL", help="broker, mqtt://host:port; without it the JWS is printed")
+    config.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT protocol version (default 5)")
+
+
+def push(args: argparse.Namespace) -> int:
+    from posedge.hq import push as pushing
+
+    try:
+        token = pushing.signed_config(args.key, args.kid, args.tenant, args.store, args.ver,
+                                      pushing.read_config_body(args.file))
+        if args.mqtt is None:
+            print(token)
+            return 0
+        topic = pushing.config_topic(args.tenant, args.store)
+        pushing.publish_retained(args.mqtt, args.protocol, topic, token.encode("ascii"))
+    except (pushing.PushError, keys.KeyFileError) as exc:
+        print(f"posedge-hq push {args.kind}: {exc}", file=sys.stderr)
+        return 2
+    print(f"posedge-hq push config: published ver {args.ver} retained on {topic}", file=sys.stderr)
+    return 0
 
 
 # argparse types: a bad value is reported as "argument --x: ..." with exit 2.
