@@ -445,17 +445,21 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load and validate; raises ConfigError listing every problem. No path: embedded defaults."""
     if path is None:
         return validate_config({}, "<embedded defaults>")
+    return validate_config(read_config_file(path), str(path))
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The file's TOML tables, not yet validated (pushed config merges over them: agent/reconfig/)."""
     file = str(path)
     try:
         with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError([ConfigIssue(file, "", "file not found")]) from None
     except OSError as exc:
         raise ConfigError([ConfigIssue(file, "", f"cannot read: {exc.strerror or exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([ConfigIssue(file, "", f"not valid TOML: {exc}")]) from None
-    return validate_config(raw, file)
 
 
 def validate_config(raw: dict[str, Any], file: str = "<config>") -> Config:

@@ -8,9 +8,12 @@ explicit line in `Agent.__init__`: this interface only covers what every feature
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 from posedge.agent.sales import SaleParticipant
+
+if TYPE_CHECKING:
+    from posedge.agent.config import Config
 
 # (kind, payload): what a feature tells the POS. The agent adds the event hub's publish, so it reaches
 # GET /v1/events; a listener must not block (it may run on a device thread).
@@ -40,3 +43,15 @@ class Feature(Protocol):
     async def stop(self) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Reconfigurable(Protocol):
+    """A feature that takes a new config live (pushed by HQ, or the file on SIGHUP): `Agent.apply_config`.
+
+    `reconfigure(old, new)` re-creates only what the tables it uses changed; it is called again with the
+    two swapped to roll back when a later feature fails, so it must also restore from a half-done state.
+    Awaited on the loop, like start and stop.
+    """
+
+    async def reconfigure(self, old: "Config", new: "Config") -> None: ...

@@ -13,10 +13,11 @@ from posedge import __version__
 from posedge.agent.config import Config
 from posedge.agent.errors import StorageError
 from posedge.agent.events import EventHub
-from posedge.agent.feature import Feature
+from posedge.agent.feature import Feature, Reconfigurable
 from posedge.agent.hq_sync.feature import HqSync
 from posedge.agent.hq_sync.inbox import RecordsInbox
 from posedge.agent.receipts.feature import Receipts
+from posedge.agent.reconfig.feature import ApplyResult, PushedConfig
 from posedge.agent.sales import SaleService
 from posedge.agent.scans.feature import Scans
 from posedge.agent.store.reader import StoreReader
@@ -29,11 +30,19 @@ from posedge.sync import outbox
 log = logging.getLogger("posedge.agent")
 
 StatusProvider = Callable[[], dict[str, Any]]
+# Tables that take effect only at a restart (none of them can be pushed; a SIGHUP that changes one keeps
+# the running values and says so).
+RESTART_ONLY = ("store", "storage", "api", "mqtt", "events")
 
 
 class Agent:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, file_raw: dict[str, Any] | None = None, source: str = "<config>") -> None:
+        """`file_raw`: the config file's tables as read (pushed config merges over them); None: `config`'s own."""
+        # HQ's last good pushed documents (on disk) run from the start, merged over the file.
+        self.pushed_config = PushedConfig(config, config.model_dump() if file_raw is None else file_raw, source)
+        config = self.pushed_config.effective_at_start(config)
         self.config = config
+        self._apply_lock = asyncio.Lock()
         self.started_at = datetime.now(timezone.utc)
         self._started_mono = time.monotonic()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -52,7 +61,7 @@ class Agent:
         self.till = Till(config, self.reader, self.writer)
         self.receipts = Receipts(config, self.writer.submit, self.reader)
         self.sync = HqSync(config, self.reader, self.writer)  # last: it starts once the others serve
-        self.features: list[Feature] = [self.scanning, self.till, self.receipts, self.sync]
+        self.features: list[Feature] = [self.scanning, self.till, self.receipts, self.pushed_config, self.sync]
 
         self.scans = self.scanning.pipeline  # POST /v1/scans and payment-code claims go to it
         self.refunds = Refunds(self.writer, config.coupons.return_on_refund)
@@ -72,6 +81,11 @@ class Agent:
         self.sync.feature_status = {"till": self.till.status, "receipts": self.receipts.status,
                                     "scans": self.scanning.status}  # what the retained MQTT status reports
         RecordsInbox(self.sync, self.till).register()  # HQ's records documents go through the till's apply logic
+        self.pushed_config.apply = self.apply_config
+        self.pushed_config.send = self.sync.send
+        self.sync.down_routes["config"] = self.pushed_config.on_down
+        self.sync.config_version = self.pushed_config.version
+        self.sync.version_sources.append(self.pushed_config.versions)
         if self.receipts.signer is not None:
             self.till.claim_signer = self.receipts.signer.for_store(self.config.store.tenant, self.config.store.id)
 
@@ -92,6 +106,47 @@ class Agent:
         await asyncio.to_thread(self.writer.stop)
         self.reader.close()
         log.info("event=agent_stopped")
+
+    # -- config, live ------------------------------------------------------------------------
+    async def apply_config(self, new: Config) -> ApplyResult:
+        """Make `new` the running config: each feature re-creates what its changed tables need
+        (`Reconfigurable`); when one fails, those already changed are put back (swapped arguments) and the
+        previous config keeps running. Used by pushed config and by SIGHUP's reload; on the loop."""
+        async with self._apply_lock:
+            old = self.config
+            held_back = tuple(t for t in RESTART_ONLY if getattr(new, t) != getattr(old, t))
+            if held_back:
+                log.warning("event=config_needs_restart tables=%s (running values kept until a restart)",
+                            ",".join(held_back))
+                new = new.model_copy(update={t: getattr(old, t) for t in held_back})
+            changed = tuple(name for name in Config.model_fields if getattr(new, name) != getattr(old, name))
+            if not changed:
+                return ApplyResult(True, (), None, held_back)
+            done: list[Reconfigurable] = []
+            try:
+                for feature in self.features:
+                    if isinstance(feature, Reconfigurable):
+                        done.append(feature)
+                        await feature.reconfigure(old, new)
+            except Exception as exc:
+                log.error("event=config_apply_failed tables=%s error=%r (rolling back)", ",".join(changed), str(exc))
+                await self._roll_back(done, new, old)
+                return ApplyResult(False, changed, f"{exc.__class__.__name__}: {exc}", held_back)
+            self._use_config(new)
+            log.info("event=config_applied tables=%s", ",".join(changed))
+            return ApplyResult(True, changed, None, held_back)
+
+    async def _roll_back(self, done: list[Reconfigurable], new: Config, old: Config) -> None:
+        for feature in reversed(done):
+            try:
+                await feature.reconfigure(new, old)
+            except Exception:  # keep restoring the others; this one's status shows what it lacks
+                log.exception("event=config_rollback_failed feature=%s", getattr(feature, "name", "?"))
+
+    def _use_config(self, new: Config) -> None:
+        self.config = new
+        self.refunds.return_coupons = new.coupons.return_on_refund
+        self.sync.config = new
 
     # -- health and status -----------------------------------------------------------------
     def storage_failure(self) -> StorageError | None:

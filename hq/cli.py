@@ -1,7 +1,7 @@
 """`posedge-hq`: the reference HQ. `serve` consumes the stores' up path into a database and acknowledges,
-and publishes the down log; `push` writes records documents to the down log (hq/down.py); `tail` shows the
-wire, masked (hq/tail.py); `keygen` and `mint` make HQ's signing keys and the signed codes of docs/codes.md
-(hq/keys.py)."""
+and publishes the down log; `push` writes records documents to the down log (hq/down.py) or signs and
+publishes config (`push config`: hq/push.py); `tail` shows the wire, masked (hq/tail.py); `keygen` and
+`mint` make HQ's signing keys and the signed codes of docs/codes.md (hq/keys.py)."""
 
 from __future__ import annotations
 
@@ -161,6 +161,7 @@ def _add_push(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argpa
         parser.add_argument("--db", required=True, metavar="URL", help="HQ's database (as posedge-hq serve --db)")
         parser.add_argument("--tenant", required=True, type=_code_id, help="the tenant")
         parser.add_argument("--store", type=_code_id, default=None, help="one store (default: the whole tenant)")
+    _add_push_config(kinds)
     return kinds
 
 
@@ -192,7 +193,7 @@ def read_records(kind: str, lines: list[str]) -> list[dict[str, Any]]:
     return records
 
 
-def push(args: argparse.Namespace) -> int:
+def push_records(args: argparse.Namespace) -> int:
     refused: tuple[type[Exception], ...] = (OSError, ValueError, *db.database_errors())
     try:
         handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
@@ -220,6 +221,44 @@ def tail_wire(args: argparse.Namespace) -> int:
         print(f"posedge-hq tail: --mqtt {args.mqtt!r}: expected mqtt://host:port", file=sys.stderr)
         return 2
     return tail.tail(parts.hostname, parts.port or 1883, args.tenant, args.protocol, args.count)
+
+
+def _add_push_config(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = kinds.add_parser(
+        "config", help="sign a config document and publish it retained (a store's, or the whole tenant's)",
+        description="Sign FILE's tables as a config document (docs/protocol.md 8.5) with an HQ config key and "
+                    "publish it retained on .../{store}/down/config, or .../all/down/config without --store.")
+    config.add_argument("file", type=Path, metavar="FILE.toml|json", help="the tables to push, as in the store's file")
+    config.add_argument("--tenant", required=True, help="the tenant")
+    config.add_argument("--store", default=None, help="one store's id (default: every store of the tenant)")
+    config.add_argument("--key", required=True, type=Path, metavar="KEYFILE",
+                        help="HQ config key from posedge-hq keygen (not a code-signing key)")
+    config.add_argument("--kid", required=True, type=_kid, help="the key's id, as stores list it in [hq.config_keys]")
+    config.add_argument("--ver", required=True, type=_positive, help="version, greater than the last one of this scope")
+    config.add_argument("--mqtt", metavar="URL", help="broker, mqtt://host:port; without it the JWS is printed")
+    config.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT protocol version (default 5)")
+
+
+def push(args: argparse.Namespace) -> int:
+    return push_config(args) if args.kind == "config" else push_records(args)
+
+
+def push_config(args: argparse.Namespace) -> int:
+    from posedge.hq import push as pushing
+
+    try:
+        token = pushing.signed_config(args.key, args.kid, args.tenant, args.store, args.ver,
+                                      pushing.read_config_body(args.file))
+        if args.mqtt is None:
+            print(token)
+            return 0
+        topic = pushing.config_topic(args.tenant, args.store)
+        pushing.publish_retained(args.mqtt, args.protocol, topic, token.encode("ascii"))
+    except (pushing.PushError, keys.KeyFileError) as exc:
+        print(f"posedge-hq push {args.kind}: {exc}", file=sys.stderr)
+        return 2
+    print(f"posedge-hq push config: published ver {args.ver} retained on {topic}", file=sys.stderr)
+    return 0
 
 
 # argparse types: a bad value is reported as "argument --x: ..." with exit 2.

@@ -350,6 +350,43 @@ def load_public_key(b64: str) -> Ed25519PublicKey:
 # -- verification --------------------------------------------------------------------------------
 
 
+def verify_compact(token: Any, keyring: Keyring, max_chars: int = MAX_TOKEN_CHARS,
+                   what: str = "code") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(header, payload) of a compact JWS whose EdDSA signature verifies with the key its `kid` names.
+
+    Refusals, first failure wins: Malformed (framing, header) -> BadAlg -> RetiredKid / UnknownKid
+    -> BadSignature -> Malformed (payload). Shared by the codes here and the signed documents of
+    sync/config_doc.py (`what` names the thing in messages).
+    """
+    if not isinstance(token, str) or not token or len(token) > max_chars:
+        raise Malformed(f"a {what} is a non-empty string of at most {max_chars} characters")
+    parts = token.strip().split(".")
+    if len(parts) != 3 or not all(parts[:2]):
+        raise Malformed(f"a {what} has three dot-separated parts")
+    header = _json_object(parts[0], "header")
+    if header.get("alg") != ALG:
+        alg = header.get("alg")
+        raise BadAlg(f"alg {alg!r} is refused; only EdDSA is accepted", alg=alg if isinstance(alg, str) else None)
+    if "crit" in header:  # RFC 7515 4.1.11: extensions we do not understand must be refused
+        raise Malformed("the header names critical extensions this agent does not support")
+    key = keyring.key_for(header.get("kid"))
+    try:
+        signature = b64url_decode(parts[2])
+    except ValueError:
+        raise BadSignature("the signature is not base64url") from None
+    try:
+        key.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"))
+    except InvalidSignature:
+        raise BadSignature() from None
+    return header, _json_object(parts[1], "payload")
+
+
+def sign_compact(private_key: Ed25519PrivateKey, header: Mapping[str, Any], payload: Mapping[str, Any]) -> str:
+    """A compact JWS of `payload` (compact JSON) under `header`, signed with Ed25519."""
+    signing_input = f"{_segment(header)}.{_segment(payload)}"
+    return f"{signing_input}.{b64url_encode(private_key.sign(signing_input.encode('ascii')))}"
+
+
 class CodeVerifier:
     """Verifies a scanned token against HQ keys, the clock and this store. Pure: no disk, no network."""
 
@@ -389,27 +426,7 @@ class CodeVerifier:
         return parsed
 
     def verify_signature(self, token: Any) -> dict[str, Any]:
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
-            raise Malformed("a code is a non-empty string of at most 2048 characters")
-        parts = token.strip().split(".")
-        if len(parts) != 3 or not all(parts[:2]):
-            raise Malformed("a code has three dot-separated parts")
-        header = _json_object(parts[0], "header")
-        if header.get("alg") != ALG:
-            alg = header.get("alg")
-            raise BadAlg(f"alg {alg!r} is refused; only EdDSA is accepted", alg=alg if isinstance(alg, str) else None)
-        if "crit" in header:  # RFC 7515 4.1.11: extensions we do not understand must be refused
-            raise Malformed("the header names critical extensions this agent does not support")
-        key = self.keyring.key_for(header.get("kid"))
-        try:
-            signature = b64url_decode(parts[2])
-        except ValueError:
-            raise BadSignature("the signature is not base64url") from None
-        try:
-            key.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"))
-        except InvalidSignature:
-            raise BadSignature() from None
-        return _json_object(parts[1], "payload")
+        return verify_compact(token, self.keyring)[1]
 
     def _parse(self, claims: Mapping[str, Any]) -> Claims:
         return parse_claims(claims)
@@ -463,8 +480,7 @@ class CodeMinter:
 
     def sign(self, claims: Mapping[str, Any], header: Mapping[str, Any] | None = None) -> str:
         head = {"alg": ALG, "kid": self.kid} if header is None else dict(header)
-        signing_input = f"{_segment(head)}.{_segment({k: v for k, v in claims.items() if v is not None})}"
-        return f"{signing_input}.{b64url_encode(self.private_key.sign(signing_input.encode('ascii')))}"
+        return sign_compact(self.private_key, head, {k: v for k, v in claims.items() if v is not None})
 
     def _times(self, ttl_s: int, nbf: int | None, iat: bool) -> dict[str, int | None]:
         now = int(self.clock())

@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"posedge: cannot listen on {config.api.listen}: {exc.strerror or exc} "
               "(is another posedge running? change [api] listen)", file=sys.stderr)
         return EXIT_FAILURE
-    return asyncio.run(run_agent(config, sock))
+    return asyncio.run(run_agent(config, sock, args.config))
 
 
 def bind_listen_socket(host: str, port: int) -> socket.socket:
@@ -152,6 +152,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def format_status(status: dict[str, Any]) -> str:
+    from posedge.agent.cli.status import config_lines
+
     lines = [f"agent: {'running' if status.get('running') else 'not running'}"]
     if status.get("note"):
         lines.append(f"  ({status['note']})")
@@ -166,6 +168,7 @@ def format_status(status: dict[str, Any]) -> str:
                      + (f" stream={sync['stream']} acked_seq={sync.get('acked_seq')}" if sync.get("stream") else "")
                      + (f" last_contact={sync['last_contact']}" if sync.get("last_contact") else "")
                      + (f" - {sync['last_error']}" if sync.get("last_error") else ""))
+    lines += config_lines(status.get("config"))
     for device in status.get("devices", []):
         lines.append(f"{device['kind']} {device['name']} ({device['type']}): {device['state']}"
                      + (f" - {device['last_error']}" if device.get("last_error") else ""))

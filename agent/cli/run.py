@@ -17,7 +17,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from posedge.agent.api.app import build_app
 from posedge.agent.api.errors import RedactExceptions
 from posedge.agent.api.guards import ApiCounters
-from posedge.agent.config import ApiConfig, Config
+from posedge.agent.config import ApiConfig, Config, ConfigError, read_config_file
 from posedge.agent.service import Agent
 from posedge.agent.system.notify import Watchdog, notify, start_stall_hook, watchdog_interval_s
 
@@ -121,15 +121,16 @@ def server_config(app: Any, api: ApiConfig) -> uvicorn.Config:
     )
 
 
-async def run_agent(config: Config, sock: socket.socket) -> int:
+async def run_agent(config: Config, sock: socket.socket, config_path: str | None = None) -> int:
     os.umask(STATE_UMASK)
     try:
-        agent = Agent(config)
-    except (OSError, ValueError) as exc:
+        file_raw = read_config_file(config_path) if config_path else None
+        agent = Agent(config, file_raw, config_path or "<embedded defaults>")
+    except (OSError, ValueError, ConfigError) as exc:
         print(f"posedge: cannot start: {exc}", file=sys.stderr)
         return 1
     server = AgentServer(server_config(build_app(agent), config.api), before_shutdown=agent.events.close_streams)
-    with server.catch_stop_signals():
+    with server.catch_stop_signals(), reload_on_sighup(agent, config_path):
         stall = start_stall_hook()
         await agent.start()
         ready = asyncio.create_task(_ready_when_listening(server, agent, config))
@@ -141,6 +142,32 @@ async def run_agent(config: Config, sock: socket.socket) -> int:
                 stall.cancel()
             await _stop_within_bound(agent)
     return 0
+
+
+@contextlib.contextmanager
+def reload_on_sighup(agent: Agent, config_path: str | None) -> Iterator[None]:
+    """SIGHUP: read the config file again, validated as at start; an invalid file is refused (logged with
+    each problem) and the running config kept; a valid one is applied live with HQ's pushed documents
+    merged on top (agent/reconfig/)."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        if config_path is None:
+            log.warning("event=config_reload_skipped reason=%r", "running on the embedded defaults, no file")
+            return
+        log.info("event=config_reload_requested file=%s", config_path)
+        task = loop.create_task(agent.pushed_config.reload_file(config_path))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
 
 
 # Past the API's grace: each feature's own stop is bounded (printer and link joins, a few seconds each),

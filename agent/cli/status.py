@@ -54,3 +54,21 @@ def _from_database(config: Config) -> dict[str, Any]:
         return {"storage": {**storage, "state": exc.code, "error": exc.message}, "outbox": {"depth": None}}
     finally:
         reader.close()
+
+
+def config_lines(config: dict[str, Any] | None) -> list[str]:
+    """`posedge status`'s lines for the `config` section: the pushed versions, the last refusal, the last reload."""
+    if not config:
+        return []
+    scopes = config.get("scopes") or {}
+    held = ", ".join(f"{scope} v{info['ver']}" for scope, info in scopes.items() if info) or "none, the file only"
+    lines = [f"config: version {config.get('version')} (pushed: {held})"]
+    rejected = config.get("rejected")
+    if rejected:
+        lines.append(f"  last refused: {rejected.get('reason')} ({rejected.get('scope')} v{rejected.get('ver')}, "
+                     f"{rejected.get('source')}) at {rejected.get('at')} - {rejected.get('message')}")
+    reload = config.get("file_reload")
+    if reload:
+        lines.append(f"  file reloaded at {reload.get('at')}: {reload.get('result')}"
+                     + "".join(f"\n    {issue}" for issue in reload.get("issues", [])))
+    return lines

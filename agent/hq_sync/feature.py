@@ -37,7 +37,6 @@ WRITE_TIMEOUT_S = 30.0
 # A down message for this store: (store or None when tenant-wide, the down name, the payload); on the link thread.
 DownRoute = Callable[[str | None, str, bytes], None]
 VersionSource = Callable[[], dict[str, dict[str, int]]]  # scope -> kind -> version held
-CONFIG_VERSION_FILE_ONLY = 0  # the applied pushed config's version; pushed config is not built yet
 
 
 class StoreOutbox:
@@ -110,6 +109,8 @@ class HqSync:
         # "tenant") -> down kind -> version; the records inbox adds one, the pushed config may add its own
         # ("config"). Called on the link thread; a source must only read (e.g. reader.read_sync).
         self.version_sources: list[VersionSource] = []
+        # The applied pushed config's version for the retained status (agent/reconfig/); 0: the file only.
+        self.config_version: Callable[[], int] = lambda: 0
         self.down_rejected: Counter[str] = Counter()
         self._down_lock = threading.Lock()
 
@@ -189,7 +190,7 @@ class HqSync:
         stats = self.reader.read_sync(outbox.stats)
         till = self._section("till")
         link_contact = self.link.drainer.last_contact if self.link is not None else None
-        return {"agent_version": __version__, "config_version": CONFIG_VERSION_FILE_ONLY,
+        return {"agent_version": __version__, "config_version": self.config_version(),
                 "outbox_depth": stats.depth, "oldest_pending_age_s": _round(stats.oldest_age_s()),
                 "hours_since_hq": hours_since(link_contact, till.get("last_hq_contact_at")),
                 "offline_redemptions_pending": till.get("offline_redemptions"),

@@ -140,6 +140,9 @@ class Receipts:
                 self.submit(lambda conn: self._report_key(conn, signer)).result(timeout=30)
         except Exception as exc:  # storage down: the workers still start and retry reading
             log.error("event=receipts_start_degraded error=%r", str(exc))
+        self._start_workers()
+
+    def _start_workers(self) -> None:
         for printer_config in self.config.printer_configs():
             entry = PRINTERS.get(printer_config.type)  # load_config accepts only registered types
             if entry is None:
@@ -158,6 +161,25 @@ class Receipts:
     def _stop(self) -> None:
         for worker in self.workers.values():
             worker.stop()
+
+    async def reconfigure(self, old: Config, new: Config) -> None:
+        """Live: a `[receipt]` change gives the workers a new renderer (next job on); the printers are
+        re-created only when `[[printers]]` changed (jobs queued for a printer wait for its new worker)."""
+        self.config = new
+        if old.receipt != new.receipt:
+            self.renderer = ReceiptRenderer(new.store.name, new.store.zone, new.receipt, self.signer)
+            for worker in self.workers.values():
+                worker.renderer, worker.traits = self.renderer, self.renderer.traits_for(worker.printer.config)
+        if old.printers != new.printers:
+            log.info("event=printers_restarting reason=config_changed")
+            await asyncio.to_thread(self._restart_workers)
+        configs = new.printer_configs()
+        self.receipt_printer = configs[0].name if configs else None
+
+    def _restart_workers(self) -> None:
+        self._stop()
+        self.workers, self.disabled = {}, {}
+        self._start_workers()
 
     def _report_key(self, conn: sqlite3.Connection, signer: ClaimSigner) -> None:
         kid = signer.kid

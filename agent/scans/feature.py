@@ -30,6 +30,9 @@ class Scans:
 
     async def start(self) -> None:
         self.pipeline.start(asyncio.get_running_loop())
+        self._start_devices()
+
+    def _start_devices(self) -> None:
         for config in self.config.scanner_configs():
             entry = SCANNERS.get(config.type)
             assert entry is not None  # load_config accepted only registered types
@@ -44,9 +47,27 @@ class Scans:
             self.devices.append(driver)
 
     async def stop(self) -> None:
+        await self._stop_devices()
+        await self.pipeline.stop()
+
+    async def _stop_devices(self) -> None:
         for device in reversed(self.devices):
             await asyncio.to_thread(device.stop)
-        await self.pipeline.stop()
+        self.devices, self.disabled = [], {}
+
+    async def reconfigure(self, old: Config, new: Config) -> None:
+        """Live: `[scan]` rules change in the pipeline in place; the drivers are re-created only when
+        `[[scanners]]` or the limits they were built with changed."""
+        self.config = new
+        if old.scan != new.scan:
+            fresh = pipeline_from_config(new, self.pipeline.hub)
+            pipeline = self.pipeline
+            pipeline.classifier, pipeline.dedup_ns = fresh.classifier, fresh.dedup_ns
+            pipeline.max_line_bytes, pipeline.payment_claim_s = fresh.max_line_bytes, fresh.payment_claim_s
+        if old.scanners != new.scanners or scan_limits(old) != scan_limits(new):
+            log.info("event=scanners_restarting reason=config_changed")
+            await self._stop_devices()
+            self._start_devices()
 
     def status(self) -> dict[str, Any]:
         return {"devices": scanners_status(self.devices, self.disabled), "pipeline": self.pipeline.status()}

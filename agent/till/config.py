@@ -20,8 +20,11 @@ class HqConfig(ConfigModel):
                                         description="kid -> base64url raw 32-byte Ed25519 public key of HQ")
     retired_kids: list[str] = Field(default_factory=list, description="kids refused even if still listed")
     clock_skew_s: int = Field(60, ge=0, le=600, description="tolerance on exp/nbf for a store clock that is off")
+    config_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="kid -> base64url raw Ed25519 public key of HQ's config signing keys (not the code keys)")
 
-    @field_validator("public_keys")
+    @field_validator("public_keys", "config_keys")
     @classmethod
     def _keys(cls, value: dict[str, str]) -> dict[str, str]:
         for kid, key in value.items():
@@ -32,6 +35,16 @@ class HqConfig(ConfigModel):
             except ValueError as exc:
                 raise ValueError(f"key of kid {kid!r}: {exc}") from None
         return value
+
+    @model_validator(mode="after")
+    def _config_keys_apart(self) -> "HqConfig":
+        # A code key that could also sign config would let anyone holding a minting key reconfigure stores.
+        shared = sorted(kid for kid, key in self.config_keys.items()
+                        if key.rstrip("=") in {k.rstrip("=") for k in self.public_keys.values()})
+        if shared:
+            raise ValueError(f"config_keys {shared} are also in public_keys; config keys must be different keys "
+                             "from the code-signing keys (posedge-hq keygen makes a new one)")
+        return self
 
 
 class MembersConfig(ConfigModel):

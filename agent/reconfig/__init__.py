@@ -1,0 +1,1 @@
+"""Config pushed by HQ (signed documents) and the file reloaded on SIGHUP, applied live."""
