@@ -14,7 +14,9 @@ from posedge.agent.config import Config
 from posedge.agent.errors import StorageError
 from posedge.agent.events import EventHub
 from posedge.agent.feature import Feature
+from posedge.agent.hq_sync.confirmer import HqConfirmer
 from posedge.agent.hq_sync.feature import HqSync
+from posedge.agent.hq_sync.verdicts import VerdictInbox
 from posedge.agent.receipts.feature import Receipts
 from posedge.agent.sales import SaleService
 from posedge.agent.scans.feature import Scans
@@ -72,6 +74,10 @@ class Agent:
                                     "scans": self.scanning.status}  # what the retained MQTT status reports
         if self.receipts.signer is not None:
             self.till.claim_signer = self.receipts.signer.for_store(self.config.store.tenant, self.config.store.id)
+        if self.config.mqtt.enabled:  # the till asks HQ over the link; HQ's verdicts reach the till
+            self.till.confirmer = HqConfirmer(self.config, self.sync, self.writer)
+            inbox = VerdictInbox(self.config, self.sync, self.till.apply_from_hq)
+            self.sync.down_routes.setdefault("verdicts", inbox.on_records)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:

@@ -8,7 +8,9 @@ Tables (the same in both):
   event_id), raw payload kept;
 - `applied_events`: unique on (tenant, store, event_id): an event is applied once even when a new
   stream (a restored database) carries it again;
-- `sales`: one row per sale, unique on (tenant, store_id, sale_id), with the sale's totals.
+- `sales`: one row per sale, unique on (tenant, store_id, sale_id), with the sale's totals;
+- `coupon_redemptions`, `coupon_confirmations`, `coupon_double_redemptions`: who holds each coupon, the
+  answer given to each confirmation request, the double redemptions found (hq/coupons.py).
 The ack goes out only after the batch's COMMIT returned (SQLite: synchronous = FULL; PostgreSQL: its
 default synchronous_commit): what HQ acked is on disk.
 
@@ -56,6 +58,22 @@ CREATE TABLE IF NOT EXISTS sales (
     gross_fen {int} NOT NULL, discount_fen {int} NOT NULL, total_fen {int} NOT NULL, paid_fen {int} NOT NULL,
     stream TEXT NOT NULL, seq {int} NOT NULL, received_at TEXT NOT NULL,
     UNIQUE (tenant, store_id, sale_id)
+){strict};
+CREATE TABLE IF NOT EXISTS coupon_redemptions (
+    tenant TEXT NOT NULL, coupon_id TEXT NOT NULL, store_id TEXT NOT NULL,
+    state TEXT NOT NULL, request_no TEXT, sale_id TEXT, mode TEXT,
+    held_at TEXT NOT NULL, redeemed_at TEXT,
+    PRIMARY KEY (tenant, coupon_id)
+){strict};
+CREATE TABLE IF NOT EXISTS coupon_confirmations (
+    tenant TEXT NOT NULL, store_id TEXT NOT NULL, request_no TEXT NOT NULL,
+    coupon_id TEXT NOT NULL, sale_id TEXT, accepted {int} NOT NULL, reason TEXT, answered_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, store_id, request_no)
+){strict};
+CREATE TABLE IF NOT EXISTS coupon_double_redemptions (
+    tenant TEXT NOT NULL, coupon_id TEXT NOT NULL, store_id TEXT NOT NULL, other_store TEXT NOT NULL,
+    sale_id TEXT, mode TEXT, detected_at TEXT NOT NULL, notified_at TEXT,
+    PRIMARY KEY (tenant, coupon_id, store_id)
 ){strict};
 """
 
