@@ -178,6 +178,12 @@ class MqttConfig(ConfigModel):
         description="broker password; or env POSEDGE_MQTT_PASSWORD, or password_file",
     )
     password_file: Path | None = Field(None, description="file holding the broker password")
+    ca_file: Path | None = Field(
+        None,
+        description="mqtts: PEM file of the CA(s) that signed the broker's certificate; default the system's CAs",
+    )
+    cert_file: Path | None = Field(None, description="mqtts: PEM client certificate (with key_file) for the broker")
+    key_file: Path | None = Field(None, description="mqtts: PEM private key of cert_file (unencrypted, mode 0600)")
     client_id: str | None = Field(None, description="MQTT client id; default posedge-<tenant>-<store id>")
     keepalive_s: int = Field(30, ge=5, le=600, description="MQTT keepalive in seconds")
     protocol: Literal["5", "3.1.1"] = Field(
@@ -213,6 +219,19 @@ class MqttConfig(ConfigModel):
     @classmethod
     def _secrets(cls, data: Any) -> Any:
         return resolve_secrets("mqtt", ("password",), data)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> "MqttConfig":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both for a client certificate, or neither")
+        if urlsplit(self.url).scheme != "mqtts":
+            return self  # mqtt://: the TLS files are not used (the link says so at start)
+        for key in ("ca_file", "cert_file", "key_file"):
+            path: Path | None = getattr(self, key)
+            if path is not None and not os.access(path, os.R_OK):
+                why = "does not exist" if not path.exists() else "cannot be read by this user"
+                raise ValueError(f"{key} {str(path)!r} {why}; expected a PEM file")
+        return self
 
     @field_validator("url")
     @classmethod

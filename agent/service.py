@@ -14,6 +14,7 @@ from posedge.agent.config import Config
 from posedge.agent.errors import StorageError
 from posedge.agent.events import EventHub
 from posedge.agent.feature import Feature, Reconfigurable
+from posedge.agent.hq_sync.confirmer import HqConfirmer
 from posedge.agent.hq_sync.feature import HqSync
 from posedge.agent.hq_sync.inbox import RecordsInbox
 from posedge.agent.receipts.feature import Receipts
@@ -88,6 +89,8 @@ class Agent:
         self.sync.version_sources.append(self.pushed_config.versions)
         if self.receipts.signer is not None:
             self.till.claim_signer = self.receipts.signer.for_store(self.config.store.tenant, self.config.store.id)
+        if self.config.mqtt.enabled:  # the till asks HQ over the link (HQ's verdicts come as records documents)
+            self.till.confirmer = HqConfirmer(self.config, self.sync, self.writer)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:

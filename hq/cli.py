@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -36,11 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="posedge-hq", description="The reference HQ of posedge (docs/protocol.md).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve = sub.add_parser("serve", help="consume the stores' up batches into a database and acknowledge them")
-    serve.add_argument("--mqtt", required=True, metavar="URL", help="broker, mqtt://host:port")
+    serve.add_argument("--mqtt", required=True, metavar="URL", 
+                       help="broker, mqtt://host:port or mqtts://host:port (TLS)")
     serve.add_argument("--db", required=True, metavar="URL",
                        help="sqlite:///path/to/hq.db or postgresql://user:password@host:port/dbname")
     serve.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT protocol version (default 5)")
     serve.add_argument("--client-id", default=None, help="MQTT client id (default posedge-hq-<random>)")
+    serve.add_argument("--ca", type=Path, metavar="FILE", help="mqtts: PEM CA(s) of the broker's certificate "
+                       "(default the system's)")
+    serve.add_argument("--cert", type=Path, metavar="FILE", help="mqtts: PEM client certificate (with --key)")
+    serve.add_argument("--key", type=Path, metavar="FILE", help="mqtts: PEM private key of --cert")
+    serve.add_argument("--username", default=None, help="broker user name")
+    serve.add_argument("--password-file", type=Path, metavar="FILE",
+                       help="file holding the broker password (or env POSEDGE_HQ_MQTT_PASSWORD)")
     _add_keygen(sub)
     _add_mint(sub)
     _add_push(sub)
@@ -324,13 +334,17 @@ def serve_forever(args: argparse.Namespace) -> int:
         print(f"posedge-hq: --db {db.masked_url(args.db)!r}: {exc}", file=sys.stderr)
         return 2
     client = _client(args)
+    try:
+        _secure(client, args, parts.scheme == "mqtts")
+    except (ValueError, OSError, ssl.SSLError) as exc:
+        print(f"posedge-hq: {exc}", file=sys.stderr)
+        database.close()
+        return 2
     consumer = Consumer(database, lambda topic, payload: _publish(client, topic, payload))
     client.on_message = lambda c, u, message: consumer.on_message(message.topic, bytes(message.payload))
     client.on_connect = lambda c, u, flags, rc, props: _subscribed(c, rc)
-    if parts.scheme == "mqtts":
-        client.tls_set()
     client.reconnect_delay_set(1, 5)
-    client.connect_async(parts.hostname, parts.port or 1883, 30)
+    client.connect_async(parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883), 30)
 
     stopping = threading.Event()
 
@@ -376,6 +390,33 @@ def _client(args: argparse.Namespace) -> mqtt.Client:
         return mqtt.Client(CallbackAPIVersion.VERSION2, client_id, protocol=MQTTProtocolVersion.MQTTv5)
     return mqtt.Client(CallbackAPIVersion.VERSION2, client_id, clean_session=True,
                        protocol=MQTTProtocolVersion.MQTTv311)
+
+
+def _secure(client: mqtt.Client, args: argparse.Namespace, tls: bool) -> None:
+    """TLS (CA, client certificate) and the broker's user name and password, from the serve options."""
+    if (args.cert is None) != (args.key is None):
+        raise ValueError("--cert and --key go together")
+    if not tls and (args.ca or args.cert):
+        raise ValueError("--ca, --cert and --key need an mqtts:// --mqtt URL")
+    if tls:
+        try:
+            client.tls_set(ca_certs=_opt(args.ca), certfile=_opt(args.cert), keyfile=_opt(args.key))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load the TLS files (--ca, --cert, --key): {exc}") from None
+    password = os.environ.get("POSEDGE_HQ_MQTT_PASSWORD")
+    if args.password_file is not None and not password:
+        try:
+            password = args.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"--password-file {args.password_file}: {exc.strerror or exc}") from None
+    if password and args.username is None:
+        raise ValueError("a password needs --username")
+    if args.username is not None:
+        client.username_pw_set(args.username, password or None)
+
+
+def _opt(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 def _subscribed(client: mqtt.Client, reason_code: object) -> None:

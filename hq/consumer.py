@@ -11,8 +11,10 @@ import logging
 from collections import Counter
 from typing import Any, Callable
 
-from posedge.hq import db
+from posedge.hq import coupons, db
 from posedge.hq.down import DownConsumer
+from posedge.hq.verdicts import send_verdicts
+from posedge.sync.down import ConfirmReply, build_confirm_reply, down_topic, parse_confirm
 from posedge.sync.ids import uuid7
 from posedge.sync.protocol import Ack, ProtocolError, Topics, build_ack, parse_batch, parse_hello, parse_up_topic
 
@@ -40,6 +42,8 @@ class Consumer:
                 self.down.on_versions(tenant, store, payload)
             elif name == "down_ack":
                 self.down.on_down_ack(tenant, store, payload)
+            elif name == "confirm":
+                self._confirm(tenant, store, payload)
             else:
                 self.counts["unknown_topic"] += 1
         except ProtocolError as exc:
@@ -60,8 +64,30 @@ class Consumer:
             self.counts["gaps"] += 1
         if outcome.error is not None:
             log.warning("event=hq_stream_conflict store=%s/%s stream=%s", tenant, store, batch.stream)
+        self._doubles(coupons.apply_redemptions(self.database, batch, outcome.acked_seq))
         self._ack(tenant, store, batch.stream, outcome.acked_seq, batch.msg_id, outcome.gap_from, outcome.error,
                   outcome.acked_event_id)
+
+    def _doubles(self, found: list[coupons.DoubleRedemption]) -> None:
+        """Tell both stores of each double redemption, before the batch's ack (a crash makes it resent)."""
+        if not found:
+            return
+        for double in found:
+            log.warning("event=hq_double_redemption tenant=%s coupon_id=%s store=%s other_store=%s", double.tenant,
+                        double.coupon_id, double.store, double.other_store)
+        self.counts["double_redemptions"] += len(found)
+        self.counts["verdict_documents"] += send_verdicts(self.database, self.publish, found)
+        coupons.mark_told(self.database, found)
+
+    def _confirm(self, tenant: str, store: str, payload: bytes) -> None:
+        request = parse_confirm(payload, tenant, store)
+        answer = coupons.answer_confirm(self.database, request)
+        self.counts["confirms_accepted" if answer.accepted else "confirms_refused"] += 1
+        log.info("event=hq_confirm store=%s/%s request_no=%s coupon_id=%s accepted=%s reason=%s", tenant, store,
+                 request.request_no, request.coupon_id, answer.accepted, answer.reason)
+        reply = ConfirmReply(str(uuid7()), tenant, store, request.msg_id, request.request_no, answer.accepted,
+                             answer.reason)
+        self.publish(down_topic(Topics(tenant, store), "confirm"), build_confirm_reply(reply))
 
     def _hello(self, tenant: str, store: str, payload: bytes) -> None:
         hello = parse_hello(payload, tenant, store)

@@ -11,6 +11,8 @@ Tables (the same in both):
 - `sales`: one row per sale, unique on (tenant, store_id, sale_id), with the sale's totals;
 - `down_documents`, `down_acks`: the down log (hq/down.py): every records document HQ pushed, unique on
   (tenant, store ('' for tenant-wide), kind, version), and every answer the stores gave.
+- `coupon_redemptions`, `coupon_confirmations`, `coupon_double_redemptions`: who holds each coupon, the
+  answer given to each confirmation request, the double redemptions found (hq/coupons.py).
 The ack goes out only after the batch's COMMIT returned (SQLite: synchronous = FULL; PostgreSQL: its
 default synchronous_commit): what HQ acked is on disk.
 
@@ -67,6 +69,22 @@ CREATE TABLE IF NOT EXISTS down_documents (
 CREATE TABLE IF NOT EXISTS down_acks (
     tenant TEXT NOT NULL, store TEXT NOT NULL, kind TEXT NOT NULL, scope TEXT NOT NULL, version {int},
     result TEXT NOT NULL, reason TEXT, reply_to TEXT, counts TEXT, at TEXT NOT NULL
+){strict};
+CREATE TABLE IF NOT EXISTS coupon_redemptions (
+    tenant TEXT NOT NULL, coupon_id TEXT NOT NULL, store_id TEXT NOT NULL,
+    state TEXT NOT NULL, request_no TEXT, sale_id TEXT, mode TEXT,
+    held_at TEXT NOT NULL, redeemed_at TEXT,
+    PRIMARY KEY (tenant, coupon_id)
+){strict};
+CREATE TABLE IF NOT EXISTS coupon_confirmations (
+    tenant TEXT NOT NULL, store_id TEXT NOT NULL, request_no TEXT NOT NULL,
+    coupon_id TEXT NOT NULL, sale_id TEXT, accepted {int} NOT NULL, reason TEXT, answered_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, store_id, request_no)
+){strict};
+CREATE TABLE IF NOT EXISTS coupon_double_redemptions (
+    tenant TEXT NOT NULL, coupon_id TEXT NOT NULL, store_id TEXT NOT NULL, other_store TEXT NOT NULL,
+    sale_id TEXT, mode TEXT, detected_at TEXT NOT NULL, notified_at TEXT,
+    PRIMARY KEY (tenant, coupon_id, store_id)
 ){strict};
 """
 

@@ -59,6 +59,9 @@ class LinkSettings:
     client_id: str
     protocol: Literal["5", "3.1.1"] = "5"
     tls: bool = False
+    ca_file: str | None = None  # TLS: the CAs that signed the broker's certificate (None: the system's)
+    cert_file: str | None = None  # TLS: a client certificate (PEM) and its key
+    key_file: str | None = None
     username: str | None = None
     password: str | None = None
     keepalive_s: int = 30
@@ -69,6 +72,28 @@ class LinkSettings:
     status_min_interval_s: float = 5.0
     window: int = 8  # paho's own in-flight limit (batches plus hello and status)
     session_expiry_s: int = 0  # 0: a clean session per connection; else the broker keeps it this long offline
+
+
+CREDENTIAL_REFUSALS = ("Bad user name or password", "Not authorized")  # CONNACK reasons (3.1.1 codes 4 and 5)
+
+
+def connect_error(settings: LinkSettings, exc: Exception) -> str:
+    """A failed connect in words a store's support can act on; TLS verification named as such."""
+    where = f"{settings.host}:{settings.port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"the broker's certificate could not be verified ({exc.verify_message}) at {where}: check [mqtt] "
+                f"ca_file (the CA that signed it) and that the certificate names {settings.host}")
+    if isinstance(exc, ssl.SSLError):
+        return f"the TLS handshake with the broker at {where} failed: {exc.reason or exc}"
+    return f"cannot connect to {where}: {exc}"
+
+
+def refusal_error(reason_code: Any) -> str:
+    """A CONNACK refusal; bad credentials said plainly (the reason code's name stays in the text)."""
+    if str(reason_code) in CREDENTIAL_REFUSALS:
+        return (f"the broker refused the credentials ({reason_code}): check [mqtt] username and password "
+                "(or the client certificate)")
+    return f"broker refused the connection: {reason_code}"
 
 
 class Backoff:
@@ -207,7 +232,11 @@ class Link:
         s = self.settings
         self._set_state("connecting")
         self._connect_started = time.monotonic()
-        client = self._new_client()
+        try:
+            client = self._new_client()
+        except (OSError, ssl.SSLError, ValueError) as exc:  # a TLS file missing, unreadable or not PEM
+            self._drop(f"cannot load the TLS files (ca_file, cert_file, key_file): {exc}")
+            return
         try:
             if s.protocol == "5":
                 properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -217,7 +246,7 @@ class Link:
             else:
                 client.connect(s.host, s.port, s.keepalive_s)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            self._drop(f"cannot connect to {s.host}:{s.port}: {exc}")
+            self._drop(connect_error(s, exc))
             return
         self._client = client
 
@@ -232,7 +261,7 @@ class Link:
         client.max_inflight_messages_set(s.window + 4)
         client.max_queued_messages_set(0)
         if s.tls:
-            client.tls_set()
+            client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         client.will_set(self.topics.status, build_status("offline", **self._status_fields_safe()),
@@ -244,7 +273,7 @@ class Link:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
-            self._drop(f"broker refused the connection: {reason_code}")
+            self._drop(refusal_error(reason_code))
             return
         client.subscribe([(topic, 1) for topic in store_down_subscriptions(self.topics)])
         self._backoff.reset()

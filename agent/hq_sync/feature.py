@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from concurrent.futures import Future
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -113,6 +114,9 @@ class HqSync:
         self.config_version: Callable[[], int] = lambda: 0
         self.down_rejected: Counter[str] = Counter()
         self._down_lock = threading.Lock()
+        # The API's loop, once started: down routes (on the link thread) hand work to it with
+        # call_soon_threadsafe / run_coroutine_threadsafe.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def participants(self) -> Sequence[SaleParticipant]:
@@ -122,7 +126,13 @@ class HqSync:
     def listeners(self) -> list[EventListener]:
         return self._listeners
 
+    @property
+    def problem(self) -> str | None:
+        """Why the link did not start (storage down at start), or None."""
+        return self._problem
+
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         if not self.config.mqtt.enabled:
             return
         try:
@@ -136,7 +146,10 @@ class HqSync:
         topics = Topics(self.config.store.tenant, self.config.store.id)
         drainer = Drainer(topics, source, DrainSettings(mqtt.batch_max_events, mqtt.batch_max_bytes,
                                                         mqtt.inflight_batches, mqtt.ack_timeout_s), __version__)
-        self.link = Link(link_settings(self.config), topics, drainer, self._status_fields)
+        settings = link_settings(self.config)
+        if not settings.tls and (mqtt.ca_file or mqtt.cert_file or mqtt.key_file):
+            log.warning("event=sync_tls_files_unused url=%s (ca_file, cert_file and key_file need mqtts://)", mqtt.url)
+        self.link = Link(settings, topics, drainer, self._status_fields)
         self.link.on_down = self._on_down
         self.link.connect_hooks.extend(self.connect_hooks)
         self.link.start()
@@ -226,11 +239,16 @@ def link_settings(config: Config) -> LinkSettings:
     return LinkSettings(
         host=parts.hostname or "127.0.0.1", port=parts.port or (8883 if tls else 1883),
         client_id=mqtt.client_id or f"posedge-{config.store.tenant}-{config.store.id}",
-        protocol=mqtt.protocol, tls=tls, username=mqtt.username,
+        protocol=mqtt.protocol, tls=tls, ca_file=_path(mqtt.ca_file), cert_file=_path(mqtt.cert_file),
+        key_file=_path(mqtt.key_file), username=mqtt.username,
         password=mqtt.password.get_secret_value() if mqtt.password else None,
         keepalive_s=mqtt.keepalive_s, reconnect_max_s=mqtt.reconnect_max_s, window=mqtt.inflight_batches,
         status_min_interval_s=mqtt.status_min_interval_s, session_expiry_s=mqtt.session_expiry_s,
     )
+
+
+def _path(value: Path | None) -> str | None:
+    return str(value) if value is not None else None
 
 
 def hours_since(link_contact: datetime | None, till_contact: str | None) -> float | None:
