@@ -299,6 +299,7 @@ def _default_printers() -> list[dict[str, Any]]:
     # No printer configured: receipts land as files (ESC/POS bytes + PNG preview) in var/receipts.
     return [{"type": "file", "name": "receipts", "path": "var/receipts"}]
 # The till's tables derive ConfigModel, so they are imported once it exists.
+from posedge.agent.retention.config import RetentionConfig  # noqa: E402
 from posedge.agent.till.config import CouponsConfig, HqConfig, MembersConfig, PointsConfig  # noqa: E402
 
 
@@ -317,6 +318,7 @@ class Config(ConfigModel):
     members: MembersConfig = Field(default_factory=MembersConfig)
     points: PointsConfig = Field(default_factory=PointsConfig)
     coupons: CouponsConfig = Field(default_factory=CouponsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     def scanner_configs(self) -> list[DriverConfig]:
         return list(self.scanners)
