@@ -88,6 +88,10 @@ class StorageConfig(ConfigModel):
         2.0, ge=0, le=50,
         description="a sale alone commits on the API's own thread while COMMITs (the fsync) take under this; 0: never",
     )
+    upgrade_backup_dir: Path | None = Field(
+        None, description="where the copy taken before a schema migration goes; default: beside the database",
+    )
+    upgrade_backups_keep: int = Field(3, ge=1, le=100, description="pre-migration copies kept (the oldest go)")
 
 
 class ApiConfig(ConfigModel):

@@ -19,6 +19,9 @@ from posedge.agent.api.errors import RedactExceptions
 from posedge.agent.api.guards import ApiCounters
 from posedge.agent.config import ApiConfig, Config
 from posedge.agent.service import Agent
+from posedge.agent.store.upgrade import DatabaseRefused, prepare
+
+EXIT_DATABASE_REFUSED = 3  # the database is a newer posedge's, or its pre-migration backup failed
 
 log = logging.getLogger("posedge.agent")
 
@@ -113,6 +116,12 @@ def server_config(app: Any, api: ApiConfig) -> uvicorn.Config:
 
 async def run_agent(config: Config, sock: socket.socket) -> int:
     os.umask(STATE_UMASK)
+    storage = config.storage
+    try:
+        prepare(storage.path, storage.upgrade_backup_dir, storage.upgrade_backups_keep)
+    except DatabaseRefused as exc:
+        print(f"posedge: cannot start: {exc}", file=sys.stderr)
+        return EXIT_DATABASE_REFUSED
     try:
         agent = Agent(config)
     except (OSError, ValueError) as exc:
