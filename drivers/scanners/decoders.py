@@ -215,7 +215,7 @@ def shows_code_like_region(gray: Any) -> bool:
     import numpy as np
 
     small = cv2.resize(gray, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
-    gradient = cv2.morphologyEx(small, cv2.MORPH_GRADIENT, None)
+    gradient = cv2.morphologyEx(small, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
     _, edges = cv2.threshold(gradient, GATE_EDGE_LEVEL, 255, cv2.THRESH_BINARY)
     h, w = edges.shape
     density = cv2.resize(edges, (max(1, w // GATE_CELL_PX), max(1, h // GATE_CELL_PX)), interpolation=cv2.INTER_AREA)
