@@ -88,6 +88,10 @@ class StorageConfig(ConfigModel):
         2.0, ge=0, le=50,
         description="a sale alone commits on the API's own thread while COMMITs (the fsync) take under this; 0: never",
     )
+    upgrade_backup_dir: Path | None = Field(
+        None, description="where the copy taken before a schema migration goes; default: beside the database",
+    )
+    upgrade_backups_keep: int = Field(3, ge=1, le=100, description="pre-migration copies kept (the oldest go)")
 
 
 class ApiConfig(ConfigModel):
@@ -324,6 +328,7 @@ def _default_printers() -> list[dict[str, Any]]:
     # No printer configured: receipts land as files (ESC/POS bytes + PNG preview) in var/receipts.
     return [{"type": "file", "name": "receipts", "path": "var/receipts"}]
 # The till's tables derive ConfigModel, so they are imported once it exists.
+from posedge.agent.retention.config import RetentionConfig  # noqa: E402
 from posedge.agent.till.config import CouponsConfig, HqConfig, MembersConfig, PointsConfig  # noqa: E402
 
 
@@ -342,6 +347,7 @@ class Config(ConfigModel):
     members: MembersConfig = Field(default_factory=MembersConfig)
     points: PointsConfig = Field(default_factory=PointsConfig)
     coupons: CouponsConfig = Field(default_factory=CouponsConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     def scanner_configs(self) -> list[DriverConfig]:
         return list(self.scanners)

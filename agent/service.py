@@ -19,6 +19,7 @@ from posedge.agent.hq_sync.feature import HqSync
 from posedge.agent.hq_sync.inbox import RecordsInbox
 from posedge.agent.receipts.feature import Receipts
 from posedge.agent.reconfig.feature import ApplyResult, PushedConfig
+from posedge.agent.retention.feature import Retention
 from posedge.agent.sales import SaleService
 from posedge.agent.scans.feature import Scans
 from posedge.agent.store.reader import StoreReader
@@ -62,7 +63,9 @@ class Agent:
         self.till = Till(config, self.reader, self.writer)
         self.receipts = Receipts(config, self.writer.submit, self.reader)
         self.sync = HqSync(config, self.reader, self.writer)  # last: it starts once the others serve
-        self.features: list[Feature] = [self.scanning, self.till, self.receipts, self.pushed_config, self.sync]
+        self.retention = Retention(config.retention, self.writer)
+        self.features: list[Feature] = [self.scanning, self.till, self.receipts, self.pushed_config, self.sync,
+                                        self.retention]
 
         self.scans = self.scanning.pipeline  # POST /v1/scans and payment-code claims go to it
         self.refunds = Refunds(self.writer, config.coupons.return_on_refund)

@@ -11,8 +11,6 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from posedge.agent.cli.progress import Progress
 from posedge.agent.store.schema import current_version, latest_version
 
@@ -37,6 +35,8 @@ def read_only(path: Path) -> sqlite3.Connection:
 
 
 def info(path: Path) -> dict[str, Any]:
+    import sqlite_utils  # not at start: it pulls in numpy, click, pluggy and dateutil (docs/architecture.md)
+
     conn = read_only(path)
     try:
         db = sqlite_utils.Database(conn)

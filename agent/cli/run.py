@@ -19,7 +19,10 @@ from posedge.agent.api.errors import RedactExceptions
 from posedge.agent.api.guards import ApiCounters
 from posedge.agent.config import ApiConfig, Config, ConfigError, read_config_file
 from posedge.agent.service import Agent
+from posedge.agent.store.upgrade import DatabaseRefused, prepare
 from posedge.agent.system.notify import Watchdog, notify, start_stall_hook, watchdog_interval_s
+
+EXIT_DATABASE_REFUSED = 3  # the database is a newer posedge's, or its pre-migration backup failed
 
 log = logging.getLogger("posedge.agent")
 
@@ -123,6 +126,12 @@ def server_config(app: Any, api: ApiConfig) -> uvicorn.Config:
 
 async def run_agent(config: Config, sock: socket.socket, config_path: str | None = None) -> int:
     os.umask(STATE_UMASK)
+    storage = config.storage
+    try:
+        prepare(storage.path, storage.upgrade_backup_dir, storage.upgrade_backups_keep)
+    except DatabaseRefused as exc:
+        print(f"posedge: cannot start: {exc}", file=sys.stderr)
+        return EXIT_DATABASE_REFUSED
     try:
         file_raw = read_config_file(config_path) if config_path else None
         agent = Agent(config, file_raw, config_path or "<embedded defaults>")

@@ -1,7 +1,7 @@
 """`HqConfirmer`: the till's `CouponConfirmer` over the MQTT link (docs/protocol.md 8.6, docs/till.md).
 
 `confirm()` runs on the API's loop: it numbers the request (`<store>-<till>-<seq>`, the seq from the
-`confirm_requests` table through the writer, so it never repeats, see migration 0005), publishes
+`confirm_requests` table through the writer, so it never repeats, see migration 0006), publishes
 `up/confirm` and awaits the `down/confirm` whose `reply_to` is the request's msg_id. The reply arrives on
 the link thread (`on_reply`, HqSync's down route), which hands it to the waiting future with
 `call_soon_threadsafe`; it never blocks that thread. The link not connected means HQ cannot be asked:

@@ -15,12 +15,13 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from jwt.types import Options
+
+if TYPE_CHECKING:  # PyJWT only verifies (tests, support); signing is ours, so it is not loaded at start
+    from jwt.types import Options
 
 from posedge.agent.errors import AgentError
 
@@ -156,6 +157,8 @@ class ClaimSigner:
 
 def verify_claim(token: str, public: Ed25519PublicKey, now: datetime | None = None) -> dict[str, Any]:
     """Check signature and expiry; returns the claims (raises jwt.InvalidTokenError otherwise)."""
+    import jwt
+
     options: Options = {"require": ["iss", "sub", "exp", "amt", "pts"]}
     if now is not None:
         claims = jwt.decode(token, public, algorithms=[ALGORITHM], options={**options, "verify_exp": False})

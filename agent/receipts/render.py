@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from posedge.agent.receipts.claims import ClaimSigner
@@ -10,8 +11,10 @@ from posedge.agent.receipts.document import build_receipt
 from posedge.agent.receipts.escpos import EscposRenderer, PrinterTraits
 from posedge.agent.receipts.facts import SaleFacts
 from posedge.agent.receipts.layout import Layout, ReceiptLayout
-from posedge.agent.receipts.png import PngRenderer
 from posedge.agent.receipts.text import Charset
+
+if TYPE_CHECKING:  # Pillow is loaded with the first preview, not at start (docs/architecture.md, "Footprint")
+    from posedge.agent.receipts.png import PngRenderer
 
 
 class ReceiptRenderer:
@@ -39,6 +42,8 @@ class ReceiptRenderer:
 
     def png(self, facts: SaleFacts, copy: bool = False) -> bytes:
         if self._png is None:
+            from posedge.agent.receipts.png import PngRenderer
+
             self._png = PngRenderer(self.charset)
         return self._png.render(self.lay_out(facts, copy))
 

@@ -50,8 +50,12 @@ PRAGMAS = (
     "PRAGMA foreign_keys = ON",
 )
 # The checkpointer checkpoints (see module doc), and the writer thread waits for another process's
-# lock itself (_begin_waiting), so that the loop never does.
-WRITER_PRAGMAS = ("PRAGMA wal_autocheckpoint = 0", "PRAGMA busy_timeout = 0")
+# lock itself (_begin_waiting), so that the loop never does. A WAL that grew past a checkpoint's
+# worth (a big import, a long reader) is cut back to WAL_SIZE_LIMIT when it starts over, so the
+# -wal file stays bounded for years; below that it is overwritten in place (docs/architecture.md).
+WAL_SIZE_LIMIT = 6 * 1024 * 1024
+WRITER_PRAGMAS = ("PRAGMA wal_autocheckpoint = 0", "PRAGMA busy_timeout = 0",
+                  f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
 BUSY_DELAYS_MS = (1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100)  # SQLite's busy handler's steps
 # The disk is fast when three quarters of the last RECENT_COMMITS COMMIT statements (the fsync, not
 # the work before it) took under inline_max_ms and none took STALL_FACTOR times that: one stall

@@ -240,3 +240,26 @@ def test_opencv_decoders_read_a_clean_qr_and_skip_1d() -> None:
     for aruco in (False, True):
         assert [d.text for d in OpenCvQrDecoder(("qr",), aruco=aruco).decode(frame)] == ["CV-QR-1"]
     assert OpenCvQrDecoder(("ean13",)).decode(frame) == []
+
+
+def test_the_empty_frame_gate_loses_no_read_and_turns_empty_counters_away() -> None:
+    """GIVEN the synthetic degraded codes (every degradation, QR and 1D, as bench/scanners.py makes them)
+    WHEN  the pipeline decodes each frame with its gate and without it (everything on every frame)
+    THEN  both read the same codes, and the gate sends the empty counters home after the first decoder."""
+    symbologies = ("qr", "ean13", "code128")
+    # A budget no frame reaches: what is compared is what the gate lets through, not this machine's speed.
+    gated = FrameDecoder(build_chain(("zxing", "pyzbar"), symbologies)[0], symbologies, budget_s=60)
+    ungated = FrameDecoder(build_chain(("zxing", "pyzbar"), symbologies)[0], symbologies, budget_s=60, gate=False)
+    for d_index, degradation in enumerate(synthetic.DEGRADATIONS):
+        for seed in range(1000 * d_index, 1000 * d_index + 4):
+            ean = synthetic.ean13_full(f"69{seed:010d}")
+            for frame in (synthetic.scene(synthetic.render_qr(f"https://m.example.cn/c/{seed:05d}", 4), degradation,
+                                          seed, False),
+                          synthetic.scene(synthetic.render_linear(ean, "ean13", 2), degradation, seed, True),
+                          synthetic.scene(synthetic.render_linear(f"PO{seed:08d}", "code128", 2), degradation, seed,
+                                          True)):
+                assert {d.text for d in gated.decode(frame)} == {d.text for d in ungated.decode(frame)}, degradation
+    assert ungated.stats["read_extra"] > 0  # the set holds codes only the extra effort reads
+    empties = [synthetic.empty_frame(seed) for seed in range(20)]
+    assert all(gated.decode(frame) == [] for frame in empties)
+    assert gated.stats["gated_out"] >= 18, gated.stats
