@@ -8,7 +8,10 @@ Tables (the same in both):
   event_id), raw payload kept;
 - `applied_events`: unique on (tenant, store, event_id): an event is applied once even when a new
   stream (a restored database) carries it again;
-- `sales`: one row per sale, unique on (tenant, store_id, sale_id), with the sale's totals.
+- `sales`: one row per sale, unique on (tenant, store_id, sale_id), with the sale's totals;
+- `wire_counts`: per stream, what its committed batches carried: `batches`, `events`, and of those `applied`
+  (first time), `duplicates` (held already: resends) and `skipped` (beyond a gap, or after a seq conflict),
+  so `events = applied + duplicates + skipped`; counted in the batch's transaction, so exact across crashes.
 The ack goes out only after the batch's COMMIT returned (SQLite: synchronous = FULL; PostgreSQL: its
 default synchronous_commit): what HQ acked is on disk.
 
@@ -56,6 +59,12 @@ CREATE TABLE IF NOT EXISTS sales (
     gross_fen {int} NOT NULL, discount_fen {int} NOT NULL, total_fen {int} NOT NULL, paid_fen {int} NOT NULL,
     stream TEXT NOT NULL, seq {int} NOT NULL, received_at TEXT NOT NULL,
     UNIQUE (tenant, store_id, sale_id)
+){strict};
+CREATE TABLE IF NOT EXISTS wire_counts (
+    tenant TEXT NOT NULL, store_id TEXT NOT NULL, stream TEXT NOT NULL,
+    batches {int} NOT NULL, events {int} NOT NULL, applied {int} NOT NULL, duplicates {int} NOT NULL,
+    skipped {int} NOT NULL,
+    PRIMARY KEY (tenant, store_id, stream)
 ){strict};
 """
 
@@ -254,8 +263,18 @@ def _apply(database: Database, batch: Batch, now: str) -> Outcome:
     database.execute("UPDATE streams SET acked_seq = ?, last_seen_at = ? "
                      "WHERE tenant = ? AND store_id = ? AND stream = ?",
                      (acked, now, batch.tenant, batch.store, batch.stream))
+    _count_wire(database, batch, applied, duplicates)
     return Outcome(acked, gap_from, error, applied, duplicates, bad,
                    held_event_id(database, batch.tenant, batch.store, batch.stream, acked))
+
+
+def _count_wire(database: Database, batch: Batch, applied: int, duplicates: int) -> None:
+    key = (batch.tenant, batch.store, batch.stream)
+    database.execute("INSERT INTO wire_counts VALUES (?, ?, ?, 0, 0, 0, 0, 0) ON CONFLICT DO NOTHING", key)
+    database.execute("UPDATE wire_counts SET batches = batches + 1, events = events + ?, applied = applied + ?, "
+                     "duplicates = duplicates + ?, skipped = skipped + ? WHERE tenant = ? AND store_id = ? "
+                     "AND stream = ?",
+                     (len(batch.events), applied, duplicates, len(batch.events) - applied - duplicates, *key))
 
 
 def _insert_event(database: Database, batch: Batch, event: WireEvent, now: str) -> bool:
