@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from concurrent.futures import Future
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
@@ -31,6 +32,7 @@ from posedge.sync.stream import Stream
 log = logging.getLogger("posedge.agent.sync")
 
 WRITE_TIMEOUT_S = 30.0
+MARK_SLICE = 2000  # events one acked mark updates at most: a few ms of the writer, not a long hold
 CONFIG_VERSION_FILE_ONLY = 0  # the applied pushed config's version; pushed config is not built yet
 
 
@@ -42,6 +44,10 @@ class StoreOutbox:
         self.reader = reader
         self.writer = writer
         self.current = current
+        self._mark_lock = threading.Lock()  # acks arrive on the link thread, marks finish on the writer's
+        self._mark_target = 0  # the newest acked seq to mark
+        self._marked: int | None = None  # marked through here (None: not read yet this run)
+        self._marking = False
 
     def stream(self) -> Stream:
         return self.current
@@ -58,8 +64,34 @@ class StoreOutbox:
         return str(row[0]) if row else None
 
     def mark_acked_through(self, seq: int) -> None:
-        future = self.writer.submit(lambda conn: outbox.mark_acked_through(conn, seq), durable=False)
-        future.add_done_callback(_log_failed_mark)
+        """Coalesced: at most one mark in the writer's queue at a time, of at most MARK_SLICE events, so that a
+        checkout never waits behind a pile of marks (a drain has acks coming in dozens a second); the newest ack
+        wins, and the next slice goes in when the one before is done."""
+        if self._marked is None:  # the first ack of this run: slices start at the oldest pending event
+            query = "SELECT coalesce(min(seq), 1) - 1 FROM outbox WHERE acked_at IS NULL"
+            self._marked = int(self.reader.read_sync(lambda conn: conn.execute(query).fetchone()[0]))
+        with self._mark_lock:
+            self._mark_target = max(self._mark_target, seq)
+            if self._marking:
+                return
+            self._marking = True
+        self._submit_mark()
+
+    def _submit_mark(self) -> None:
+        with self._mark_lock:
+            through = min(self._mark_target, (self._marked or 0) + MARK_SLICE)
+        future = self.writer.submit(lambda conn: outbox.mark_acked_through(conn, through), durable=False)
+        future.add_done_callback(lambda done: self._mark_done(done, through))
+
+    def _mark_done(self, future: Future[int], through: int) -> None:
+        """In the writer thread, after the mark committed (or failed: then the events are only sent again)."""
+        _log_failed_mark(future)
+        with self._mark_lock:
+            self._marked = max(self._marked or 0, through)
+            self._marking = self._mark_target > self._marked
+            again = self._marking
+        if again:
+            self._submit_mark()
 
     def rebirth(self, reason: str) -> Stream:
         new = self.writer.submit(lambda conn: streams.birth_stream(conn, reason)).result(WRITE_TIMEOUT_S)
@@ -96,6 +128,7 @@ class HqSync:
         # The other features' status() by section name ("till", "receipts", "scans"), set by the agent: the
         # retained status is built from what they already report, not from their insides.
         self.feature_status: dict[str, Callable[[], dict[str, Any]]] = {}
+        self.till_busy: Callable[[], bool] = lambda: False  # set by the agent: a checkout is being served
 
     @property
     def participants(self) -> Sequence[SaleParticipant]:
@@ -119,7 +152,7 @@ class HqSync:
         topics = Topics(self.config.store.tenant, self.config.store.id)
         drainer = Drainer(topics, source, DrainSettings(mqtt.batch_max_events, mqtt.batch_max_bytes,
                                                         mqtt.inflight_batches, mqtt.ack_timeout_s), __version__)
-        self.link = Link(link_settings(self.config), topics, drainer, self._status_fields)
+        self.link = Link(link_settings(self.config), topics, drainer, self._status_fields, self.till_busy)
         self.link.start()
         log.info("event=sync_started broker=%s stream=%s", mqtt.url, current.stream_id)
 

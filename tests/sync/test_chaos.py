@@ -48,12 +48,19 @@ def held(hq: HqProcess) -> int:
     return int(rows[0][0]) if rows else 0
 
 
-def at_hq(hq: HqProcess, count: int, deadline_s: float = 60) -> None:
-    wait_for(lambda: held(hq) >= count, deadline_s, f"{count} sales at HQ (it holds {held(hq)})")
+def at_hq(hq: HqProcess, count: int) -> None:
+    """Deadlines for failures only, generous for a shared machine: 10 sales a second at the least."""
+    try:
+        wait_for(lambda: held(hq) >= count, 60 + count / 10, f"{count} sales at HQ")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} (it holds {held(hq)})") from None
 
 
-def sold(seller: Seller, count: int, deadline_s: float = 120) -> None:
-    wait_for(lambda: len(seller.sold) >= count, deadline_s, f"{count} sales sold (sold {len(seller.sold)})")
+def sold(seller: Seller, count: int) -> None:
+    try:
+        wait_for(lambda: len(seller.sold) >= count, 60 + count / 10, f"{count} sales sold")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} (sold {len(seller.sold)})") from None
 
 
 def finish(name: str, agent: AgentProcess, hq: HqProcess, seller: Seller, deadline_s: float) -> dict[str, int]:
@@ -106,7 +113,7 @@ def test_a_persistent_broker_sigkilled_mid_drain(loop: Any, agent_factory: Any, 
     broker.kill()
     sold(seller, len(seller.sold) + sales // 4)  # the till sells on while the broker is dead
     broker.start()
-    finish(f"persistent broker SIGKILLed ({sales})", agent, hq, seller, 120 + sales / 50)
+    finish(f"persistent broker SIGKILLed ({sales})", agent, hq, seller, 60 + sales / 10)
 
 
 class Witness:
@@ -159,7 +166,7 @@ def test_a_broker_without_persistence_sigkilled_after_its_pubacks_loses_what_it_
     witness.close()
     hq.proc.send_signal(signal.SIGCONT)
     broker.start()
-    finish(f"broker without persistence SIGKILLed after PUBACK ({sales})", agent, hq, seller, 120 + sales / 50)
+    finish(f"broker without persistence SIGKILLed after PUBACK ({sales})", agent, hq, seller, 60 + sales / 10)
 
 
 @pytest.mark.parametrize("sales", SIZES)
@@ -172,7 +179,7 @@ def test_the_agent_sigkilled_mid_drain_and_restarted(loop: Any, agent_factory: A
         at_hq(hq, kill * sales // 3)
         agent.kill()
         agent.start()
-    finish(f"agent SIGKILLed twice ({sales})", agent, hq, seller, 120 + sales / 50)
+    finish(f"agent SIGKILLed twice ({sales})", agent, hq, seller, 60 + sales / 10)
 
 
 @pytest.mark.parametrize("sales", SIZES)
@@ -185,7 +192,7 @@ def test_hq_sigkilled_mid_drain_and_restarted(loop: Any, agent_factory: Any, sal
     hq.kill()
     sold(seller, len(seller.sold) + sales // 4)
     hq.start()
-    counts = finish(f"HQ SIGKILLed ({sales})", agent, hq, seller, 120 + sales / 50)
+    counts = finish(f"HQ SIGKILLed ({sales})", agent, hq, seller, 60 + sales / 10)
     assert counts["applied"] >= sales
 
 
@@ -221,7 +228,7 @@ def test_a_network_with_latency_a_bandwidth_cap_resets_and_a_silence(loop: Any, 
     wait_for(lambda: sync_status(agent)["state"] != "connected", 60, "the agent noticing the silence")
     proxy.pass_through()
     slow_network()
-    at_hq(hq, 3 * sales // 4, 120)
+    at_hq(hq, 3 * sales // 4)
     proxy.reset()
-    finish(f"fault proxy: latency, cap, resets, silence ({sales})", agent, hq, seller, 120 + sales / 50)
+    finish(f"fault proxy: latency, cap, resets, silence ({sales})", agent, hq, seller, 60 + sales / 10)
     assert proxy.counts["resets"] >= 2 and proxy.counts["dropped_bytes_up"] > 0
