@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from posedge import __version__
+from posedge.agent.activity import TillActivity
 from posedge.agent.config import Config
 from posedge.agent.errors import StorageError
 from posedge.agent.events import EventHub
@@ -50,6 +51,7 @@ class Agent:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.token = load_or_create_token(config.api.token_file, _secret(config.api.token))
         self.status_providers: dict[str, StatusProvider] = {}
+        self.till_activity = TillActivity()  # POSTs being served (counted by the API's guard)
 
         storage = config.storage
         self.writer = StoreWriter(storage.path, group_commit_max=storage.group_commit_max,
@@ -90,6 +92,7 @@ class Agent:
         self.sync.down_routes["config"] = self.pushed_config.on_down
         self.sync.config_version = self.pushed_config.version
         self.sync.version_sources.append(self.pushed_config.versions)
+        self.sync.till_busy = self.till_activity.busy  # the drain gives way to checkouts
         if self.receipts.signer is not None:
             self.till.claim_signer = self.receipts.signer.for_store(self.config.store.tenant, self.config.store.id)
         if self.config.mqtt.enabled:  # the till asks HQ over the link (HQ's verdicts come as records documents)

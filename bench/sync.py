@@ -48,7 +48,10 @@ from posedge.sync.link import Link
 from posedge.sync.protocol import Topics
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # conftest's AgentProcess
+sys.path.insert(0, str(ROOT))
+from tests.sync.faultproxy import FaultProxy  # noqa: E402  (the tests' own proxy: one implementation)
+
 WINDOW = 8
 PACE_PER_S = 50
 MQTT_KEYS: dict[str, object] = {}
@@ -112,9 +115,12 @@ def hq_count(db: Path) -> int:
         return 0
 
 
-def batched(home: Path, port: int, events: int) -> float:
+def batched(home: Path, port: int, events: int, link_port: int | None = None) -> float:
+    """`link_port`: where the agent's link connects (the fault proxy); HQ always talks to the broker itself."""
+    home = Path(tempfile.mkdtemp(prefix="batched-", dir=home))
     config = validate_config({"store": {"tenant": "bench", "id": "s1"}, "storage": {"path": str(home / "store.db")},
-                              "mqtt": {"url": f"mqtt://127.0.0.1:{port}", **MQTT_KEYS}, "scanners": [], "printers": []})
+                              "mqtt": {"url": f"mqtt://127.0.0.1:{link_port or port}", **MQTT_KEYS},
+                              "scanners": [], "printers": []})
     writer = StoreWriter(config.storage.path)
     assert writer.start() is None
     reader = StoreReader(config.storage.path)
@@ -149,6 +155,7 @@ def batched(home: Path, port: int, events: int) -> float:
 
 
 def raw(port: int, events: int) -> float:
+    """`port`: the broker's, or the fault proxy's in front of it."""
     payloads = [dumps_bytes({"seq": i + 1, "event_id": str(uuid.uuid4()), "kind": "sale", "payload": sale_payload(i)})
                 for i in range(events)]
     done = threading.Event()
@@ -257,7 +264,10 @@ def checkouts_during_drain(home: Path, backlog: int, count: int) -> tuple[list[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20000)
-    parser.add_argument("--backlog", type=int, default=20000, help="sale events waiting when the broker comes back")
+    parser.add_argument("--latency-ms", type=float, default=100.0, help="the fault proxy's delay, each way")
+    parser.add_argument("--raw-latency-events", type=int, default=800,
+                        help="events raw paho sends through the proxy (a window of 8 per round trip: slow)")
+    parser.add_argument("--backlog", type=int, default=100_000, help="sale events waiting when the broker comes back")
     parser.add_argument("--checkouts", type=int, default=300, help="timed checkouts while idle")
     parser.add_argument("--batch-max-events", type=int, default=None,
                         help="[mqtt] batch_max_events (default: the config's)")
@@ -272,22 +282,30 @@ def main() -> None:
         raise SystemExit("bench: mosquitto is not installed (tools/system-deps.sh test)")
     home = Path(tempfile.mkdtemp(prefix="posedge-bench-sync-"))
     broker, port = start_broker(home)
+    proxy = FaultProxy(port).start()
+    proxy.latency(args.latency_ms / 1000)
     try:
         raw_rate = raw(port, args.events)
         batched_rate = batched(home, port, args.events)
+        raw_slow = raw(proxy.port, args.raw_latency_events)
+        batched_slow = batched(home, port, args.events, link_port=proxy.port)
         idle, during, drain_s = checkouts_during_drain(home, args.backlog, args.checkouts)
     finally:
+        proxy.stop()
         broker.kill()
         broker.wait(10)
         shutil.rmtree(home, ignore_errors=True)
-    print(f"events: {args.events}, in-flight window {WINDOW} (batches / raw messages), "
-          f"batch keys {MQTT_KEYS or 'default'}")
-    print(f"outbox -> HQ's SQLite, batched, acked end to end: {batched_rate:,.0f} events/s")
-    print(f"raw paho, one QoS 1 message per event, PUBACK only: {raw_rate:,.0f} events/s")
-    print(f"ratio batched/raw: {batched_rate / raw_rate:.2f}")
+    print(f"in-flight window {WINDOW} (batches / raw messages), batch keys {MQTT_KEYS or 'default'}")
+    print(f"loopback, {args.events} events: outbox -> HQ's SQLite, batched, acked end to end: "
+          f"{batched_rate:,.0f} events/s; raw paho, one QoS 1 message per event, PUBACK only: {raw_rate:,.0f} "
+          f"events/s; ratio batched/raw {batched_rate / raw_rate:.2f}")
+    print(f"fault proxy, {args.latency_ms:.0f} ms each way: batched ({args.events} events) {batched_slow:,.0f} "
+          f"events/s; raw paho ({args.raw_latency_events} events) {raw_slow:,.0f} events/s; "
+          f"ratio batched/raw {batched_slow / raw_slow:.1f}")
     idle_ms = [percentile(idle, q) * 1000 for q in (50, 99)]
     during_ms = [percentile(during, q) * 1000 for q in (50, 99)]
-    print(f"backlog of {args.backlog} events drained in {drain_s:.1f} s while the till sold {len(during)} sales")
+    print(f"backlog of {args.backlog} events drained in {drain_s:.1f} s ({args.backlog / drain_s:,.0f} events/s) "
+          f"while the till sold {len(during)} sales")
     print(f"checkout p50/p99 idle (backlog, no broker): {idle_ms[0]:.1f} / {idle_ms[1]:.1f} ms; "
           f"during the drain: {during_ms[0]:.1f} / {during_ms[1]:.1f} ms; p99 ratio {during_ms[1] / idle_ms[1]:.2f}")
 

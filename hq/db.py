@@ -13,6 +13,9 @@ Tables (the same in both):
   (tenant, store ('' for tenant-wide), kind, version), and every answer the stores gave.
 - `coupon_redemptions`, `coupon_confirmations`, `coupon_double_redemptions`: who holds each coupon, the
   answer given to each confirmation request, the double redemptions found (hq/coupons.py).
+- `wire_counts`: per stream, what its committed batches carried: `batches`, `events`, and of those `applied`
+  (first time), `duplicates` (held already: resends) and `skipped` (beyond a gap, or after a seq conflict),
+  so `events = applied + duplicates + skipped`; counted in the batch's transaction, so exact across crashes.
 The ack goes out only after the batch's COMMIT returned (SQLite: synchronous = FULL; PostgreSQL: its
 default synchronous_commit): what HQ acked is on disk.
 
@@ -85,6 +88,12 @@ CREATE TABLE IF NOT EXISTS coupon_double_redemptions (
     tenant TEXT NOT NULL, coupon_id TEXT NOT NULL, store_id TEXT NOT NULL, other_store TEXT NOT NULL,
     sale_id TEXT, mode TEXT, detected_at TEXT NOT NULL, notified_at TEXT,
     PRIMARY KEY (tenant, coupon_id, store_id)
+){strict};
+CREATE TABLE IF NOT EXISTS wire_counts (
+    tenant TEXT NOT NULL, store_id TEXT NOT NULL, stream TEXT NOT NULL,
+    batches {int} NOT NULL, events {int} NOT NULL, applied {int} NOT NULL, duplicates {int} NOT NULL,
+    skipped {int} NOT NULL,
+    PRIMARY KEY (tenant, store_id, stream)
 ){strict};
 """
 
@@ -283,8 +292,18 @@ def _apply(database: Database, batch: Batch, now: str) -> Outcome:
     database.execute("UPDATE streams SET acked_seq = ?, last_seen_at = ? "
                      "WHERE tenant = ? AND store_id = ? AND stream = ?",
                      (acked, now, batch.tenant, batch.store, batch.stream))
+    _count_wire(database, batch, applied, duplicates)
     return Outcome(acked, gap_from, error, applied, duplicates, bad,
                    held_event_id(database, batch.tenant, batch.store, batch.stream, acked))
+
+
+def _count_wire(database: Database, batch: Batch, applied: int, duplicates: int) -> None:
+    key = (batch.tenant, batch.store, batch.stream)
+    database.execute("INSERT INTO wire_counts VALUES (?, ?, ?, 0, 0, 0, 0, 0) ON CONFLICT DO NOTHING", key)
+    database.execute("UPDATE wire_counts SET batches = batches + 1, events = events + ?, applied = applied + ?, "
+                     "duplicates = duplicates + ?, skipped = skipped + ? WHERE tenant = ? AND store_id = ? "
+                     "AND stream = ?",
+                     (len(batch.events), applied, duplicates, len(batch.events) - applied - duplicates, *key))
 
 
 def _insert_event(database: Database, batch: Batch, event: WireEvent, now: str) -> bool:

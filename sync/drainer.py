@@ -125,8 +125,9 @@ class Drainer:
             return
         self._apply_ack(ack)
 
-    def publishes(self) -> list[Publish]:
-        """What to send now: the hello after a connect, then batches while the window has room."""
+    def publishes(self, limit: int | None = None) -> list[Publish]:
+        """What to send now: the hello after a connect, then batches while the window has room (at most
+        `limit` of them: the link builds one at a time, so that it can give way to the till between two)."""
         if not self.connected:
             return []
         now = self.clock()
@@ -139,7 +140,9 @@ class Drainer:
             self.probing = True
             self._rewind()
         window = 1 if self.probing else self.settings.window
-        while len(self.inflight) < window:
+        built = 0
+        while len(self.inflight) < window and (limit is None or built < limit):
+            built += 1
             batch = self._next_batch(now)
             if batch is None:
                 break

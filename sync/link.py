@@ -45,6 +45,8 @@ from posedge.sync.protocol import Topics, build_status, status_changed
 log = logging.getLogger("posedge.sync.link")
 
 READS_PER_STEP = 16
+TILL_WAIT_MAX_S = 0.05  # the longest the drain gives way to the till at a time: busy tills slow it, never stop it
+TILL_POLL_S = 0.001
 STATUS_POLL_S = 0.5  # how often the status fields are read for a change (they read the database)
 OUTAGE_WARNING_S = 300.0  # a drop and its reconnect are routine (INFO); offline this long is WARNING, once
 State = Literal["connecting", "connected", "offline", "stopped"]
@@ -114,7 +116,7 @@ class Backoff:
 
 class Link:
     def __init__(self, settings: LinkSettings, topics: Topics, drainer: Drainer,
-                 status_fields: Callable[[], dict[str, Any]]) -> None:
+                 status_fields: Callable[[], dict[str, Any]], till_busy: Callable[[], bool] = lambda: False) -> None:
         self.settings = settings
         self.topics = topics
         self.drainer = drainer
@@ -123,6 +125,8 @@ class Link:
         # must not block it: hand the work to the writer and answer with send()).
         self.on_down: DownHandler | None = None
         self.connect_hooks: list[ConnectHook] = []
+        self.till_busy = till_busy  # a checkout is being served: the drain waits (read from this thread)
+        self._till_wait_s = 0.0  # how long the drain gave way to the till, in all
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -216,9 +220,25 @@ class Link:
             self._drop("the broker accepted the connection but sent no CONNACK")  # a silent broker or proxy
             return
         if self.drainer.connected:
-            for topic, payload in self.drainer.publishes():
-                self._publish(client, topic, payload)
+            self._drain(client)
             self._status_if_due(client)
+
+    def _drain(self, client: mqtt.Client) -> None:
+        """Batches out one at a time, each after the till's checkouts under way: building a batch is the link's
+        CPU-heavy work (reading, encoding, compressing), and in one process it holds the GIL the checkout needs."""
+        while True:
+            self._give_way_to_till()
+            out = self.drainer.publishes(limit=1)
+            if not out:
+                return
+            for topic, payload in out:
+                self._publish(client, topic, payload)
+
+    def _give_way_to_till(self) -> None:
+        started = time.monotonic()
+        while self.till_busy() and time.monotonic() < started + TILL_WAIT_MAX_S and not self._stop.is_set():
+            time.sleep(TILL_POLL_S)
+        self._till_wait_s += time.monotonic() - started
 
     def _run_work(self) -> None:
         while True:
@@ -386,5 +406,6 @@ class Link:
     def _refresh_snapshot(self) -> None:
         snapshot = self.drainer.status()
         snapshot["last_contact"] = self.drainer.last_contact.isoformat() if self.drainer.last_contact else None
+        snapshot["till_wait_s"] = round(self._till_wait_s, 3)
         with self._lock:
             self._snapshot = snapshot

@@ -52,6 +52,7 @@ def build_app(agent: Any) -> Any:
         max_body_bytes=api.max_body_bytes,
         body_timeout_s=api.body_timeout_s,
         counters=counters,
+        activity=getattr(agent, "till_activity", None),  # the sync drain gives way to it
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from posedge.agent.activity import TillActivity
 from posedge.agent.api.errors import log_unexpected, unexpected_answer
 from posedge.agent.errors import AgentError
 
@@ -66,8 +67,10 @@ class RequestGuard:
     arriving too slowly; answer 500 (logged without input) for anything that escapes the app."""
 
     def __init__(self, app: ASGIApp, *, allowed_hosts: set[str], allowed_origins: set[str], max_body_bytes: int,
-                 body_timeout_s: float = 10.0, counters: ApiCounters | None = None) -> None:
+                 body_timeout_s: float = 10.0, counters: ApiCounters | None = None,
+                 activity: TillActivity | None = None) -> None:
         self.app = app
+        self.activity = activity or TillActivity()
         self.allowed_hosts = {h.lower() for h in allowed_hosts}
         self.allowed_origins = allowed_origins
         self.max_body_bytes = max_body_bytes
@@ -78,6 +81,16 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope.get("method") != "POST":  # reads (and GET /v1/events, which streams for hours) are not the till
+            await self._guarded(scope, receive, send)
+            return
+        self.activity.begin()
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            self.activity.end()
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         host = (_header(scope, b"host") or "").lower()
         if host not in self.allowed_hosts:
             await send_error(send, 403, "host_not_allowed",

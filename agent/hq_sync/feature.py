@@ -38,6 +38,7 @@ WRITE_TIMEOUT_S = 30.0
 # A down message for this store: (store or None when tenant-wide, the down name, the payload); on the link thread.
 DownRoute = Callable[[str | None, str, bytes], None]
 VersionSource = Callable[[], dict[str, dict[str, int]]]  # scope -> kind -> version held
+MARK_SLICE = 2000  # events one acked mark updates at most: a few ms of the writer, not a long hold
 
 
 class StoreOutbox:
@@ -48,6 +49,10 @@ class StoreOutbox:
         self.reader = reader
         self.writer = writer
         self.current = current
+        self._mark_lock = threading.Lock()  # acks arrive on the link thread, marks finish on the writer's
+        self._mark_target = 0  # the newest acked seq to mark
+        self._marked: int | None = None  # marked through here (None: not read yet this run)
+        self._marking = False
 
     def stream(self) -> Stream:
         return self.current
@@ -64,8 +69,34 @@ class StoreOutbox:
         return str(row[0]) if row else None
 
     def mark_acked_through(self, seq: int) -> None:
-        future = self.writer.submit(lambda conn: outbox.mark_acked_through(conn, seq), durable=False)
-        future.add_done_callback(_log_failed_mark)
+        """Coalesced: at most one mark in the writer's queue at a time, of at most MARK_SLICE events, so that a
+        checkout never waits behind a pile of marks (a drain has acks coming in dozens a second); the newest ack
+        wins, and the next slice goes in when the one before is done."""
+        if self._marked is None:  # the first ack of this run: slices start at the oldest pending event
+            query = "SELECT coalesce(min(seq), 1) - 1 FROM outbox WHERE acked_at IS NULL"
+            self._marked = int(self.reader.read_sync(lambda conn: conn.execute(query).fetchone()[0]))
+        with self._mark_lock:
+            self._mark_target = max(self._mark_target, seq)
+            if self._marking:
+                return
+            self._marking = True
+        self._submit_mark()
+
+    def _submit_mark(self) -> None:
+        with self._mark_lock:
+            through = min(self._mark_target, (self._marked or 0) + MARK_SLICE)
+        future = self.writer.submit(lambda conn: outbox.mark_acked_through(conn, through), durable=False)
+        future.add_done_callback(lambda done: self._mark_done(done, through))
+
+    def _mark_done(self, future: Future[int], through: int) -> None:
+        """In the writer thread, after the mark committed (or failed: then the events are only sent again)."""
+        _log_failed_mark(future)
+        with self._mark_lock:
+            self._marked = max(self._marked or 0, through)
+            self._marking = self._mark_target > self._marked
+            again = self._marking
+        if again:
+            self._submit_mark()
 
     def rebirth(self, reason: str) -> Stream:
         new = self.writer.submit(lambda conn: streams.birth_stream(conn, reason)).result(WRITE_TIMEOUT_S)
@@ -117,6 +148,7 @@ class HqSync:
         # The API's loop, once started: down routes (on the link thread) hand work to it with
         # call_soon_threadsafe / run_coroutine_threadsafe.
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.till_busy: Callable[[], bool] = lambda: False  # set by the agent: a checkout is being served
 
     @property
     def participants(self) -> Sequence[SaleParticipant]:
@@ -149,7 +181,7 @@ class HqSync:
         settings = link_settings(self.config)
         if not settings.tls and (mqtt.ca_file or mqtt.cert_file or mqtt.key_file):
             log.warning("event=sync_tls_files_unused url=%s (ca_file, cert_file and key_file need mqtts://)", mqtt.url)
-        self.link = Link(settings, topics, drainer, self._status_fields)
+        self.link = Link(settings, topics, drainer, self._status_fields, self.till_busy)
         self.link.on_down = self._on_down
         self.link.connect_hooks.extend(self.connect_hooks)
         self.link.start()
