@@ -15,6 +15,7 @@ from posedge.agent.errors import StorageError
 from posedge.agent.events import EventHub
 from posedge.agent.feature import Feature
 from posedge.agent.hq_sync.feature import HqSync
+from posedge.agent.metrics.feature import Metrics
 from posedge.agent.receipts.feature import Receipts
 from posedge.agent.sales import SaleService
 from posedge.agent.scans.feature import Scans
@@ -47,15 +48,17 @@ class Agent:
 
         # The features, in order: each starts after the ones before it and stops before them, and its sale
         # participants come after theirs (the receipt's contributors read what the till wrote).
+        self.metrics = Metrics(self.status, self.events)  # first: it keeps the warnings of the others' start
         self.scanning = Scans(config, self.events)
         self.till = Till(config, self.reader, self.writer)
         self.receipts = Receipts(config, self.writer.submit, self.reader)
         self.sync = HqSync(config, self.reader, self.writer)  # last: it starts once the others serve
-        self.features: list[Feature] = [self.scanning, self.till, self.receipts, self.sync]
+        self.features: list[Feature] = [self.metrics, self.scanning, self.till, self.receipts, self.sync]
 
         self.scans = self.scanning.pipeline  # POST /v1/scans and payment-code claims go to it
         self.refunds = Refunds(self.writer, config.coupons.return_on_refund)
         self.sales = SaleService(self.writer, self.reader, config.store)
+        self.status_providers.update(sales=self.sales.status, refunds=self.refunds.status)
         for feature in self.features:
             feature.listeners.append(self.events.publish)  # what a feature tells the POS reaches GET /v1/events
             self.sales.participants += feature.participants

@@ -97,6 +97,7 @@ class Link:
         self._state: State = "connecting"
         self._last_error: str | None = None
         self._connected_at: datetime | None = None
+        self._connections = 0  # accepted by the broker since start; every one after the first is a reconnect
         self._snapshot: dict[str, Any] = {}
         self._refresh_snapshot()  # GET /v1/status has the stream and position before the first connection
 
@@ -119,6 +120,7 @@ class Link:
         with self._lock:
             return {"state": self._state, "last_error": self._last_error,
                     "connected_at": self._connected_at.isoformat() if self._connected_at else None,
+                    "connections": self._connections, "reconnects": max(self._connections - 1, 0),
                     **self._snapshot}
 
     # -- the link thread --------------------------------------------------------------------
@@ -215,6 +217,7 @@ class Link:
             self._state = "connected"
             self._last_error = None
             self._connected_at = datetime.now(timezone.utc)
+            self._connections += 1
         self.drainer.on_connected()
         self._publish_status(client, "online")
         log.info("event=sync_connected broker=%s:%s protocol=%s", self.settings.host, self.settings.port,
