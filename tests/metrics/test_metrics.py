@@ -3,7 +3,6 @@ GET /v1/status and with what was done; nothing personal in it; one registry per 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -13,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from posedge.agent.events import EventHub
 from posedge.agent.metrics.feature import Metrics
 
-from .conftest import PHONE, REFERENCE, WECHAT_CODE
+from .conftest import PHONE, REFERENCE, WECHAT_CODE, settled
 
 GTIN = "6901234567892"
 
@@ -34,22 +33,6 @@ def value(samples: dict, name: str, **labels: str) -> float:
 def wechat_sale(sale_id: str, amount: int) -> dict[str, Any]:
     return {"sale_id": sale_id, "lines": [{"sku": GTIN, "name": "矿泉水 550ml", "qty": 1, "unit_price_fen": amount}],
             "payments": [{"method": "wechat", "amount_fen": amount, "reference": REFERENCE}]}
-
-
-def settled(client: httpx.Client, deadline_s: float = 15.0) -> dict[str, Any]:
-    """GET /v1/status once the receipts are printed and nothing is written any more (two reads agree)."""
-    end = time.monotonic() + deadline_s
-    previous = None
-    while time.monotonic() < end:
-        status = client.get("/v1/status").json()
-        printers = status["receipts"]["printers"]
-        quiet = all(p["queued"] == 0 for p in printers)
-        key = (status["storage"]["commits"], status["outbox"]["depth"], [p["printed"] for p in printers])
-        if quiet and key == previous:
-            return status
-        previous = key if quiet else None
-        time.sleep(0.2)
-    raise AssertionError(f"the agent did not settle: {status}")
 
 
 def test_metrics_after_scans_sales_and_refunds_equal_the_status_and_hold_nothing_personal(store_agent, printer):
