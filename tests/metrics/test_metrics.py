@@ -110,12 +110,21 @@ def test_metrics_after_scans_sales_and_refunds_equal_the_status_and_hold_nothing
 
 def test_metrics_keep_the_host_guard_and_count_its_refusals(store_agent):
     """GIVEN an agent WHEN a page of another site asks for /metrics through DNS rebinding (wrong Host) THEN 403,
-    and the refusal is counted by its code."""
+    and the refusal is counted by its code; paths clients make up never become labels of their own."""
     refused = httpx.get(f"{store_agent.url}/metrics", headers={"Host": "attacker.example:80"})
     assert (refused.status_code, refused.json()["code"]) == (403, "host_not_allowed")
+    with store_agent.client() as api:  # paths a client makes up: one series each route, whatever the path
+        for n in range(5):
+            assert api.get(f"/v1/sales/made-up-{n}").status_code == 404
+            assert api.get(f"/no/such/path/{n}").status_code == 404
     m = parse(httpx.get(f"{store_agent.url}/metrics").text)
     assert value(m, "posedge_api_errors_total", code="host_not_allowed") == 1
     assert value(m, "posedge_api_responses_total", route="(no route)", status="403") == 1
+    assert value(m, "posedge_api_responses_total", route="(no route)", status="404") == 5
+    assert value(m, "posedge_api_responses_total", route="/v1/sales/{sale_id}", status="404") == 5
+    assert value(m, "posedge_api_errors_total", code="not_found") == 10
+    labels = {v for (_name, labels) in m for k, v in labels if k == "route"}
+    assert not any("made-up" in route or "such" in route for route in labels), labels
 
 
 def test_each_agent_has_its_own_registry():
