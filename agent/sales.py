@@ -74,13 +74,30 @@ class SaleService:
         self.zone = ZoneInfo(store.timezone)
         self.participants: list[SaleParticipant] = []
         self.pricing: SalePricing | None = None
+        # Since start, counted once the commit returned (GET /v1/status `sales`, GET /metrics).
+        self.counts = {"recorded": 0, "recorded_fen": 0, "replayed": 0, "conflicts": 0}
 
     async def record(self, sale: SaleIn) -> SaleOutcome:
         adjustment = await self.pricing.prepare(sale) if self.pricing is not None else None
         totals = self._totals(sale, adjustment.extra_discount_fen if adjustment is not None else 0)
         sale_id = sale.sale_id or str(uuid7())
         body_hash = sale.body_sha256()
-        return await self.writer.write(lambda conn: self._record(conn, sale, sale_id, body_hash, totals, adjustment))
+        try:
+            outcome = await self.writer.write(
+                lambda conn: self._record(conn, sale, sale_id, body_hash, totals, adjustment))
+        except SaleConflict:
+            self.counts["conflicts"] += 1
+            raise
+        if outcome.created:
+            self.counts["recorded"] += 1
+            self.counts["recorded_fen"] += totals.total_fen
+        else:
+            self.counts["replayed"] += 1
+        return outcome
+
+    def status(self) -> dict[str, int]:
+        """Sales since start: recorded (and their total in fen), identical retries answered, conflicts."""
+        return dict(self.counts)
 
     def _totals(self, sale: SaleIn, extra_discount_fen: int = 0) -> SaleTotals:
         try:

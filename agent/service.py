@@ -18,6 +18,7 @@ from posedge.agent.feature import Feature, Reconfigurable
 from posedge.agent.hq_sync.confirmer import HqConfirmer
 from posedge.agent.hq_sync.feature import HqSync
 from posedge.agent.hq_sync.inbox import RecordsInbox
+from posedge.agent.metrics.feature import Metrics
 from posedge.agent.receipts.feature import Receipts
 from posedge.agent.reconfig.feature import ApplyResult, PushedConfig
 from posedge.agent.retention.feature import Retention
@@ -61,17 +62,19 @@ class Agent:
 
         # The features, in order: each starts after the ones before it and stops before them, and its sale
         # participants come after theirs (the receipt's contributors read what the till wrote).
+        self.metrics = Metrics(self.status, self.events)  # first: it keeps the warnings of the others' start
         self.scanning = Scans(config, self.events)
         self.till = Till(config, self.reader, self.writer)
         self.receipts = Receipts(config, self.writer.submit, self.reader)
         self.sync = HqSync(config, self.reader, self.writer)  # last: it starts once the others serve
         self.retention = Retention(config.retention, self.writer)
-        self.features: list[Feature] = [self.scanning, self.till, self.receipts, self.pushed_config, self.sync,
-                                        self.retention]
+        self.features: list[Feature] = [self.metrics, self.scanning, self.till, self.receipts, self.pushed_config,
+                                        self.sync, self.retention]
 
         self.scans = self.scanning.pipeline  # POST /v1/scans and payment-code claims go to it
         self.refunds = Refunds(self.writer, config.coupons.return_on_refund)
         self.sales = SaleService(self.writer, self.reader, config.store)
+        self.status_providers.update(sales=self.sales.status, refunds=self.refunds.status)
         for feature in self.features:
             feature.listeners.append(self.events.publish)  # what a feature tells the POS reaches GET /v1/events
             self.sales.participants += feature.participants

@@ -145,6 +145,7 @@ class Link:
         self._last_error: str | None = None
         self._connected_at: datetime | None = None
         self._session_present: bool | None = None  # the broker kept this store's session (last CONNACK)
+        self._connections = 0  # accepted by the broker since start; every one after the first is a reconnect
         self._snapshot: dict[str, Any] = {}
         self._refresh_snapshot()  # GET /v1/status has the stream and position before the first connection
 
@@ -182,7 +183,9 @@ class Link:
         with self._lock:
             return {"state": self._state, "last_error": self._last_error,
                     "connected_at": self._connected_at.isoformat() if self._connected_at else None,
-                    "session_present": self._session_present, **self._snapshot}
+                    "session_present": self._session_present,
+                    "connections": self._connections, "reconnects": max(self._connections - 1, 0),
+                    **self._snapshot}
 
     # -- the link thread --------------------------------------------------------------------
     def _run(self) -> None:
@@ -303,6 +306,7 @@ class Link:
             self._state = "connected"
             self._last_error = None
             self._connected_at = datetime.now(timezone.utc)
+            self._connections += 1
         self.drainer.on_connected()
         self._publish_status(client, "online")
         for hook in self.connect_hooks:

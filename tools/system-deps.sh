@@ -14,6 +14,7 @@ if [ "$purpose" = test ]; then
   # posedge-hq on PostgreSQL: the tests start their own server with Debian's initdb/pg_ctl
   command -v initdb >/dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
   [ -x /usr/sbin/nats-server ] || missing+=(nats-server)             # the second broker of tests/sync/
+  [ -x /usr/bin/chromium ] || missing+=(chromium)                    # the status page's browser tests
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0

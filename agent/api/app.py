@@ -8,13 +8,13 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from posedge import __version__
-from posedge.agent.api import events, receipts, sales, system, till
+from posedge.agent.api import events, observe, receipts, sales, system, till
 from posedge.agent.api.body import add_body_schemas
 from posedge.agent.api.errors import install_error_handlers
 from posedge.agent.api.guards import ApiCounters, RequestGuard, allowed_hosts_for
 from posedge.agent.api.openapi import complete_openapi
 
-ROUTERS = [system.router, sales.router, till.router, receipts.router, events.router]
+ROUTERS = [system.router, sales.router, till.router, receipts.router, events.router, observe.router]
 
 
 def build_app(agent: Any) -> Any:
@@ -45,14 +45,18 @@ def build_app(agent: Any) -> Any:
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
             max_age=600,
         )
+    allowed_hosts = allowed_hosts_for(api.host, api.port, api.allowed_hosts)
+    metrics = getattr(agent, "metrics", None)
     return RequestGuard(
         app,
-        allowed_hosts=allowed_hosts_for(api.host, api.port, api.allowed_hosts),
-        allowed_origins=set(api.cors_origins),
+        allowed_hosts=allowed_hosts,
+        # The agent's own origin: the status page (GET /) posting its test print to the agent that served it.
+        allowed_origins=set(api.cors_origins) | {f"http://{host}" for host in allowed_hosts},
         max_body_bytes=api.max_body_bytes,
         body_timeout_s=api.body_timeout_s,
         counters=counters,
         activity=getattr(agent, "till_activity", None),  # the sync drain gives way to it
+        observe=metrics.api.middleware if metrics is not None else None,
     )
 
 

@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -68,7 +68,8 @@ class RequestGuard:
 
     def __init__(self, app: ASGIApp, *, allowed_hosts: set[str], allowed_origins: set[str], max_body_bytes: int,
                  body_timeout_s: float = 10.0, counters: ApiCounters | None = None,
-                 activity: TillActivity | None = None) -> None:
+                 activity: TillActivity | None = None,
+                 observe: Callable[[ASGIApp], ASGIApp] | None = None) -> None:
         self.app = app
         self.activity = activity or TillActivity()
         self.allowed_hosts = {h.lower() for h in allowed_hosts}
@@ -76,8 +77,13 @@ class RequestGuard:
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.counters = counters or ApiCounters()
+        # `observe` wraps the guard itself (GET /metrics' latency and error counts), so its refusals count too.
+        self._entry: ASGIApp = observe(self._guard) if observe is not None else self._guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-PUBLIC_PATHS = frozenset({"/v1/health"})  # GET /v1/openapi.json is public too, but FastAPI does not list it
+# GET /v1/openapi.json is public too, but FastAPI does not list it. The status page, its numbers and the
+# metrics show nothing personal (docs/operations.md, "Seeing what is going on").
+PUBLIC_PATHS = frozenset({"/v1/health", "/", "/v1/overview", "/metrics"})
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 ERROR_BODY = {
     "type": "object",

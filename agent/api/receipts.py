@@ -1,4 +1,4 @@
-"""Receipts: reprint a copy, preview as PNG, kick the cash drawer."""
+"""Receipts: reprint a copy, preview as PNG, kick the cash drawer, print a printer's test page."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from posedge.agent.api.body import NO_BODY, no_body
 router = APIRouter(prefix="/v1", tags=["receipts"], dependencies=[Depends(require_token)])
 
 RECEIPT_NO = r"^[A-Za-z0-9._-]{1,64}$"
+PRINTER_NAME = r"^[A-Za-z0-9._-]{1,64}$"
 
 
 @router.post("/receipts/{receipt_no}/reprint", status_code=202,
@@ -35,3 +36,13 @@ async def preview(request: Request, receipt_no: str = Path(pattern=RECEIPT_NO)) 
              dependencies=[Depends(no_body)], openapi_extra=NO_BODY)
 async def open_drawer(request: Request) -> dict:
     return await request.app.state.agent.receipts.open_drawer()
+
+
+@router.post("/printers/{name}/test-page", status_code=202,
+             summary="Queue a short Chinese test page on a printer through the print queue (the status page's button)",
+             responses={404: {"description": "no printer of that name (printer_not_found)"},
+                        503: {"description": "the printer is disabled (printer_unavailable)"}},
+             dependencies=[Depends(no_body)], openapi_extra=NO_BODY)
+async def test_page(request: Request, name: str = Path(pattern=PRINTER_NAME)) -> JSONResponse:
+    body = await request.app.state.agent.receipts.print_test_page(name)
+    return JSONResponse(body, status_code=202)

@@ -82,6 +82,7 @@ class ReceiptDocument:
 
 COPY_MARK = "** 重印 COPY **"
 DUPLICATE_MARK = "** 可能重复打印 DUPLICATE? **"
+TEST_PAGE_MARK = "** 打印测试页 TEST PAGE **"
 
 
 def build_receipt(
@@ -93,7 +94,9 @@ def build_receipt(
     copy: bool = False,
     possibly_duplicated: bool = False,
 ) -> ReceiptDocument:
-    marks = tuple(m for m, on in ((COPY_MARK, copy), (DUPLICATE_MARK, possibly_duplicated)) if on)
+    test_page = bool(facts.extra.get("test_page"))
+    marks = tuple(m for m, on in ((TEST_PAGE_MARK, test_page), (COPY_MARK, copy),
+                                  (DUPLICATE_MARK, possibly_duplicated)) if on)
     return ReceiptDocument(
         title=store_name,
         header=tuple(config.header),
@@ -103,7 +106,7 @@ def build_receipt(
         totals=_totals(facts),
         payments=_payments(facts) if config.payments else (),
         member=_member(facts) if config.member else (),
-        claim_qr=_claim_payload(facts, config, signer),
+        claim_qr=None if test_page else _claim_payload(facts, config, signer),  # a test page is no sale to claim
         claim_note="扫码领积分 / 加入会员" if config.claim_url else "",
         barcode=facts.receipt_no if config.barcode and facts.receipt_no else None,
         footer=tuple(config.footer),

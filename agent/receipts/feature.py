@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from posedge.agent.config import Config
@@ -24,6 +25,7 @@ from posedge.agent.receipts.queue import (
 from posedge.agent.receipts.render import ReceiptRenderer
 from posedge.drivers.printers.base import PrinterFault
 from posedge.drivers.registry import PRINTERS
+from posedge.sync.ids import uuid7
 from posedge.sync.outbox import append_event
 
 log = logging.getLogger("posedge.agent.receipts")
@@ -43,6 +45,11 @@ class DrawerTimeout(AgentError):
     code = "drawer_timeout"
     status = 503
     message = "the printer did not take the drawer kick in time (busy or not answering); it will not open later"
+
+
+class UnknownPrinter(NotFound):
+    code = "printer_not_found"
+    message = "no printer of that name is configured"
 
 
 class NoPrinter(AgentError):
@@ -216,6 +223,20 @@ class Receipts:
         self.notify(printer)
         return {"receipt_no": receipt_no, "print_job_id": job_id, "printer": printer, "copy": True}
 
+    async def print_test_page(self, printer: str) -> dict[str, Any]:
+        """Queue a short Chinese test receipt on `printer` through the normal print queue (never the drawer)."""
+        if printer in self.disabled:
+            raise PrinterUnavailableError(f"printer {printer!r} is disabled: {self.disabled[printer][1]}",
+                                          printer=printer, reason="disabled")
+        if printer not in self.workers:
+            raise UnknownPrinter(f"no printer {printer!r} in the config ([[printers]] name)", printer=printer,
+                                 printers=sorted(self.workers) + sorted(self.disabled))
+        facts = test_page_facts(self.config)
+        job_id = await asyncio.wrap_future(self.submit(lambda conn: insert_job(conn, facts, printer, kind="test_page")))
+        self.notify(printer)
+        log.info("event=test_page_queued printer=%s job=%d", printer, job_id)
+        return {"printer": printer, "print_job_id": job_id, "receipt_no": facts.receipt_no}
+
     async def open_drawer(self, timeout: float = 10.0) -> dict[str, Any]:
         worker = self.workers.get(self.receipt_printer or "")
         if worker is None:
@@ -256,6 +277,16 @@ class Receipts:
             "printers": printers,
             "store_key": self.signer.jwk if self.signer else None,
         }
+
+
+def test_page_facts(config: Config) -> SaleFacts:
+    """A receipt that is no sale: Chinese text, a ruler of widths, no payment (so no drawer), no claim QR."""
+    now = datetime.now(timezone.utc)
+    receipt_no = "TEST-" + now.astimezone(config.store.zone).strftime("%Y%m%d-%H%M%S")
+    lines = (LineFacts("打印测试 中文显示正常", 1, 0, 0), LineFacts("Printer test ABC 0123456789", 1, 0, 0),
+             LineFacts("宽度测试：一二三四五六七八九十", 1, 0, 0))
+    return SaleFacts(sale_id=f"test-page-{uuid7()}", receipt_no=receipt_no, tenant=config.store.tenant,
+                     store_id=config.store.id, sold_at=now, total_fen=0, lines=lines, extra={"test_page": True})
 
 
 def preview_sale(config: Config, sale_id: str) -> bytes:

@@ -53,6 +53,10 @@ NOISE_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
 LOG_HASH_HEX = 8
 RESOLVE_TIMEOUT_S = 2.0
 QUEUE_MAX = 1000
+# Scanner names come from the config and from the POS (POST /v1/scans names its own): the counts by
+# scanner keep this many names, the rest are counted under OTHER_SCANNERS (status and metrics stay bounded).
+SCANNER_NAMES_MAX = 32
+OTHER_SCANNERS = "(other)"
 
 
 # -- classification -------------------------------------------------------------------------------
@@ -232,6 +236,7 @@ class ScanPipeline:
         self.payment_claim_s = payment_claim_s
         self.resolvers: dict[str, list[Resolver]] = {}
         self.counts: Counter[str] = Counter()
+        self.by_scanner: dict[str, Counter[str]] = {}  # scanner -> kind -> scans (duplicates as "duplicate")
         self.rejections: Counter[str] = Counter()
         self.last_scan_at: dict[str, str] = {}
         self._recent: dict[str, dict[str, int]] = {}  # scanner -> text -> monotonic ns last seen
@@ -310,6 +315,7 @@ class ScanPipeline:
     def status(self) -> dict[str, Any]:
         return {
             "by_kind": dict(self.counts),
+            "by_scanner": {name: dict(kinds) for name, kinds in list(self.by_scanner.items())},
             "rejected": dict(self.rejections),
             "last_scan_at": dict(self.last_scan_at),
             "payment_codes_waiting": len(self._claims),
@@ -345,6 +351,7 @@ class ScanPipeline:
     async def _process(self, scan: Scan) -> Event | None:
         if self._is_duplicate(scan):
             self.counts["duplicate"] += 1
+            self._count_for(scan.scanner, "duplicate")
             return None
         classified = self.classifier.classify(scan.text, scan.symbology)
         data: dict[str, Any] = {
@@ -365,9 +372,16 @@ class ScanPipeline:
             self._expire_claims()
             self._claims[event.id] = _Claim(classified.text, time.monotonic() + self.payment_claim_s)
         self.counts[classified.kind] += 1
+        self._count_for(scan.scanner, classified.kind)
         self.last_scan_at[scan.scanner] = scan.at.isoformat()
         self._log(event, classified, scan)
         return event
+
+    def _count_for(self, scanner: str, kind: str) -> None:
+        scanner = mask_payment_runs(scanner)  # a name the POS chose may hold anything
+        if scanner not in self.by_scanner and len(self.by_scanner) >= SCANNER_NAMES_MAX:
+            scanner = OTHER_SCANNERS
+        self.by_scanner.setdefault(scanner, Counter())[kind] += 1
 
     def _is_duplicate(self, scan: Scan) -> bool:
         recent = self._recent.setdefault(scan.scanner, {})

@@ -176,6 +176,8 @@ class StoreWriter:
         self._recent: deque[float] = deque(maxlen=RECENT_COMMITS)  # seconds per COMMIT statement (the fsync)
         self.checkpointer = Checkpointer(self.path, may_run=self._healthy, finish=lambda: self._queue.put(_CHECKPOINT))
         self.counts = {"inline": 0, "batches": 0, "batched_jobs": 0, "relaxed_batches": 0, "writer_checkpoints": 0}
+        self.commit_statements = 0  # COMMITs that returned, relaxed ones too, and the seconds they took
+        self.commit_s_total = 0.0
         self.on_health: Callable[[StorageError | None], None] = lambda failure: None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -219,7 +221,8 @@ class StoreWriter:
     def status(self) -> dict[str, object]:
         recent = list(self._recent)
         return {**self.counts, **self.checkpointer.counts, "inline_enabled": self.inline_max_s > 0,
-                "recent_commit_max_ms": round(max(recent) * 1000, 2) if recent else None}
+                "recent_commit_max_ms": round(max(recent) * 1000, 2) if recent else None,
+                "commit_statements": self.commit_statements, "commit_s_total": round(self.commit_s_total, 6)}
 
     # -- API ---------------------------------------------------------------------------------
     def submit(self, work: Work[T], *, durable: bool = True) -> "concurrent.futures.Future[T]":
@@ -379,8 +382,12 @@ class StoreWriter:
         finally:
             if relaxed:
                 self._restore_full_sync(conn)
-        if committing is not None and not relaxed:  # how long the disk took: only fsync'd COMMITs say
-            self._recent.append(time.perf_counter() - committing)
+        if committing is not None:
+            took = time.perf_counter() - committing
+            self.commit_statements += 1
+            self.commit_s_total += took
+            if not relaxed:  # how long the disk took: only fsync'd COMMITs say
+                self._recent.append(took)
         self._set_failure(None)
         return outcomes
 

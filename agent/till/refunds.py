@@ -78,10 +78,21 @@ class Refunds:
     def __init__(self, writer: StoreWriter, return_coupons: str = "full_refund") -> None:
         self.writer = writer
         self.return_coupons = return_coupons
+        # Since start, counted once the commit returned (GET /v1/status `refunds`, GET /metrics).
+        self.counts = {"recorded": 0, "refunded_fen": 0, "replayed": 0}
 
     async def refund(self, sale_id: str, body: RefundIn) -> tuple[bool, dict[str, Any]]:
         """(created, answer). An identical retry answers the original (created False)."""
-        return await self.writer.write(lambda conn: self._refund(conn, sale_id, body))
+        created, answer = await self.writer.write(lambda conn: self._refund(conn, sale_id, body))
+        if created:
+            self.counts["recorded"] += 1
+            self.counts["refunded_fen"] += answer["refund_fen"]
+        else:
+            self.counts["replayed"] += 1
+        return created, answer
+
+    def status(self) -> dict[str, int]:
+        return dict(self.counts)
 
     def _refund(self, conn: sqlite3.Connection, sale_id: str, body: RefundIn) -> tuple[bool, dict[str, Any]]:
         digest = body.body_sha256(sale_id)
