@@ -1,0 +1,38 @@
+"""The one seam between what HQ's API decides and the down path that carries it to the stores.
+
+`push` records the intent durably in `down_queue`, one row per (tenant, scope, kind) with the next
+version, inside the caller's transaction, so the answer of an API call and its push are committed
+together or not at all. The down publisher (hq/down.py) reads `down_queue` and sends each row on
+`posedge/v1/{tenant}/{store}/down/{kind}` (`scope` = the store id) or `.../all/down/{kind}` (`scope` =
+`all`), and resends newer versions than a store says it holds on connect.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from posedge.hq.db import Database
+from posedge.sync.encoding import dumps
+
+KINDS = ("members", "coupons", "revocations", "pickups", "erase", "stock")
+ALL_STORES = "all"
+
+
+def push(database: Database, tenant: str, store: str | None, kind: str, records: Sequence[dict[str, Any]]) -> int:
+    """Record `records` (each carrying `version` = the returned version) for `store` (None: every store of the
+    tenant, on `all/down/`) under `kind`; returns that version, strictly increasing per (tenant, scope, kind).
+
+    Default implementation: writes `down_queue` only. Call it inside `database.transaction()`. The lead
+    connects the publisher here (after writing the row, hand it to hq/down.py); keep the signature."""
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {KINDS}")
+    scope = store or ALL_STORES
+    # Two HQ processes racing for one version: the primary key refuses the second, its transaction rolls back.
+    row = database.execute("SELECT max(version) FROM down_queue WHERE tenant = ? AND scope = ? AND kind = ?",
+                           (tenant, scope, kind)).one()
+    version = int(row[0]) + 1 if row and row[0] is not None else 1
+    stamped = [{**record, "version": version} for record in records]
+    database.execute("INSERT INTO down_queue VALUES (?, ?, ?, ?, ?, ?)",
+                     (tenant, scope, kind, version, dumps(stamped), datetime.now(timezone.utc).isoformat()))
+    return version
