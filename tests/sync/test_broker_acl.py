@@ -122,8 +122,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 @pytest.fixture
 def peers(fleet: dict[str, Any]) -> Iterator[dict[str, Peer]]:
     made = {name: Peer(fleet["broker"], *creds) for name, creds in [
-        ("a", fleet["users"]["store-1"]), ("b", fleet["users"]["store-2"]), ("hq", ("posedge-hq", fleet["hq_password"])),
-        ("observer", ("observer", "observer-pw"))]}
+        ("a", fleet["users"]["store-1"]), ("b", fleet["users"]["store-2"]),
+        ("hq", ("posedge-hq", fleet["hq_password"])), ("observer", ("observer", "observer-pw"))]}
     for peer in made.values():
         assert peer.connected() == 0
     assert made["observer"].subscribe("#") == 1
