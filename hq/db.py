@@ -170,6 +170,7 @@ class Database:
     real_type = "REAL"
     table_suffix = ""
     lock_row = ""  # appended to the SELECT of the stream position inside a batch
+    schema_lock = ""  # run first in the schema's transaction: workers starting together create it one at a time
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> Result:
         raise NotImplementedError
@@ -184,6 +185,8 @@ class Database:
 
     def create_schema(self) -> None:
         with self.transaction():
+            if self.schema_lock:
+                self.execute(self.schema_lock)
             for statement in (SCHEMA + CHAIN_SCHEMA).format(int=self.integer_type, strict=self.table_suffix,
                                                              real=self.real_type).split(";"):
                 if statement.strip():
@@ -222,6 +225,9 @@ class PostgresDatabase(Database):
     integer_type = "BIGINT"
     real_type = "DOUBLE PRECISION"
     lock_row = " FOR UPDATE"
+    # Concurrent CREATE TABLE IF NOT EXISTS races in PostgreSQL (a unique violation in pg_type): a transaction-scoped
+    # advisory lock (any constant of ours) makes the workers of a scaled-out HQ create the schema one after another.
+    schema_lock = "SELECT pg_advisory_xact_lock(7011001)"
 
     def __init__(self, url: str) -> None:
         try:

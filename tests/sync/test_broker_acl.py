@@ -202,7 +202,8 @@ def test_a_real_agent_with_its_store_credentials_syncs_through_hq_with_hqs(fleet
                                                                            tmp_path: Path) -> None:
     broker, (username, password) = fleet["broker"], fleet["users"]["store-1"]
     (tmp_path / "hq-home").mkdir()
-    hq = HqProcess(tmp_path / "hq-home", broker.url.replace("mqtt://", "mqtt://posedge-hq@"))
+    # A shared subscription over MQTT 3.1.1: mosquitto grants $share/ to 3.1.1 clients too.
+    hq = HqProcess(tmp_path / "hq-home", broker.url.replace("mqtt://", "mqtt://posedge-hq@"), protocol="3.1.1")
     hq.args += ["--mqtt-password-file", str(fleet["home"] / "hq-password"), "--shared", "posedge-hq"]
     hq.start()
     try:
