@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from posedge.hq import db, keys, tail
+from posedge.hq import db, http as hq_http, keys, registry, settings, tail
 from posedge.hq.consumer import Consumer
 from posedge.hq.down import DocumentRefused, Publisher, write_document
 from posedge.sync.codes import CodeMinter
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="posedge-hq", description="The reference HQ of posedge (docs/protocol.md).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     serve = sub.add_parser("serve", help="consume the stores' up batches into a database and acknowledge them")
-    serve.add_argument("--mqtt", required=True, metavar="URL", 
-                       help="broker, mqtt://host:port or mqtts://host:port (TLS)")
+    serve.add_argument("--mqtt", metavar="URL", help="broker, mqtt://[user@]host:port or mqtts://host:port (TLS);"
+                       " password: --password-file, --mqtt-password-file or env POSEDGE_HQ_MQTT_PASSWORD")
     serve.add_argument("--db", required=True, metavar="URL",
                        help="sqlite:///path/to/hq.db or postgresql://user:password@host:port/dbname")
     serve.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT protocol version (default 5)")
@@ -51,13 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--username", default=None, help="broker user name")
     serve.add_argument("--password-file", type=Path, metavar="FILE",
                        help="file holding the broker password (or env POSEDGE_HQ_MQTT_PASSWORD)")
+    _add_scale_out(serve)
     _add_keygen(sub)
     _add_mint(sub)
     _add_push(sub)
     _add_tail(sub)
+    _add_store(sub)
     args = parser.parse_args(argv)
     if args.command == "keygen":
         return keygen(args)
+    if args.command in ("store", "broker-config"):
+        return store_commands(args)
     if args.command == "mint":
         return mint(args)
     if args.command == "push":
@@ -322,7 +326,105 @@ def _instant(text: str) -> int:
     return int(moment.timestamp())
 
 
+# -- the mini-program API, broker credentials, scale-out (docs/hq-api.md, docs/deployment.md) ----------
+
+
+def _add_scale_out(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--http", metavar="HOST:PORT", help="serve the mini-program API here (docs/hq-api.md)")
+    serve.add_argument("--http-token-file", type=Path, metavar="FILE",
+                       help=f"the API's bearer token (or env {hq_http.TOKEN_ENV})")
+    serve.add_argument("--config", type=Path, metavar="FILE", help="HQ's config (hq.toml: tenant, signing, tiers)")
+    serve.add_argument("--shared", metavar="GROUP", type=_share_group,
+                       help="share the uplink with the other workers of GROUP ($share/GROUP/...)")
+    serve.add_argument("--mqtt-password-file", type=Path, metavar="FILE", help="HQ's broker password")
+
+
+def _add_store(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    store = sub.add_parser("store", help="HQ's store registry")
+    verbs = store.add_subparsers(dest="verb", metavar="VERB", required=True)
+    add = verbs.add_parser("add", help="register a store; prints its broker credentials once")
+    add.add_argument("tenant")
+    add.add_argument("store")
+    add.add_argument("--name", help="the store's name")
+    add.add_argument("--lat", type=float, help="latitude, degrees (for GET /v1/stock/{sku}?near=)")
+    add.add_argument("--lng", type=float, help="longitude, degrees")
+    add.add_argument("--db", required=True, metavar="URL", help="HQ's database, as for serve")
+    broker = sub.add_parser("broker-config", help="write Mosquitto's password file and ACL from the registry")
+    broker.add_argument("--out", required=True, type=Path, metavar="DIR", help="writes DIR/passwords and DIR/acl")
+    broker.add_argument("--db", required=True, metavar="URL", help="HQ's database, as for serve")
+    broker.add_argument("--hq-user", default=registry.HQ_USER, help=f"HQ's broker user (default {registry.HQ_USER})")
+    broker.add_argument("--hq-password-file", required=True, type=Path, metavar="FILE",
+                        help="HQ's broker password; made (random, mode 0600) when the file does not exist")
+
+
+def _share_group(text: str) -> str:
+    if not text or any(c in text for c in "/+#") or len(text) > 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: a share group is 1-64 characters without / + #")
+    return text
+
+
+def store_commands(args: argparse.Namespace) -> int:
+    refused: tuple[type[Exception], ...] = (ValueError, OSError, registry.RegistryError, *db.database_errors())
+    try:
+        database = db.open_database(args.db)
+    except refused as exc:
+        print(f"posedge-hq: --db {db.masked_url(args.db)!r}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "store":
+            made = registry.add_store(database, args.tenant, args.store, args.name, args.lat, args.lng)
+            print(f"posedge-hq store add: {made.tenant}/{made.store} registered; its broker credentials (shown once,"
+                  " HQ keeps only a hash; run posedge-hq broker-config next):", file=sys.stderr)
+            print(f"username = \"{made.username}\"\npassword = \"{made.password}\"")
+            return 0
+        password, made_now = registry.hq_password(args.hq_password_file)
+        for path in registry.write_broker_config(database, args.out, args.hq_user, password):
+            print(f"posedge-hq broker-config: wrote {path}", file=sys.stderr)
+        if made_now:
+            print(f"posedge-hq broker-config: made HQ's broker password in {args.hq_password_file}", file=sys.stderr)
+        return 0
+    except refused as exc:
+        print(f"posedge-hq {args.command}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        database.close()
+
+
+def _mqtt_credentials(args: argparse.Namespace, url: str) -> tuple[str | None, str | None]:
+    parts = urlsplit(url)
+    password = parts.password
+    if args.mqtt_password_file is not None:
+        password = args.mqtt_password_file.read_text(encoding="utf-8").strip()
+    elif password is None:
+        password = os.environ.get("POSEDGE_HQ_MQTT_PASSWORD")
+    return parts.username, password
+
+
+def _http_api(args: argparse.Namespace) -> tuple[hq_http.Api, tuple[str, int]] | None:
+    if args.http is None:
+        return None
+    if args.config is None:
+        raise ValueError("--http needs --config hq.toml (tenant, signing, tiers; docs/hq-api.md)")
+    listen = hq_http.parse_listen(args.http)
+    token = hq_http.read_token(args.http_token_file)
+    return hq_http.Api(db.open_database(args.db), settings.load_config(args.config), token), listen
+
+
 def serve_forever(args: argparse.Namespace) -> int:
+    if args.mqtt is None and args.http is None:
+        print("posedge-hq serve: give --mqtt URL, --http HOST:PORT or both", file=sys.stderr)
+        return 2
+    refused_http: tuple[type[Exception], ...] = (ValueError, OSError, settings.ConfigError, keys.KeyFileError,
+                                                 *db.database_errors())
+    try:
+        http_api = _http_api(args)
+    except refused_http as exc:
+        print(f"posedge-hq serve: {exc}", file=sys.stderr)
+        return 2
+    if args.mqtt is None:
+        assert http_api is not None
+        hq_http.run_forever(*http_api)
+        return 0
     parts = urlsplit(args.mqtt)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         print(f"posedge-hq: --mqtt {args.mqtt!r}: expected mqtt://host:port", file=sys.stderr)
@@ -340,9 +442,14 @@ def serve_forever(args: argparse.Namespace) -> int:
         print(f"posedge-hq: {exc}", file=sys.stderr)
         database.close()
         return 2
+    if args.username is None:  # or the user in the URL, with --mqtt-password-file
+        username, password = _mqtt_credentials(args, args.mqtt)
+        if username:
+            client.username_pw_set(username, password)
     consumer = Consumer(database, lambda topic, payload: _publish(client, topic, payload))
     client.on_message = lambda c, u, message: consumer.on_message(message.topic, bytes(message.payload))
-    client.on_connect = lambda c, u, flags, rc, props: _subscribed(c, rc)
+    up = UP_SUBSCRIPTION if args.shared is None else f"$share/{args.shared}/{UP_SUBSCRIPTION}"
+    client.on_connect = lambda c, u, flags, rc, props: _subscribed(c, rc, up)
     client.reconnect_delay_set(1, 5)
     client.connect_async(parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883), 30)
 
@@ -357,8 +464,11 @@ def serve_forever(args: argparse.Namespace) -> int:
     publisher = threading.Thread(target=_publish_down_log, args=(args.db, client, stopping), name="down-publisher",
                                  daemon=True)
     publisher.start()
+    stop_http = hq_http.start_in_thread(*http_api) if http_api is not None else None
     client.loop_forever(retry_first_connection=True)
     stopping.set()
+    if stop_http is not None:
+        stop_http()
     log.info("event=hq_stopped counts=%s", consumer.summary())
     database.close()
     return 0
@@ -419,9 +529,9 @@ def _opt(path: Path | None) -> str | None:
     return str(path) if path is not None else None
 
 
-def _subscribed(client: mqtt.Client, reason_code: object) -> None:
-    log.info("event=hq_connected reason=%s", reason_code)
-    client.subscribe(UP_SUBSCRIPTION, qos=1)
+def _subscribed(client: mqtt.Client, reason_code: object, up: str = UP_SUBSCRIPTION) -> None:
+    log.info("event=hq_connected reason=%s subscription=%s", reason_code, up)
+    client.subscribe(up, qos=1)
 
 
 def _publish(client: mqtt.Client, topic: str, payload: bytes) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
+from posedge.hq import ledger
 from posedge.sync.encoding import dumps
 from posedge.sync.protocol import Batch, WireEvent
 
@@ -97,6 +98,85 @@ CREATE TABLE IF NOT EXISTS wire_counts (
 ){strict};
 """
 
+# The chain's tables (docs/hq-api.md): the store registry and broker users, what the stores' events say
+# (points, spend, stock, pickups collected, store keys: projected in hq/ledger.py as each event is applied
+# once), what the mini-program API records, and the down intents (hq/down_hook.py). {real}: a float column.
+CHAIN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS stores (
+    tenant TEXT NOT NULL, store_id TEXT NOT NULL, name TEXT, lat {real}, lng {real},
+    username TEXT NOT NULL UNIQUE, password_hash TEXT NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, store_id)
+){strict};
+CREATE TABLE IF NOT EXISTS store_keys (
+    tenant TEXT NOT NULL, store_id TEXT NOT NULL, kid TEXT NOT NULL, x TEXT NOT NULL, received_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, store_id, kid)
+){strict};
+CREATE TABLE IF NOT EXISTS members (
+    tenant TEXT NOT NULL, member_id TEXT NOT NULL, tier TEXT NOT NULL, marketing_consent {int} NOT NULL,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, member_id)
+){strict};
+CREATE TABLE IF NOT EXISTS member_stores (
+    tenant TEXT NOT NULL, member_id TEXT NOT NULL, store_id TEXT NOT NULL, first_seen_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, member_id, store_id)
+){strict};
+CREATE TABLE IF NOT EXISTS points_ledger (
+    tenant TEXT NOT NULL, entry_id TEXT NOT NULL, member_id TEXT NOT NULL, store_id TEXT, store_seq {int},
+    delta {int} NOT NULL, reason TEXT NOT NULL, ref TEXT, created_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, entry_id)
+){strict};
+CREATE INDEX IF NOT EXISTS points_ledger_member ON points_ledger (tenant, member_id);
+CREATE TABLE IF NOT EXISTS member_spend (
+    tenant TEXT NOT NULL, source TEXT NOT NULL, ref TEXT NOT NULL, member_id TEXT NOT NULL, store_id TEXT,
+    amount_fen {int} NOT NULL, at TEXT NOT NULL,
+    PRIMARY KEY (tenant, source, ref)
+){strict};
+CREATE INDEX IF NOT EXISTS member_spend_member ON member_spend (tenant, member_id, at);
+CREATE TABLE IF NOT EXISTS online_orders (
+    tenant TEXT NOT NULL, order_id TEXT NOT NULL, member_id TEXT NOT NULL, amount_fen {int} NOT NULL,
+    points_earned {int} NOT NULL, points_spent {int} NOT NULL, body_sha256 TEXT NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, order_id)
+){strict};
+CREATE TABLE IF NOT EXISTS coupons (
+    tenant TEXT NOT NULL, coupon_id TEXT NOT NULL, member_id TEXT NOT NULL, campaign TEXT NOT NULL,
+    benefit TEXT NOT NULL, min_fen {int} NOT NULL, stores TEXT, valid_from {int}, valid_until {int} NOT NULL,
+    issued_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, coupon_id)
+){strict};
+CREATE TABLE IF NOT EXISTS claims (
+    tenant TEXT NOT NULL, store_id TEXT NOT NULL, sale_id TEXT NOT NULL, member_id TEXT NOT NULL,
+    points {int} NOT NULL, amount_fen {int} NOT NULL, claimed_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, store_id, sale_id)
+){strict};
+CREATE TABLE IF NOT EXISTS claim_reversals (
+    tenant TEXT NOT NULL, store_id TEXT NOT NULL, sale_id TEXT NOT NULL, refund_id TEXT NOT NULL,
+    points {int} NOT NULL,
+    PRIMARY KEY (tenant, store_id, refund_id)
+){strict};
+CREATE TABLE IF NOT EXISTS stock_levels (
+    tenant TEXT NOT NULL, store_id TEXT NOT NULL, sku TEXT NOT NULL, on_hand {int} NOT NULL, as_of TEXT NOT NULL,
+    PRIMARY KEY (tenant, store_id, sku)
+){strict};
+CREATE TABLE IF NOT EXISTS pickups (
+    tenant TEXT NOT NULL, order_id TEXT NOT NULL, store_id TEXT NOT NULL, member_id TEXT, items TEXT NOT NULL,
+    phone_masked TEXT, body_sha256 TEXT NOT NULL, created_at TEXT NOT NULL, collected_at TEXT,
+    PRIMARY KEY (tenant, order_id)
+){strict};
+CREATE TABLE IF NOT EXISTS erasures (
+    tenant TEXT NOT NULL, erasure_id TEXT NOT NULL, requested_by TEXT NOT NULL, requested_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, erasure_id)
+){strict};
+CREATE TABLE IF NOT EXISTS erasure_acks (
+    tenant TEXT NOT NULL, erasure_id TEXT NOT NULL, store_id TEXT NOT NULL, acked_at TEXT,
+    PRIMARY KEY (tenant, erasure_id, store_id)
+){strict};
+CREATE TABLE IF NOT EXISTS down_queue (
+    tenant TEXT NOT NULL, scope TEXT NOT NULL, kind TEXT NOT NULL, version {int} NOT NULL,
+    records TEXT NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, scope, kind, version)
+){strict};
+"""
+
 SALE_TOTALS = ("gross_fen", "discount_fen", "total_fen", "paid_fen")
 POSTGRES_INSTALL_HINT = "PostgreSQL needs psycopg 3: pip install 'posedge[hq]'"
 
@@ -125,8 +205,10 @@ class Database:
     """What the up path needs of a database. SQL is written once with `?` placeholders; a dialect says the rest."""
 
     integer_type = "INTEGER"
+    real_type = "REAL"
     table_suffix = ""
     lock_row = ""  # appended to the SELECT of the stream position inside a batch
+    schema_lock = ""  # run first in the schema's transaction: workers starting together create it one at a time
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> Result:
         raise NotImplementedError
@@ -141,7 +223,10 @@ class Database:
 
     def create_schema(self) -> None:
         with self.transaction():
-            for statement in SCHEMA.format(int=self.integer_type, strict=self.table_suffix).split(";"):
+            if self.schema_lock:
+                self.execute(self.schema_lock)
+            for statement in (SCHEMA + CHAIN_SCHEMA).format(int=self.integer_type, strict=self.table_suffix,
+                                                             real=self.real_type).split(";"):
                 if statement.strip():
                     self.execute(statement)
 
@@ -176,7 +261,11 @@ class SqliteDatabase(Database):
 
 class PostgresDatabase(Database):
     integer_type = "BIGINT"
+    real_type = "DOUBLE PRECISION"
     lock_row = " FOR UPDATE"
+    # Concurrent CREATE TABLE IF NOT EXISTS races in PostgreSQL (a unique violation in pg_type): a transaction-scoped
+    # advisory lock (any constant of ours) makes the workers of a scaled-out HQ create the schema one after another.
+    schema_lock = "SELECT pg_advisory_xact_lock(7011001)"
 
     def __init__(self, url: str) -> None:
         try:
@@ -319,6 +408,7 @@ def _apply_event(database: Database, batch: Batch, event: WireEvent, now: str) -
                              (batch.tenant, batch.store, event.event_id)).rowcount
     if fresh == 0:
         return False, True
+    ledger.project(database, batch.tenant, batch.store, event)  # the chain's tables (points, stock, ...)
     if event.kind != "sale":
         return True, True  # kept in `events`; other kinds get their tables with the issues that need them
     row = _sale_row(event.payload)

@@ -50,24 +50,31 @@ def topic_of(tenant: str, store: str | None, kind: str) -> str:
 def write_document(database: db.Database, tenant: str, store: str | None, kind: str,
                    records: Sequence[dict[str, Any]]) -> int:
     """Store the next version of (tenant, scope, kind) with these records, unpublished; returns the version."""
-    _check(tenant, store, kind, records)
     for _ in range(VERSION_RETRIES):
         with database.transaction():
-            row = database.execute("SELECT max(version) FROM down_documents"
-                                   " WHERE tenant = ? AND store = ? AND kind = ?", (tenant, store or "", kind)).one()
-            version = int(row[0]) + 1 if row and row[0] is not None else 1
-            doc = Records(str(uuid7()), tenant, store, kind, version, tuple(records))
-            payload = build_records(doc)
-            if len(payload) > MAX_RECORDS_BYTES:
-                raise DocumentRefused(f"the document is {len(payload)} bytes; stores take at most {MAX_RECORDS_BYTES}"
-                                      " (split the records over several pushes)")
-            inserted = database.execute(
-                "INSERT INTO down_documents (tenant, store, kind, version, msg_id, payload, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (tenant, store or "", kind, version, doc.msg_id, payload.decode(), _now())).rowcount
-        if inserted == 1:
+            version = insert_document(database, tenant, store, kind, records)
+        if version is not None:
             return version
     raise DocumentRefused(f"could not take a version for {kind} after {VERSION_RETRIES} tries (busy writers)")
+
+
+def insert_document(database: db.Database, tenant: str, store: str | None, kind: str,
+                    records: Sequence[dict[str, Any]]) -> int | None:
+    """In the caller's transaction: the next version's row, or None when another writer took that version."""
+    _check(tenant, store, kind, records)
+    row = database.execute("SELECT max(version) FROM down_documents"
+                           " WHERE tenant = ? AND store = ? AND kind = ?", (tenant, store or "", kind)).one()
+    version = int(row[0]) + 1 if row and row[0] is not None else 1
+    doc = Records(str(uuid7()), tenant, store, kind, version, tuple(records))
+    payload = build_records(doc)
+    if len(payload) > MAX_RECORDS_BYTES:
+        raise DocumentRefused(f"the document is {len(payload)} bytes; stores take at most {MAX_RECORDS_BYTES}"
+                              " (split the records over several pushes)")
+    inserted = database.execute(
+        "INSERT INTO down_documents (tenant, store, kind, version, msg_id, payload, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (tenant, store or "", kind, version, doc.msg_id, payload.decode(), _now())).rowcount
+    return version if inserted == 1 else None
 
 
 def push(database: db.Database, publish: Publish, tenant: str, store: str | None, kind: str,

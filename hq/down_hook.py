@@ -1,24 +1,42 @@
-"""The narrow hook other parts of HQ (the HTTP API) call to push records to stores.
+"""The one seam between what HQ's API decides and the down path that carries it to the stores.
 
-`push(database, tenant, store_or_None, kind, records) -> version` writes the next version of the
-document to HQ's down log (hq/down.py) and returns at once; it needs only the database. The running
-`posedge-hq serve` on the same database publishes it within a poll interval (about half a second), and a
-store that misses it gets it again when it tells HQ its versions on connect. Raises
-`hq.down.DocumentRefused` (a ValueError) for an unknown kind, bad ids, more than 10,000 records or more
-than 1 MiB on the wire. The records are not checked against their kind's fields here: the store does
-that and counts what it refuses in its down_ack (`counts.invalid`).
+`push` records the intent durably in `down_queue`, one row per (tenant, scope, kind) with the next
+version, inside the caller's transaction, so the answer of an API call and its push are committed
+together or not at all. The down publisher (hq/down.py) reads `down_queue` and sends each row on
+`posedge/v1/{tenant}/{store}/down/{kind}` (`scope` = the store id) or `.../all/down/{kind}` (`scope` =
+`all`), and resends newer versions than a store says it holds on connect.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from posedge.hq import db
-from posedge.hq.down import DocumentRefused, write_document
+from posedge.hq import down
+from posedge.hq.db import Database
+from posedge.sync.encoding import dumps
 
-__all__ = ["DocumentRefused", "push"]
+KINDS = ("members", "coupons", "revocations", "pickups", "erase", "stock")
+ALL_STORES = "all"
 
 
-def push(database: db.Database, tenant: str, store_or_None: str | None, kind: str,
-         records: Sequence[dict[str, Any]]) -> int:
-    return write_document(database, tenant, store_or_None, kind, records)
+def push(database: Database, tenant: str, store: str | None, kind: str, records: Sequence[dict[str, Any]]) -> int:
+    """Record `records` (each carrying `version` = the returned version) for `store` (None: every store of the
+    tenant, on `all/down/`) under `kind`; returns that version, strictly increasing per (tenant, scope, kind).
+
+    Call it inside `database.transaction()`: it writes `down_queue` (what the API decided, per version) and the
+    same records as the next document of HQ's down log (hq/down.py), which the running `posedge-hq serve`
+    publishes and resends to a store that says on connect it holds an older version."""
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {KINDS}")
+    scope = store or ALL_STORES
+    # Two HQ processes racing for one version: the primary key refuses the second, its transaction rolls back.
+    row = database.execute("SELECT max(version) FROM down_queue WHERE tenant = ? AND scope = ? AND kind = ?",
+                           (tenant, scope, kind)).one()
+    version = int(row[0]) + 1 if row and row[0] is not None else 1
+    stamped = [{**record, "version": version} for record in records]
+    database.execute("INSERT INTO down_queue VALUES (?, ?, ?, ?, ?, ?)",
+                     (tenant, scope, kind, version, dumps(stamped), datetime.now(timezone.utc).isoformat()))
+    if down.insert_document(database, tenant, store, kind, stamped) is None:
+        raise down.DocumentRefused(f"another writer took the next {kind} document version; try again")
+    return version
