@@ -11,10 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
-
 from posedge.sync.encoding import dumps_bytes
-from posedge.sync.protocol import ROOT, SCHEMA_VERSION, SEGMENT, ProtocolError, Topics
+
+# The envelope and field checks are the up path's own (one set of rules and messages for every message).
+from posedge.sync.protocol import (
+    ROOT,
+    SCHEMA_VERSION,
+    SEGMENT,
+    ProtocolError,
+    Topics,
+    _envelope,
+    _int,
+    _optional_str,
+    _str,
+)
 
 # Record kinds HQ sends in a `records` document; each record has the fields of a `posedge data import` line
 # of that kind (docs/till.md), and `erase` records are {"member_id", "version"}.
@@ -31,7 +41,6 @@ MAX_RECORDS_BYTES = 1_048_576  # a records document on the wire
 MAX_RECORDS = 10_000
 MAX_CONFIG_BYTES = 65_536  # a config or command JWS
 MAX_SMALL_BYTES = 4096  # versions, down_ack, confirm, confirm reply
-MAX_VERSION = 2**63 - 1
 
 
 # -- topics ----------------------------------------------------------------------------------------
@@ -243,42 +252,3 @@ def parse_confirm_reply(data: bytes, tenant: str, store: str) -> ConfirmReply:
         raise ProtocolError("bad_field", "accepted must be true or false")
     return ConfirmReply(_str(obj, "msg_id", 64), tenant, store, _str(obj, "reply_to", 64),
                         _str(obj, "request_no", 200), accepted, _optional_str(obj, "reason", 64))
-
-
-def _envelope(data: bytes, cap: int, kind: str, tenant: str, store: str | None) -> dict[str, Any]:
-    if len(data) > cap:
-        raise ProtocolError("too_large", f"{len(data)} bytes; a {kind} is at most {cap}")
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError("not_json", f"not JSON ({exc.msg} at byte {exc.pos})") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("bad_schema", f"expected a JSON object, found {type(obj).__name__}")
-    if obj.get("v") != SCHEMA_VERSION:
-        raise ProtocolError("bad_version", f"v is {str(obj.get('v'))[:20]!r}; this peer speaks {SCHEMA_VERSION}")
-    if obj.get("type") != kind:
-        raise ProtocolError("bad_schema", f"type is {str(obj.get('type'))[:20]!r}, expected {kind!r}")
-    if obj.get("tenant") != tenant:
-        raise ProtocolError("wrong_tenant", f"tenant {str(obj.get('tenant'))[:64]!r} on the topic of {tenant!r}")
-    if obj.get("store") != store:
-        raise ProtocolError("wrong_store", f"store {str(obj.get('store'))[:64]!r} on the topic of {store!r}")
-    return obj
-
-
-def _int(obj: dict[str, Any], key: str, minimum: int, where: str = "") -> int:
-    value = obj.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= MAX_VERSION:
-        name = f"{where}.{key}" if where else key
-        raise ProtocolError("bad_field", f"{name} {str(value)[:30]!r} is not an integer from {minimum} to 2^63-1")
-    return value
-
-
-def _str(obj: dict[str, Any], key: str, max_len: int) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not 0 < len(value) <= max_len:
-        raise ProtocolError("bad_field", f"{key} must be a string of 1 to {max_len} characters")
-    return value
-
-
-def _optional_str(obj: dict[str, Any], key: str, max_len: int) -> str | None:
-    return None if obj.get(key) is None else _str(obj, key, max_len)

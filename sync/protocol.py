@@ -262,7 +262,8 @@ def parse_batch(data: bytes, tenant: str, store: str) -> Batch:
                  _str(obj, "sent_at", 64), events, compression)
 
 
-def _envelope(data: bytes, cap: int, kind: str, tenant: str, store: str) -> dict[str, Any]:
+def _envelope(data: bytes, cap: int, kind: str, tenant: str, store: str | None) -> dict[str, Any]:
+    """The common envelope's checks; `store` None: a tenant-wide message, which carries no store."""
     if len(data) > cap:
         raise ProtocolError("too_large", f"{len(data)} bytes; a {kind} is at most {cap}")
     try:
