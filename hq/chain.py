@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from posedge.hq import down_hook
+from posedge.hq import down, down_hook
 from posedge.hq.db import Database
 from posedge.hq.settings import HqConfig
 from posedge.sync.codes import CodeRefused, CodeVerifier, Keyring, peek_claims
@@ -177,8 +177,7 @@ def issue_coupon(database: Database, config: HqConfig, minter: Any, member_id: s
                      (tenant, coupon_id, member_id, coupon["campaign"], dumps(benefit), coupon["min_spend_fen"],
                       None if stores is None else dumps(stores), coupon["valid_from"], coupon["valid_until"],
                       _iso(now_utc())))
-    record = {"coupon_id": coupon_id, "campaign": coupon["campaign"], "member_id": member_id,
-              "valid_until": coupon["valid_until"]}
+    record = {"coupon_id": coupon_id, "status": "issued", "campaign": coupon["campaign"]}  # agent: CouponRecord
     for scope in stores if stores is not None else [None]:
         down_hook.push(database, tenant, scope, "coupons", [record])
     return {"coupon_id": coupon_id, "member_id": member_id, "campaign": coupon["campaign"], **benefit,
@@ -308,7 +307,20 @@ def stock(database: Database, tenant: str, sku: str, near: tuple[float, float] |
     return {"sku": sku, "total_on_hand": sum(e["on_hand"] for e in stores), "stores": stores}
 
 
-def book_pickup(database: Database, tenant: str, order: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+PICKUP_CODE_TTL_S = 7 * 86400
+
+
+def book_pickup(database: Database, tenant: str, order: dict[str, Any], minter: Any = None) -> tuple[
+        bool, dict[str, Any]]:
+    """(created, answer); the answer carries `code`, the signed pickup code (k=p) the mini-program shows and the
+    store verifies at collection (null when HQ has no [signing] key). The same order id again: the same order
+    (a fresh code) if the body is the same, else 409."""
+    created, answer = _book_pickup(database, tenant, order)
+    code = minter.pickup(order["order_id"], order["store_id"], ttl_s=PICKUP_CODE_TTL_S) if minter else None
+    return created, {**answer, "code": code}
+
+
+def _book_pickup(database: Database, tenant: str, order: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     digest = body_hash(order)
     held = database.execute("SELECT body_sha256 FROM pickups WHERE tenant = ? AND order_id = ?",
                             (tenant, order["order_id"])).one()
@@ -344,44 +356,58 @@ def pickup(database: Database, tenant: str, order_id: str) -> dict[str, Any]:
 # -- erasure (PIPL) --------------------------------------------------------------------------------
 
 
-ERASED = "erased"
+ERASED = down.ERASED
 
 
 def erase(database: Database, tenant: str, member_id: str, requested_by: str) -> dict[str, Any]:
     """Purge the member at HQ, record the erasure for every store that holds them, keep an audit row (who, when)
-    that says nothing of the member. Sales stay for the books, their member id replaced."""
+    that says nothing of the member. The books stay under a pseudonym (`erased:<erasure_id>`), as at the store:
+    points entries, spend, orders, claims, coupons and pickups keep their amounts, lose the member id, and the
+    pickups their masked phone; raw events have the id replaced; HQ's down log loses the member's records
+    (hq/down.py `purge_member`). What is personal and nothing else (the member row, which stores hold them)
+    is deleted."""
     if not known(database, tenant, member_id):
         raise ChainError(404, "unknown_member", f"no member {member_id!r} at HQ", member_id=member_id)
     erasure_id = str(uuid.uuid4())
     stores = member_stores(database, tenant, member_id)
     placeholder = f"{ERASED}:{erasure_id}"
-    for table in ("members", "member_stores", "points_ledger", "member_spend"):
+    phones = [str(r[0]) for r in database.execute("SELECT DISTINCT phone_masked FROM pickups WHERE tenant = ? AND"
+                                                  " member_id = ? AND phone_masked IS NOT NULL",
+                                                  (tenant, member_id)).rows]
+    for table in ("members", "member_stores"):
         database.execute(f"DELETE FROM {table} WHERE tenant = ? AND member_id = ?", (tenant, member_id))
-    for table in ("online_orders", "coupons", "claims", "pickups"):
+    for table in ("points_ledger", "member_spend", "online_orders", "coupons", "claims", "pickups"):
         database.execute(f"UPDATE {table} SET member_id = ? WHERE tenant = ? AND member_id = ?",
                          (placeholder, tenant, member_id))
-    _scrub_events(database, tenant, member_id, placeholder)
+    # The idempotency hashes covered the member id (and phone): a retry of such a body is a conflict from now on.
+    for table in ("online_orders", "pickups"):
+        database.execute(f"UPDATE {table} SET body_sha256 = ? WHERE tenant = ? AND member_id = ?",
+                         (ERASED, tenant, placeholder))
+    database.execute("UPDATE pickups SET phone_masked = NULL WHERE tenant = ? AND member_id = ?",
+                     (tenant, placeholder))
+    _scrub_events(database, tenant, member_id, placeholder, phones)
+    down.purge_member(database, tenant, member_id)
     now = _iso(now_utc())
     database.execute("INSERT INTO erasures VALUES (?, ?, ?, ?)", (tenant, erasure_id, requested_by, now))
     for store in stores:
         database.execute("INSERT INTO erasure_acks VALUES (?, ?, ?, ?)", (tenant, erasure_id, store, None))
-        down_hook.push(database, tenant, store, "erase", [{"member_id": member_id, "erasure_id": erasure_id}])
+        down_hook.push(database, tenant, store, "erase", [{"member_id": member_id, "erasure_id": erasure_id}],
+                       private=("erasure_id",))
     return {"erasure_id": erasure_id, "requested_by": requested_by, "requested_at": now, "stores": stores,
             "pending": len(stores)}
 
 
-def _scrub_events(database: Database, tenant: str, member_id: str, placeholder: str) -> None:
-    """The raw events HQ keeps: the member id goes from the payload (and from the key of points events)."""
-    pattern = f'%"member_id":{dumps(member_id)}%'
-    rows = database.execute("SELECT store_id, stream, seq, payload, key FROM events WHERE tenant = ? AND"
-                            " (payload LIKE ? OR key = ?)", (tenant, pattern, member_id)).rows
-    for store, stream, seq, payload, key in rows:
-        data = orjson.loads(payload)
-        if data.get("member_id") == member_id:
-            data["member_id"] = placeholder
-        database.execute("UPDATE events SET payload = ?, key = ? WHERE tenant = ? AND store_id = ? AND stream = ?"
-                         " AND seq = ?", (dumps(data), placeholder if key == member_id else key, tenant, store,
-                                          stream, seq))
+def _scrub_events(database: Database, tenant: str, member_id: str, placeholder: str, phones: list[str]) -> None:
+    """The raw events HQ keeps: the quoted member id becomes the pseudonym wherever it is in a payload (and in
+    the key of points events), the member's masked phones become ""."""
+    quoted = dumps(member_id)
+    database.execute("UPDATE events SET payload = replace(payload, ?, ?), key = CASE WHEN key = ? THEN ? ELSE key"
+                     " END WHERE tenant = ? AND (payload LIKE ? OR key = ?)",
+                     (quoted, dumps(placeholder), member_id, placeholder, tenant, f"%{quoted}%", member_id))
+    for phone in phones:
+        quoted_phone = dumps(phone)
+        database.execute("UPDATE events SET payload = replace(payload, ?, ?) WHERE tenant = ? AND payload LIKE ?",
+                         (quoted_phone, '""', tenant, f"%{quoted_phone}%"))
 
 
 def erasure(database: Database, tenant: str, erasure_id: str) -> dict[str, Any]:
@@ -397,14 +423,9 @@ def erasure(database: Database, tenant: str, erasure_id: str) -> dict[str, Any]:
 
 
 def erasure_acked(database: Database, tenant: str, store: str, erasure_id: str) -> bool:
-    """For the down path: the store acknowledged the erasure (its `down_ack` of an `erase` record). True the first
-    time; when the last store has acked, the member id leaves `down_queue` too."""
-    done = database.execute("UPDATE erasure_acks SET acked_at = ? WHERE tenant = ? AND erasure_id = ? AND"
-                            " store_id = ? AND acked_at IS NULL",
-                            (_iso(now_utc()), tenant, erasure_id, store)).rowcount == 1
-    if done and not database.execute("SELECT 1 FROM erasure_acks WHERE tenant = ? AND erasure_id = ? AND"
-                                     " acked_at IS NULL", (tenant, erasure_id)).one():
-        pattern = f'%"erasure_id":{dumps(erasure_id)}%'
-        database.execute("UPDATE down_queue SET records = ? WHERE tenant = ? AND kind = 'erase' AND records LIKE ?",
-                         (dumps([{"erasure_id": erasure_id, "member_id": ERASED}]), tenant, pattern))
-    return done
+    """The store acknowledged the erasure (the down path calls hq/down.py `erasure_document_acked` with its
+    `down_ack`; this is the same by erasure id). True the first time; the member id then leaves the store's
+    part of HQ's down log (`down_queue`, its erase documents)."""
+    rows = database.execute("SELECT version FROM down_queue WHERE tenant = ? AND scope = ? AND kind = 'erase' AND"
+                            " records LIKE ?", (tenant, store, f'%"erasure_id":{dumps(erasure_id)}%')).rows
+    return any(erasure_id in down.erasure_acked(database, tenant, store, int(version)) for (version,) in rows)

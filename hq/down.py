@@ -16,6 +16,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Callable, Sequence
 
+import orjson
+
 from posedge.hq import db
 from posedge.sync.down import (
     MAX_RECORDS,
@@ -156,9 +158,117 @@ class DownConsumer:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (tenant, store, ack.kind, ack.scope, ack.version, ack.result, ack.reason, ack.reply_to,
                  dumps(ack.counts) if ack.counts is not None else None, _now()))
+            if ack.kind == "erase" and ack.scope == "store" and ack.version is not None and ack.result in (
+                    "applied", "ignored") and not (ack.counts or {}).get("invalid"):
+                erasures = erasure_document_acked(self.database, tenant, store, ack.version)
+                if erasures:
+                    log.info("event=hq_erasure_acked tenant=%s store=%s erasures=%s", tenant, store,
+                             ",".join(erasures))
         if ack.result == "rejected":
             log.warning("event=hq_down_rejected_by_store tenant=%s store=%s kind=%s scope=%s reason=%s", tenant,
                         store, ack.kind, ack.scope, ack.reason)
+
+
+# -- erasure (PIPL): the down log keeps nothing of an erased member -------------------------------------
+
+ERASED = "erased"  # what an erase record's member id becomes in down_queue once its store has acknowledged it
+PERSONAL_FIELDS = ("member_id", "phone_masked", "phone_hash", "phone", "card_no")
+
+
+def _scrub(kind: str, record: dict[str, Any], quoted: str, member_id: str) -> dict[str, Any] | None:
+    """The record without the member; None when the record is the member (a `members` record) or names them
+    somewhere else than its own member fields."""
+    if record.get("member_id") == member_id:
+        if kind == "members":
+            return None
+        record = {k: v for k, v in record.items() if k not in PERSONAL_FIELDS}  # a pickup, a coupon: it stays
+    return None if quoted in dumps(record) else record
+
+
+def purge_member(database: db.Database, tenant: str, member_id: str) -> int:
+    """At erasure, in the caller's transaction: every document of the down log (`down_documents`) and every
+    intent (`down_queue`) naming the member is rewritten without them: their `members` records go, a pickup or
+    coupon record stays without its member id and masked phone. Versions and msg_ids stay, so the resend on a
+    store's `up/versions` works as before for everything else and can never bring the member back; a document
+    left with no records stays, empty. `erase` documents are apart: they carry the member to each store until
+    that store acknowledges (`erasure_document_acked`). Returns the rows rewritten."""
+    quoted = dumps(member_id)
+    pattern = f"%{quoted}%"
+    rewritten = 0
+    rows = database.execute("SELECT store, kind, version, payload FROM down_documents WHERE tenant = ? AND"
+                            " kind != 'erase' AND payload LIKE ?", (tenant, pattern)).rows
+    for store, kind, version, payload in rows:
+        doc = orjson.loads(payload)
+        records = [r for r in (_scrub(str(kind), rec, quoted, member_id) for rec in doc.get("records", []))
+                   if r is not None]
+        doc.update(records=records, count=len(records))
+        database.execute("UPDATE down_documents SET payload = ? WHERE tenant = ? AND store = ? AND kind = ? AND"
+                         " version = ?", (dumps(doc), tenant, store, kind, version))
+        rewritten += 1
+    rows = database.execute("SELECT scope, kind, version, records FROM down_queue WHERE tenant = ? AND"
+                            " kind != 'erase' AND records LIKE ?", (tenant, pattern)).rows
+    for scope, kind, version, held in rows:
+        kept = [r for r in (_scrub(str(kind), rec, quoted, member_id) for rec in orjson.loads(held)) if r is not None]
+        database.execute("UPDATE down_queue SET records = ? WHERE tenant = ? AND scope = ? AND kind = ? AND"
+                         " version = ?", (dumps(kept), tenant, scope, kind, version))
+        rewritten += 1
+    return rewritten
+
+
+def erasure_document_acked(database: db.Database, tenant: str, store: str, version: int) -> list[str]:
+    """The store's `down_ack` of its `erase` document `version` (applied, or held already): each erasure in it
+    is acknowledged for that store. Returns the erasure ids acknowledged now (not before)."""
+    row = database.execute("SELECT payload FROM down_documents WHERE tenant = ? AND store = ? AND kind = 'erase'"
+                           " AND version = ?", (tenant, store, version)).one()
+    if row is None:
+        return []
+    records = orjson.loads(row[0]).get("records", [])
+    acked: list[str] = []
+    for record in records if isinstance(records, list) else []:
+        queued = record.get("version") if isinstance(record, dict) else None
+        if isinstance(queued, int):
+            acked += erasure_acked(database, tenant, store, queued)
+    return acked
+
+
+def erasure_acked(database: db.Database, tenant: str, store: str, queued_version: int) -> list[str]:
+    """The erasures of `down_queue`'s (store, erase, `queued_version`) row acknowledged by the store: recorded in
+    `erasure_acks` (once), and the member id leaves HQ's down log for that store (the row's records say `erased`,
+    the store's erase documents lose the record). An erase pushed by hand (`posedge-hq push erase`, no erasure
+    id) is not HQ's to purge and stays as written."""
+    row = database.execute("SELECT records FROM down_queue WHERE tenant = ? AND scope = ? AND kind = 'erase' AND"
+                           " version = ?", (tenant, store, queued_version)).one()
+    if row is None:
+        return []
+    queued = orjson.loads(row[0])
+    acked: list[str] = []
+    members = set()
+    for record in queued:
+        erasure_id, member = record.get("erasure_id"), record.get("member_id")
+        if not isinstance(erasure_id, str) or not isinstance(member, str):
+            continue
+        if database.execute("UPDATE erasure_acks SET acked_at = ? WHERE tenant = ? AND erasure_id = ? AND"
+                            " store_id = ? AND acked_at IS NULL", (_now(), tenant, erasure_id, store)).rowcount == 1:
+            acked.append(erasure_id)
+        if member != ERASED:
+            members.add(member)
+    if not members:
+        return acked
+    database.execute("UPDATE down_queue SET records = ? WHERE tenant = ? AND scope = ? AND kind = 'erase' AND"
+                     " version = ?", (dumps([{**r, "member_id": ERASED} if r.get("erasure_id") else r for r in queued]),
+                                      tenant, store, queued_version))
+    for member in members:
+        quoted = dumps(member)
+        for version, payload in database.execute(
+                "SELECT version, payload FROM down_documents WHERE tenant = ? AND store = ? AND kind = 'erase' AND"
+                " payload LIKE ?", (tenant, store, f"%{quoted}%")).rows:
+            doc = orjson.loads(payload)
+            records = [r for r in doc.get("records", []) if not (r.get("member_id") == member
+                                                                 and r.get("version") == queued_version)]
+            doc.update(records=records, count=len(records))
+            database.execute("UPDATE down_documents SET payload = ? WHERE tenant = ? AND store = ? AND kind = 'erase'"
+                             " AND version = ?", (dumps(doc), tenant, store, version))
+    return acked
 
 
 def _now() -> str:

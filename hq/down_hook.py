@@ -20,9 +20,11 @@ KINDS = ("members", "coupons", "revocations", "pickups", "erase", "stock")
 ALL_STORES = "all"
 
 
-def push(database: Database, tenant: str, store: str | None, kind: str, records: Sequence[dict[str, Any]]) -> int:
+def push(database: Database, tenant: str, store: str | None, kind: str, records: Sequence[dict[str, Any]],
+         private: Sequence[str] = ()) -> int:
     """Record `records` (each carrying `version` = the returned version) for `store` (None: every store of the
     tenant, on `all/down/`) under `kind`; returns that version, strictly increasing per (tenant, scope, kind).
+    `private`: fields HQ keeps in `down_queue` for itself (an erasure's id) but does not send to the stores.
 
     Call it inside `database.transaction()`: it writes `down_queue` (what the API decided, per version) and the
     same records as the next document of HQ's down log (hq/down.py), which the running `posedge-hq serve`
@@ -37,6 +39,7 @@ def push(database: Database, tenant: str, store: str | None, kind: str, records:
     stamped = [{**record, "version": version} for record in records]
     database.execute("INSERT INTO down_queue VALUES (?, ?, ?, ?, ?, ?)",
                      (tenant, scope, kind, version, dumps(stamped), datetime.now(timezone.utc).isoformat()))
-    if down.insert_document(database, tenant, store, kind, stamped) is None:
+    sent = [{k: v for k, v in record.items() if k not in private} for record in stamped]
+    if down.insert_document(database, tenant, store, kind, sent) is None:
         raise down.DocumentRefused(f"another writer took the next {kind} document version; try again")
     return version

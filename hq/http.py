@@ -173,7 +173,7 @@ def create_app(api: Api) -> FastAPI:
     @app.post("/v1/pickups", status_code=201, summary="book a pickup order at a store")
     async def book_pickup(body: PickupIn) -> JSONResponse:
         order = body.model_dump()
-        created, answer = api.run(lambda: chain.book_pickup(api.database, tenant, order))
+        created, answer = api.run(lambda: chain.book_pickup(api.database, tenant, order, api.minter))
         return JSONResponse(answer, status_code=201 if created else 200)
 
     @app.get("/v1/pickups/{order_id}", summary="a pickup order; collected once the store reports it")
