@@ -9,6 +9,7 @@ Times are printed (pytest -s), never asserted: the issue's "within 2 s" is measu
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from conftest import AgentProcess, free_port, sale_body
 from posedge.sync.codes import CodeMinter, b64url_decode, b64url_encode
 from posedge.sync.down import Versions, build_versions
+from posedge.sync.encoding import dumps
 from posedge.sync.protocol import Topics
 from tests.sync.conftest import Broker, HqProcess, sync_config, wait_for
 
@@ -417,3 +419,84 @@ def test_an_erasure_reaches_every_store_holding_the_member_is_acknowledged_and_l
     resent = resent_to(chain, "store-1", other)
     assert resent and not [p for p in resent if member.encode() in p or b"139****0077" in p]
     assert any(pickup_id.encode() in p for p in resent)  # the order is still there, without who booked it
+
+
+# -- erasure and HQ's down log, on both databases (no broker: the resend and the ack through DownConsumer) ----------
+
+
+@pytest.mark.parametrize("hq_db", ["sqlite", "postgresql"], indirect=True)
+def test_an_erasure_purges_hqs_down_log_and_keeps_the_books_while_the_resend_goes_on_for_others(
+        tmp_path: Path, hq_db: str | None) -> None:
+    from collections import Counter
+
+    from posedge.hq import chain as hq_chain, db, down_hook
+    from posedge.hq.down import DownConsumer
+    from posedge.hq.settings import HqConfig
+    from posedge.sync.down import DownAck, build_down_ack
+
+    database = db.open_database(hq_db or f"sqlite:///{tmp_path / 'hq.db'}")
+    config = HqConfig(tenant="test")
+    gone, kept, phone = "M-gone.1", "M-kept_2", "139****0077"
+    try:
+        with database.transaction():
+            database.execute("INSERT INTO stores VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             ("test", "store-1", "s", None, None, "u1", "h", "t"))
+            for member in (gone, kept):
+                database.execute("INSERT INTO member_stores VALUES (?, ?, ?, ?)", ("test", member, "store-1", "t"))
+                hq_chain.add_points(database, "test", member, 50, "earn", "store-1/s", "store-1")
+                hq_chain.push_member(database, "test", member, "gold", True, ["store-1"])
+            hq_chain.online_order(database, config, {"order_id": "O-1", "member_id": gone, "amount_fen": 900,
+                                                     "points_earned": 9, "points_spent": 0})
+            for order, member in (("P-gone", gone), ("P-kept", kept)):
+                hq_chain.book_pickup(database, "test", {"order_id": order, "store_id": "store-1", "member_id": member,
+                                                        "items": [{"sku": "A", "name": None, "qty": 1}],
+                                                        "phone_masked": phone if member == gone else "138****0001"})
+            down_hook.push(database, "test", None, "coupons", [{"coupon_id": "C-1", "status": "issued",
+                                                                "member_id": gone}])  # an older record's shape
+            database.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
+                "test", "store-1", "st", 1, "e1", "sale", "s1", "t",
+                dumps({"sale_id": "s1", "member_id": gone, "member": {"id": gone}, "total_fen": 5}), "t"))
+        with database.transaction():
+            erasure = hq_chain.erase(database, "test", gone, "dpo-1")
+        pseudonym = f"erased:{erasure['erasure_id']}"
+
+        def everything() -> str:
+            tables = re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", db.SCHEMA + db.CHAIN_SCHEMA)
+            return "\n".join(repr(database.execute(f"SELECT * FROM {t}").rows) for t in tables)
+
+        held = everything()
+        # Until store-1 acknowledges, only its erase document (and down_queue's intent) names the member.
+        assert held.count(gone) == 2 and phone not in held
+        assert kept in held and "138****0001" in held
+        assert database.execute("SELECT sum(delta) FROM points_ledger WHERE member_id = ?", (pseudonym,)).rows == [
+            (59,)]  # the books stay
+        assert database.execute("SELECT member_id, phone_masked FROM pickups WHERE order_id = 'P-gone'").rows == [
+            (pseudonym, None)]
+
+        sent: list[tuple[str, bytes]] = []
+        consumer = DownConsumer(database, lambda topic, payload: sent.append((topic, payload)), Counter())
+        consumer.on_versions("test", "store-1", build_versions(Versions("v1", "test", "store-1", {})))
+        docs = [json.loads(p) for _, p in sent]
+        kinds = sorted((d["kind"], d["version"]) for d in docs)
+        assert kinds == [("coupons", 1), ("erase", 1), ("members", 1), ("members", 2), ("pickups", 1),
+                         ("pickups", 2)]  # every version is still there for the resend
+        by_kind = {(d["kind"], d["version"]): d["records"] for d in docs}
+        assert [r["member_id"] for r in by_kind[("members", 1)] + by_kind[("members", 2)]] == [kept]
+        assert by_kind[("pickups", 1)][0]["order_id"] == "P-gone" and "member_id" not in by_kind[("pickups", 1)][0]
+        assert "phone_masked" not in by_kind[("pickups", 1)][0] and by_kind[("pickups", 2)][0]["member_id"] == kept
+        assert by_kind[("coupons", 1)] == [{"coupon_id": "C-1", "status": "issued", "version": 1}]
+        assert by_kind[("erase", 1)] == [{"member_id": gone, "version": 1}]  # no erasure id on the wire
+        assert all(d["count"] == len(d["records"]) for d in docs)
+
+        ack = DownAck("a1", "test", "store-1", "erase", "store", 1, "applied", None, docs[0]["msg_id"],
+                      {"applied": 1, "ignored": 0, "invalid": 0})
+        consumer.on_down_ack("test", "store-1", build_down_ack(ack))
+        with database.transaction():
+            shown = hq_chain.erasure(database, "test", erasure["erasure_id"])
+        assert shown["pending"] == 0 and shown["requested_by"] == "dpo-1"
+        assert gone not in everything() and kept in everything()
+        sent.clear()
+        consumer.on_versions("test", "store-1", build_versions(Versions("v2", "test", "store-1", {})))
+        assert sent and not [p for _, p in sent if gone.encode() in p]
+    finally:
+        database.close()
