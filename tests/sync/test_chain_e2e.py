@@ -500,3 +500,20 @@ def test_an_erasure_purges_hqs_down_log_and_keeps_the_books_while_the_resend_goe
         assert sent and not [p for _, p in sent if gone.encode() in p]
     finally:
         database.close()
+
+
+def test_every_route_in_docs_hq_api_is_in_the_openapi_and_the_openapi_has_no_other(tmp_path: Path) -> None:
+    from posedge.hq import db, http as hq_http
+    from posedge.hq.settings import HqConfig
+
+    text = (Path(__file__).parents[2] / "docs" / "hq-api.md").read_text(encoding="utf-8")
+    documented = {(method.lower(), re.sub(r"\[.*\]$", "", path))
+                  for method, path in re.findall(r"^### `(GET|POST|PUT|PATCH|DELETE) ([^`]+)`$", text, re.M)}
+    database = db.open_database(f"sqlite:///{tmp_path / 'hq.db'}")
+    try:
+        spec = hq_http.create_app(hq_http.Api(database, HqConfig(tenant="test"), TOKEN)).openapi()
+    finally:
+        database.close()
+    served = {(method, path) for path, methods in spec["paths"].items() for method in methods}
+    assert documented == served
+    assert "/v1/openapi.json" in text and "POSEDGE_HQ_HTTP_TOKEN" in text and hq_http.TOKEN_ENV in text
