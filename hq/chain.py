@@ -119,15 +119,16 @@ def member(database: Database, config: HqConfig, member_id: str, create: bool = 
 
 
 def push_member(database: Database, tenant: str, member_id: str, tier: str, consent: bool, stores: list[str]) -> None:
-    """A member record per store (agent/till/hq_records.py MemberRecord): HQ's balance, and how far that store's
-    own points entries are in it, so the store adds only its entries HQ has not counted yet."""
+    """A member record per store (agent/till/hq_records.py MemberRecord): the tier, HQ's balance, and how far that
+    store's own points entries are in it, so the store adds only its entries HQ has not counted yet. `consent` is
+    HQ's view only (no API sets it yet), so it is not sent: the store keeps its own."""
     points = balance(database, tenant, member_id)
     for store in stores:
         through = _scalar(database, "SELECT coalesce(max(store_seq), 0) FROM points_ledger WHERE tenant = ? AND"
                           " member_id = ? AND store_id = ?", (tenant, member_id, store))
+        # No card, phone or consent: HQ does not hold them here, and a field left out keeps the store's.
         down_hook.push(database, tenant, store, "members", [
-            {"member_id": member_id, "tier": tier, "consent": consent, "points": points,
-             "points_through": int(through)}])
+            {"member_id": member_id, "tier": tier, "points": points, "points_through": int(through)}])
 
 
 def add_points(database: Database, tenant: str, member_id: str, delta: int, reason: str, ref: str,

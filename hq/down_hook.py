@@ -9,6 +9,7 @@ together or not at all. The down publisher (hq/down.py) reads `down_queue` and s
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -23,7 +24,8 @@ ALL_STORES = "all"
 def push(database: Database, tenant: str, store: str | None, kind: str, records: Sequence[dict[str, Any]],
          private: Sequence[str] = ()) -> int:
     """Record `records` (each carrying `version` = the returned version) for `store` (None: every store of the
-    tenant, on `all/down/`) under `kind`; returns that version, strictly increasing per (tenant, scope, kind).
+    tenant, on `all/down/`) under `kind`; returns that version (microseconds of HQ's clock), strictly increasing
+    per (tenant, scope, kind).
     `private`: fields HQ keeps in `down_queue` for itself (an erasure's id) but does not send to the stores.
 
     Call it inside `database.transaction()`: it writes `down_queue` (what the API decided, per version) and the
@@ -35,7 +37,10 @@ def push(database: Database, tenant: str, store: str | None, kind: str, records:
     # Two HQ processes racing for one version: the primary key refuses the second, its transaction rolls back.
     row = database.execute("SELECT max(version) FROM down_queue WHERE tenant = ? AND scope = ? AND kind = ?",
                            (tenant, scope, kind)).one()
-    version = int(row[0]) + 1 if row and row[0] is not None else 1
+    # HQ's clock in microseconds (as the verdicts', docs/protocol.md 8.6), never below the last one + 1: newer
+    # than the versions of an initial load (`posedge data import`, small numbers) and of any earlier push, so a
+    # store takes HQ's record, and an erasure's tombstone compares with later records by time.
+    version = max(int(row[0]) + 1 if row and row[0] is not None else 1, time.time_ns() // 1000)
     stamped = [{**record, "version": version} for record in records]
     database.execute("INSERT INTO down_queue VALUES (?, ?, ?, ?, ?, ?)",
                      (tenant, scope, kind, version, dumps(stamped), datetime.now(timezone.utc).isoformat()))

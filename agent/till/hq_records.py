@@ -154,13 +154,25 @@ def apply_member(conn: sqlite3.Connection, rec: MemberRecord, hasher: PhoneHashe
     erased = _stored_version(conn, "erased_members", "pseudonym", erased_pseudonym(conn, rec.member_id))
     if not newer(rec.version, erased):  # a replay of what the store had before the erasure
         return False
-    phone_hash, masked = rec.phone_hash, rec.phone_masked
+    phone_hash, masked, card_no, consent = rec.phone_hash, rec.phone_masked, rec.card_no, rec.consent
     if rec.phone is not None:
         phone_hash = phone_hash or hasher.hash(rec.phone)
         masked = masked or mask_phone(rec.phone)
-    if rec.card_no is not None:  # a card moved to another member: the newer record takes it
+    given = rec.model_fields_set
+    held = conn.execute("SELECT phone_hash, phone_masked, card_no, consent FROM members WHERE member_id = ?",
+                        (rec.member_id,)).fetchone()
+    if held is not None and not rec.deleted:  # a field left out keeps what the store has (HQ's tier pushes)
+        if not given & {"phone_hash", "phone"}:
+            phone_hash = held[0]
+        if not given & {"phone_masked", "phone"}:
+            masked = held[1]
+        if "card_no" not in given:
+            card_no = held[2]
+        if "consent" not in given:
+            consent = bool(held[3])
+    if card_no is not None:  # a card moved to another member: the newer record takes it
         conn.execute("UPDATE members SET card_no = NULL WHERE card_no = ? AND member_id != ?",
-                     (rec.card_no, rec.member_id))
+                     (card_no, rec.member_id))
     conn.execute(
         "INSERT INTO members (member_id, version, tier, card_no, phone_hash, phone_masked, consent, points_base,"
         " points_through, deleted, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -168,7 +180,7 @@ def apply_member(conn: sqlite3.Connection, rec: MemberRecord, hasher: PhoneHashe
         " phone_hash=excluded.phone_hash, phone_masked=excluded.phone_masked, consent=excluded.consent,"
         " points_base=excluded.points_base, points_through=excluded.points_through, deleted=excluded.deleted,"
         " updated_at=excluded.updated_at",
-        (rec.member_id, rec.version, rec.tier, rec.card_no, phone_hash, masked, int(rec.consent), rec.points,
+        (rec.member_id, rec.version, rec.tier, card_no, phone_hash, masked, int(consent), rec.points,
          rec.points_through, int(rec.deleted), _now()))
     return True
 

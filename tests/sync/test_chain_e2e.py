@@ -286,6 +286,13 @@ def test_a_coupon_issued_online_reaches_the_store_and_its_code_redeems_there_onc
 
 def test_an_online_order_changes_the_tier_and_the_store_that_knows_the_member_gets_it(chain: Chain) -> None:
     store, member = chain.stores["store-2"], new_member()
+    card = f"CARD-{member}"
+    load = store.agent.home / "members.jsonl"  # the store's initial load: card and consent, HQ's push has neither
+    load.write_text(json.dumps({"member_id": member, "version": 1, "tier": "basic", "card_no": card,
+                                "consent": True}) + "\n", encoding="utf-8")
+    imported = subprocess.run([sys.executable, "-m", "posedge", "data", "import", "members", str(load), "--config",
+                               str(store.agent.config)], capture_output=True, text=True, timeout=60)
+    assert imported.returncode == 0, imported.stderr
     store.sell(4000, member_code=chain.member_code(member))
     member_at_hq(chain, member, points_balance=40, stores=["store-2"])
     order = chain.api.post("/v1/orders", json={"order_id": new_order(), "member_id": member, "amount_fen": 7000,
@@ -293,10 +300,13 @@ def test_an_online_order_changes_the_tier_and_the_store_that_knows_the_member_ge
     assert order.status_code == 201, order.text
     assert (order.json()["tier"], order.json()["tier_changed"], order.json()["spend_fen"]) == ("silver", True, 11000)
     started = time.monotonic()
-    row = wait_for(lambda: store.sql("SELECT tier, points_base FROM members WHERE member_id = ?", member), 30,
+    row = wait_for(lambda: (r := store.sql("SELECT tier, points_base, card_no, consent FROM members WHERE"
+                                           " member_id = ?", member)) and r[0][0] == "silver" and r, 30,
                    "the tier change at the store")
     print(f"\n[e2e] tier change to the store: {time.monotonic() - started:.3f} s")
-    assert row == [("silver", 110)]
+    assert row == [("silver", 110, card, 1)]  # the card and consent the store had stay
+    by_card = store.get("/v1/members/lookup", code=card).json()
+    assert (by_card["found_by"], by_card["tier"], by_card["points_balance"]) == ("card_no", "silver", 110)
     assert not chain.stores["store-1"].sql("SELECT 1 FROM members WHERE member_id = ?", member)  # not its member
     found = store.get("/v1/members/lookup", code=chain.api.post(f"/v1/members/{member}/code").json()["code"]).json()
     assert (found["tier"], found["known"], found["points_balance"], found["pending_points"]) == ("silver", True,
@@ -484,8 +494,10 @@ def test_an_erasure_purges_hqs_down_log_and_keeps_the_books_while_the_resend_goe
         assert [r["member_id"] for r in by_kind[("members", 1)] + by_kind[("members", 2)]] == [kept]
         assert by_kind[("pickups", 1)][0]["order_id"] == "P-gone" and "member_id" not in by_kind[("pickups", 1)][0]
         assert "phone_masked" not in by_kind[("pickups", 1)][0] and by_kind[("pickups", 2)][0]["member_id"] == kept
-        assert by_kind[("coupons", 1)] == [{"coupon_id": "C-1", "status": "issued", "version": 1}]
-        assert by_kind[("erase", 1)] == [{"member_id": gone, "version": 1}]  # no erasure id on the wire
+        unversioned = {k: [{f: v for f, v in r.items() if f != "version"} for r in records]
+                       for k, records in by_kind.items()}
+        assert unversioned[("coupons", 1)] == [{"coupon_id": "C-1", "status": "issued"}]
+        assert unversioned[("erase", 1)] == [{"member_id": gone}]  # no erasure id on the wire
         assert all(d["count"] == len(d["records"]) for d in docs)
 
         ack = DownAck("a1", "test", "store-1", "erase", "store", 1, "applied", None, docs[0]["msg_id"],
