@@ -38,6 +38,22 @@ Fen = Annotated[StrictInt, Field(ge=0, le=2**53)]
 MemberId = Annotated[str, PathParam(pattern=ID, description="the member's id (the same online and in stores)")]
 
 
+class ErrorOut(BaseModel):
+    """Every error's shape (docs/hq-api.md "Errors"): details beside code and message, by code."""
+    model_config = ConfigDict(extra="allow")
+
+    code: str = Field(description="for machines: unauthorized, invalid_input, unknown_member, already_claimed...")
+    message: str = Field(description="for people")
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI responses of a route's errors (401 and 422 on every route)."""
+    what = {401: "no or wrong bearer token", 404: "unknown (member, pickup, erasure)",
+            409: "conflict (same id, other body; claimed already; coupon id issued)",
+            422: "invalid input, or refused by a rule (its code says which)", 503: "HQ has no [signing] key"}
+    return {status: {"model": ErrorOut, "description": what[status]} for status in sorted({401, 422, *statuses})}
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -132,51 +148,60 @@ def create_app(api: Api) -> FastAPI:
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return await call_next(request)
 
-    @app.get("/v1/members/{member_id}", summary="tier, points balance, spend over the tier window, consent")
+    @app.get("/v1/members/{member_id}", responses=errors(404),
+             summary="tier, points balance, spend over the tier window, consent")
     async def get_member(member_id: MemberId) -> dict[str, Any]:
         return dict(api.run(lambda: chain.member(api.database, api.config, member_id).as_dict()))
 
-    @app.post("/v1/members/{member_id}/code", status_code=201, summary="a fresh signed member code (k=m)")
+    @app.post("/v1/members/{member_id}/code", responses=errors(503),
+              status_code=201, summary="a fresh signed member code (k=m)")
     async def member_code(member_id: MemberId) -> dict[str, Any]:
         minter = api.signing_minter()
         return dict(api.run(lambda: chain.member_code(api.database, api.config, minter, member_id)))
 
-    @app.post("/v1/members/{member_id}/coupons", status_code=201, summary="issue a coupon; returns its signed code")
+    @app.post("/v1/members/{member_id}/coupons", responses=errors(409, 503),
+              status_code=201, summary="issue a coupon; returns its signed code")
     async def issue_coupon(member_id: MemberId, body: CouponIn) -> dict[str, Any]:
         minter = api.signing_minter()
         return dict(api.run(lambda: chain.issue_coupon(api.database, api.config, minter, member_id, body.claims())))
 
-    @app.delete("/v1/members/{member_id}", status_code=202, summary="erase the member (PIPL), at HQ and in stores")
+    @app.delete("/v1/members/{member_id}", responses=errors(404),
+                status_code=202, summary="erase the member (PIPL), at HQ and in stores")
     async def erase_member(member_id: MemberId, x_requested_by: Annotated[str, Header(
             pattern=ID, description="who asks (operator id), kept in the audit row")]) -> dict[str, Any]:
         return dict(api.run(lambda: chain.erase(api.database, tenant, member_id, x_requested_by)))
 
-    @app.get("/v1/erasures/{erasure_id}", summary="an erasure's audit row and each store's acknowledgement")
+    @app.get("/v1/erasures/{erasure_id}", responses=errors(404),
+             summary="an erasure's audit row and each store's acknowledgement")
     async def get_erasure(erasure_id: Annotated[str, PathParam(pattern=ID)]) -> dict[str, Any]:
         return dict(api.run(lambda: chain.erasure(api.database, tenant, erasure_id)))
 
-    @app.post("/v1/orders", status_code=201, summary="an online order: spend and points, so tier counts both channels")
+    @app.post("/v1/orders", responses=errors(409),
+              status_code=201, summary="an online order: spend and points, so tier counts both channels")
     async def order(body: OrderIn) -> JSONResponse:
         created, answer = api.run(lambda: chain.online_order(api.database, api.config, body.model_dump()))
         return JSONResponse(answer, status_code=201 if created else 200)
 
-    @app.post("/v1/claims", status_code=201, summary="claim a receipt's points for a member, once")
+    @app.post("/v1/claims", responses=errors(409),
+              status_code=201, summary="claim a receipt's points for a member, once")
     async def claim(body: ClaimIn) -> dict[str, Any]:
         return dict(api.run(lambda: chain.claim(api.database, api.config, body.claim_code, body.member_id)))
 
-    @app.get("/v1/stock/{sku}", summary="on hand per store from the stores' stock events; ?near=LAT,LNG sorts")
+    @app.get("/v1/stock/{sku}", responses=errors(),
+             summary="on hand per store from the stores' stock events; ?near=LAT,LNG sorts")
     async def stock(sku: Annotated[str, PathParam(pattern=SKU)],
                     near: Annotated[str | None, Query(description="LAT,LNG in degrees")] = None) -> dict[str, Any]:
         point = _near(near)
         return dict(api.run(lambda: chain.stock(api.database, tenant, sku, point)))
 
-    @app.post("/v1/pickups", status_code=201, summary="book a pickup order at a store")
+    @app.post("/v1/pickups", responses=errors(409), status_code=201, summary="book a pickup order at a store")
     async def book_pickup(body: PickupIn) -> JSONResponse:
         order = body.model_dump()
         created, answer = api.run(lambda: chain.book_pickup(api.database, tenant, order, api.minter))
         return JSONResponse(answer, status_code=201 if created else 200)
 
-    @app.get("/v1/pickups/{order_id}", summary="a pickup order; collected once the store reports it")
+    @app.get("/v1/pickups/{order_id}", responses=errors(404),
+             summary="a pickup order; collected once the store reports it")
     async def get_pickup(order_id: Annotated[str, PathParam(pattern=ID)]) -> dict[str, Any]:
         return dict(api.run(lambda: chain.pickup(api.database, tenant, order_id)))
 

@@ -528,4 +528,9 @@ def test_every_route_in_docs_hq_api_is_in_the_openapi_and_the_openapi_has_no_oth
         database.close()
     served = {(method, path) for path, methods in spec["paths"].items() for method in methods}
     assert documented == served
+    for path, methods in spec["paths"].items():  # errors have their one shape in the description too
+        for method, operation in methods.items():
+            assert {"401", "422"} <= set(operation["responses"]), (method, path)
+            assert operation["responses"]["401"]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/ErrorOut"}
     assert "/v1/openapi.json" in text and "POSEDGE_HQ_HTTP_TOKEN" in text and hq_http.TOKEN_ENV in text
