@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from posedge.hq import down, down_hook
+from posedge.hq import down, down_hook, ledger
 from posedge.hq.db import Database
 from posedge.hq.settings import HqConfig
 from posedge.sync.codes import CodeRefused, CodeVerifier, Keyring, peek_claims
@@ -358,6 +358,7 @@ def pickup(database: Database, tenant: str, order_id: str) -> dict[str, Any]:
 
 
 ERASED = down.ERASED
+pseudonym = down.pseudonym
 
 
 def erase(database: Database, tenant: str, member_id: str, requested_by: str) -> dict[str, Any]:
@@ -371,22 +372,8 @@ def erase(database: Database, tenant: str, member_id: str, requested_by: str) ->
         raise ChainError(404, "unknown_member", f"no member {member_id!r} at HQ", member_id=member_id)
     erasure_id = str(uuid.uuid4())
     stores = member_stores(database, tenant, member_id)
-    placeholder = f"{ERASED}:{erasure_id}"
-    phones = [str(r[0]) for r in database.execute("SELECT DISTINCT phone_masked FROM pickups WHERE tenant = ? AND"
-                                                  " member_id = ? AND phone_masked IS NOT NULL",
-                                                  (tenant, member_id)).rows]
-    for table in ("members", "member_stores"):
-        database.execute(f"DELETE FROM {table} WHERE tenant = ? AND member_id = ?", (tenant, member_id))
-    for table in ("points_ledger", "member_spend", "online_orders", "coupons", "claims", "pickups"):
-        database.execute(f"UPDATE {table} SET member_id = ? WHERE tenant = ? AND member_id = ?",
-                         (placeholder, tenant, member_id))
-    # The idempotency hashes covered the member id (and phone): a retry of such a body is a conflict from now on.
-    for table in ("online_orders", "pickups"):
-        database.execute(f"UPDATE {table} SET body_sha256 = ? WHERE tenant = ? AND member_id = ?",
-                         (ERASED, tenant, placeholder))
-    database.execute("UPDATE pickups SET phone_masked = NULL WHERE tenant = ? AND member_id = ?",
-                     (tenant, placeholder))
-    _scrub_events(database, tenant, member_id, placeholder, phones)
+    placeholder = pseudonym(erasure_id)
+    ledger.forget_member(database, tenant, member_id, placeholder)
     down.purge_member(database, tenant, member_id)
     now = _iso(now_utc())
     database.execute("INSERT INTO erasures VALUES (?, ?, ?, ?)", (tenant, erasure_id, requested_by, now))
@@ -396,19 +383,6 @@ def erase(database: Database, tenant: str, member_id: str, requested_by: str) ->
                        private=("erasure_id",))
     return {"erasure_id": erasure_id, "requested_by": requested_by, "requested_at": now, "stores": stores,
             "pending": len(stores)}
-
-
-def _scrub_events(database: Database, tenant: str, member_id: str, placeholder: str, phones: list[str]) -> None:
-    """The raw events HQ keeps: the quoted member id becomes the pseudonym wherever it is in a payload (and in
-    the key of points events), the member's masked phones become ""."""
-    quoted = dumps(member_id)
-    database.execute("UPDATE events SET payload = replace(payload, ?, ?), key = CASE WHEN key = ? THEN ? ELSE key"
-                     " END WHERE tenant = ? AND (payload LIKE ? OR key = ?)",
-                     (quoted, dumps(placeholder), member_id, placeholder, tenant, f"%{quoted}%", member_id))
-    for phone in phones:
-        quoted_phone = dumps(phone)
-        database.execute("UPDATE events SET payload = replace(payload, ?, ?) WHERE tenant = ? AND payload LIKE ?",
-                         (quoted_phone, '""', tenant, f"%{quoted_phone}%"))
 
 
 def erasure(database: Database, tenant: str, erasure_id: str) -> dict[str, Any]:

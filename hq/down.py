@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import orjson
 
-from posedge.hq import db
+from posedge.hq import db, ledger
 from posedge.sync.down import (
     MAX_RECORDS,
     MAX_RECORDS_BYTES,
@@ -172,6 +172,11 @@ class DownConsumer:
 # -- erasure (PIPL): the down log keeps nothing of an erased member -------------------------------------
 
 ERASED = "erased"  # what an erase record's member id becomes in down_queue once its store has acknowledged it
+
+
+def pseudonym(erasure_id: str) -> str:
+    """What HQ's books say instead of an erased member's id."""
+    return f"{ERASED}:{erasure_id}"
 PERSONAL_FIELDS = ("member_id", "phone_masked", "phone_hash", "phone", "card_no")
 
 
@@ -254,6 +259,9 @@ def erasure_acked(database: db.Database, tenant: str, store: str, queued_version
             members.add(member)
     if not members:
         return acked
+    for record in queued:  # what the store sent before it erased them, received since HQ did
+        if record.get("member_id") in members and isinstance(record.get("erasure_id"), str):
+            ledger.forget_member(database, tenant, record["member_id"], pseudonym(record["erasure_id"]))
     database.execute("UPDATE down_queue SET records = ? WHERE tenant = ? AND scope = ? AND kind = 'erase' AND"
                      " version = ?", (dumps([{**r, "member_id": ERASED} if r.get("erasure_id") else r for r in queued]),
                                       tenant, store, queued_version))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from posedge.sync.encoding import dumps
 from posedge.sync.protocol import WireEvent
 
 if TYPE_CHECKING:
@@ -128,3 +129,39 @@ def _store_key(database: Database, tenant: str, store: str, jwk: Any, at: str) -
     if isinstance(kid, str) and 0 < len(kid) <= 64 and isinstance(x, str) and B64URL_KEY.match(x):
         database.execute("INSERT INTO store_keys VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                          (tenant, store, kid, x, at))
+
+
+# -- erasure (PIPL): keep the books, forget the member --------------------------------------------------------
+
+# Tables whose rows are the books: they stay with the member id replaced by the erasure's pseudonym.
+BOOK_TABLES = ("points_ledger", "member_spend", "online_orders", "coupons", "claims", "pickups")
+ERASED_HASH = "erased"
+
+
+def forget_member(database: Database, tenant: str, member_id: str, pseudonym: str) -> None:
+    """In the caller's transaction: the member row and the stores that hold them are deleted; the books keep
+    their amounts under `pseudonym`; pickups lose their masked phone; the idempotency hashes of orders and
+    pickups (which covered the member) become `erased`, so a retry of such a body is a conflict from then on;
+    raw events have the quoted member id replaced wherever it is (and in the key of points events) and the
+    member's masked phones blanked. Run at the erasure, and again when each store acknowledges it, for what
+    that store sent meanwhile (events already on their way when it erased the member)."""
+    phones = [str(r[0]) for r in database.execute("SELECT DISTINCT phone_masked FROM pickups WHERE tenant = ? AND"
+                                                  " member_id = ? AND phone_masked IS NOT NULL",
+                                                  (tenant, member_id)).rows]
+    for table in ("members", "member_stores"):
+        database.execute(f"DELETE FROM {table} WHERE tenant = ? AND member_id = ?", (tenant, member_id))
+    for table in BOOK_TABLES:
+        database.execute(f"UPDATE {table} SET member_id = ? WHERE tenant = ? AND member_id = ?",
+                         (pseudonym, tenant, member_id))
+    for table in ("online_orders", "pickups"):
+        database.execute(f"UPDATE {table} SET body_sha256 = ? WHERE tenant = ? AND member_id = ? AND body_sha256 != ?",
+                         (ERASED_HASH, tenant, pseudonym, ERASED_HASH))
+    database.execute("UPDATE pickups SET phone_masked = NULL WHERE tenant = ? AND member_id = ?", (tenant, pseudonym))
+    quoted = dumps(member_id)
+    database.execute("UPDATE events SET payload = replace(payload, ?, ?), key = CASE WHEN key = ? THEN ? ELSE key"
+                     " END WHERE tenant = ? AND (payload LIKE ? OR key = ?)",
+                     (quoted, dumps(pseudonym), member_id, pseudonym, tenant, f"%{quoted}%", member_id))
+    for phone in phones:
+        quoted_phone = dumps(phone)
+        database.execute("UPDATE events SET payload = replace(payload, ?, ?) WHERE tenant = ? AND payload LIKE ?",
+                         (quoted_phone, '""', tenant, f"%{quoted_phone}%"))

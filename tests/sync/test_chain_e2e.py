@@ -27,7 +27,7 @@ from conftest import AgentProcess, free_port, sale_body
 from posedge.sync.codes import CodeMinter, b64url_decode, b64url_encode
 from posedge.sync.down import Versions, build_versions
 from posedge.sync.encoding import dumps
-from posedge.sync.protocol import Topics
+from posedge.sync.protocol import Batch, Topics, WireEvent
 from tests.sync.conftest import Broker, HqProcess, sync_config, wait_for
 
 TOKEN = "e2e-t0ken-for-the-mini-program"
@@ -500,6 +500,15 @@ def test_an_erasure_purges_hqs_down_log_and_keeps_the_books_while_the_resend_goe
         assert unversioned[("erase", 1)] == [{"member_id": gone}]  # no erasure id on the wire
         assert all(d["count"] == len(d["records"]) for d in docs)
 
+        # Events store-1 sent before it erased the member arrive after HQ did: the store's ack forgets them too.
+        late = Batch("b-late", "test", "store-1", "st-late", 1, "2026-12-02T00:00:00+00:00", (
+            WireEvent(1, "e-late-1", "sale", "s-late", "2026-12-02T00:00:00+00:00",
+                      {"sale_id": "s-late", "member_id": gone, "total_fen": 700, "gross_fen": 700, "discount_fen": 0,
+                       "paid_fen": 700}),
+            WireEvent(2, "e-late-2", "points", gone, "2026-12-02T00:00:00+00:00",
+                      {"entry_id": "pe-late", "seq": 7, "member_id": gone, "delta": 7, "reason": "earn"})))
+        db.apply_batch(database, late)
+        assert gone in everything()
         ack = DownAck("a1", "test", "store-1", "erase", "store", 1, "applied", None, docs[0]["msg_id"],
                       {"applied": 1, "ignored": 0, "invalid": 0})
         consumer.on_down_ack("test", "store-1", build_down_ack(ack))
@@ -507,6 +516,8 @@ def test_an_erasure_purges_hqs_down_log_and_keeps_the_books_while_the_resend_goe
             shown = hq_chain.erasure(database, "test", erasure["erasure_id"])
         assert shown["pending"] == 0 and shown["requested_by"] == "dpo-1"
         assert gone not in everything() and kept in everything()
+        assert database.execute("SELECT sum(delta) FROM points_ledger WHERE member_id = ?", (pseudonym,)).rows == [
+            (66,)]  # the late entry counted, under the pseudonym
         sent.clear()
         consumer.on_versions("test", "store-1", build_versions(Versions("v2", "test", "store-1", {})))
         assert sent and not [p for _, p in sent if gone.encode() in p]
