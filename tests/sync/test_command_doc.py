@@ -147,3 +147,54 @@ def test_any_token_gives_a_command_or_a_refusal(token: Any) -> None:
         verify_command(token, KEYRING, "t", "s1", time.time())
     except DocumentRefused as exc:
         assert exc.reason
+
+
+@pytest.mark.parametrize("hq_db", ["sqlite", "postgresql"], indirect=True)
+def test_hq_issues_records_answers_and_reassembles_bundles_on_both_databases(hq_db: str | None,
+                                                                            tmp_path: Any) -> None:
+    """hq/commands.py on SQLite and on this machine's PostgreSQL: issue (the down log), the answers, a bundle
+    in parts reassembled and checked, the resend of what a connecting store has not answered."""
+    import base64
+    import gzip
+    import hashlib
+    from collections import Counter
+
+    from posedge.hq import commands, db, keys
+
+    database = db.open_database(hq_db or f"sqlite:///{tmp_path / 'hq.db'}")
+    try:
+        key_path, _minter = keys.write_key(tmp_path / "keys", "cmd-1")
+        cmd_id, version = commands.issue(database, key_path, "cmd-1", "t", "s1", "diagnostics", {"log_lines": 5})
+        other, version2 = commands.issue(database, key_path, "cmd-1", "t", None, "reload")
+        assert (version, version2) == (1, 1)  # one sequence per (tenant, scope)
+        with pytest.raises(commands.CommandError):
+            commands.issue(database, key_path, "cmd-1", "t", "s1", "resync", {"kinds": ["cats"]})
+        published: list[tuple[str, bytes]] = []
+        consumer = commands.CommandConsumer(database, lambda topic, payload: published.append((topic, payload)),
+                                            Counter())
+        database.execute("UPDATE down_documents SET published_at = created_at")
+        assert consumer.on_connect("t", "s1") == 2  # neither answered yet: both again, to the store's own topic
+        assert {topic for topic, _ in published} == {"posedge/v1/t/s1/down/command"}
+
+        packed = gzip.compress(json.dumps({"status": {"ok": True}, "logs": ["a"] * 50}).encode())
+        text = base64.b64encode(packed).decode()
+        digest = hashlib.sha256(packed).hexdigest()
+        halves = [text[: len(text) // 2], text[len(text) // 2:]]
+        for number, data in enumerate(reversed(halves)):  # parts may arrive in any order
+            part = DiagnosticsPart(f"p{number}", "t", "s1", cmd_id, "b-1", 1 - number, 2, digest, data)
+            consumer.on_diagnostics("t", "s1", build_diagnostics(part))
+            consumer.on_diagnostics("t", "s1", build_diagnostics(part))  # a duplicate delivery changes nothing
+        ack = CommandAck("a1", "t", "s1", cmd_id, "diagnostics", "ok", None, "sent", {"bundle_id": "b-1", "parts": 2})
+        consumer.on_command_ack("t", "s1", build_command_ack(ack))
+        consumer.on_command_ack("t", "s1", build_command_ack(ack))
+        shown = commands.command_status(database, cmd_id)
+        assert shown is not None and shown["cmd"] == "diagnostics" and shown["args"] == {"log_lines": 5}
+        assert [a["result"] for a in shown["acks"]] == ["ok"] and shown["acks"][0]["data"]["parts"] == 2
+        assert shown["bundles"] == [{"store": "s1", "bundle_id": "b-1", "parts": 2, "received": 2, "complete": True}]
+        assert commands.read_bundle(database, "t", "b-1") == {"status": {"ok": True}, "logs": ["a"] * 50}
+        published.clear()
+        assert consumer.on_connect("t", "s1") == 1  # the answered one is not sent again
+        assert peek_command(published[0][1].decode()) == (other, "reload")
+        assert commands.command_status(database, "nope") is None
+    finally:
+        database.close()
