@@ -30,7 +30,9 @@ from posedge.sync.down import MAX_DIAGNOSTICS_PART_CHARS, MAX_DIAGNOSTICS_PARTS
 from posedge.sync.encoding import dumps
 
 BUNDLE_VERSION = 1
-URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/:@\s\"']*):[^@/\s\"']*@", re.IGNORECASE)
+# user:password@ in a URL; linear in the text (a scheme starts after a non-scheme character and is short)
+URL_PASSWORD = re.compile(r"(?<![a-z0-9+.-])(?P<head>[a-z][a-z0-9+.-]{0,19}://[^/:@\s\"']{0,200}):[^@/\s\"']{0,200}@",
+                          re.IGNORECASE)
 MAX_CHARS = MAX_DIAGNOSTICS_PART_CHARS * MAX_DIAGNOSTICS_PARTS
 MASKED = "**********"  # how pydantic dumps a SecretStr
 

@@ -43,8 +43,9 @@ def start_parts(broker_factory: Any, hq_factory: Any, agent_factory: Any, tmp_pa
     return broker, hq_process, agent, key, line
 
 
-def command(hq_process: HqProcess, key: Path, verb: str, *extra: str) -> str:
-    done = hq("command", verb, "--db", hq_process.db_url, "--tenant", "test", "--store", "store-1", "--key", str(key),
+def command(hq_process: HqProcess, key: Path, verb: str, *extra: str, store: str | None = "store-1") -> str:
+    scope = ["--store", store] if store else []
+    done = hq("command", verb, "--db", hq_process.db_url, "--tenant", "test", *scope, "--key", str(key),
               "--kid", "cmd-1", *extra)
     assert done.returncode == 0, done.stderr
     return str(json.loads(done.stdout)["cmd_id"])
@@ -143,6 +144,10 @@ def test_replayed_expired_forged_misdirected_and_garbage_commands_are_refused(
     broker, hq_process, agent, key, line = start_parts(broker_factory, hq_factory, agent_factory, tmp_path)
     private = serialization.load_pem_private_key(key.read_bytes(), None)
     assert isinstance(private, Ed25519PrivateKey)
+
+    # a tenant-wide command (all/down/command) reaches this store too
+    wide = command(hq_process, key, "reload", store=None)
+    assert first_ack(hq_process, wide)["result"] == "ok"
 
     # replay: the very same signed command a second time (a broker redelivering, someone replaying the wire)
     cmd_id = command(hq_process, key, "resync")
