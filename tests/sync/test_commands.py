@@ -189,4 +189,12 @@ def test_replayed_expired_forged_misdirected_and_garbage_commands_are_refused(
     with agent.client() as client:
         assert client.post("/v1/sales", json=sale_body("after-garbage")).status_code in (200, 201)
     wait_for(lambda: "after-garbage" in hq_process.sale_ids(), 20, "the sale at HQ")
+
+    # the log of cmd_ids is durable: after a restart the same command is still refused
+    assert agent.stop() == 0
+    agent.start()
+    wait_for(lambda: status(agent)["sync"]["state"] == "connected", 20, "the agent connected again")
+    publish(broker, TOPIC, str(token).encode())
+    wait_for(lambda: len(acks(hq_process, cmd_id)) == 3, 20, "the replay after the restart answered")
+    assert acks(hq_process, cmd_id)[2]["reason"] == "replayed"
     assert agent.stop() == 0
