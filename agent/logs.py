@@ -6,6 +6,9 @@ parsing rules. Both formats pass every line through the same guard as the event 
 digits shaped like a payment code (agent/events.py) and a mainland mobile number are masked, whatever
 logged them (a library's message, an exception's text). A traceback stays on its event's line.
 
+The last RING_LINES lines (already masked, in the text format with the time) are also kept in memory
+(`RING`) for the diagnostics bundle HQ may ask for (agent/commands/).
+
 Choose with `posedge run --log-format text|json`, or POSEDGE_LOG_FORMAT (and POSEDGE_LOG_LEVEL) in
 the environment, e.g. a systemd drop-in's `Environment=`; the option wins.
 """
@@ -18,6 +21,8 @@ import logging
 import os
 import re
 import sys
+import threading
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,6 +35,7 @@ PHONE_RUN = re.compile(r"(?<!\d)(1[3-9]\d)(\d{4})(\d{4})(?!\d)")
 PAIR = re.compile(r"""(?<![\w.])([a-z_][a-z0-9_]*)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S+)""")
 FORMAT = "text"  # as set up; `posedge run` prints its banner for people in text only
 RESERVED = {"ts", "level", "logger", "message", "exc"}
+RING_LINES = 1000
 
 
 def mask_personal(text: str) -> str:
@@ -92,6 +98,39 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class RingHandler(logging.Handler):
+    """The last `capacity` log lines in memory, masked as on stderr (TextFormatter), for diagnostics."""
+
+    def __init__(self, capacity: int = RING_LINES) -> None:
+        super().__init__()
+        self.setFormatter(TextFormatter(with_time=True))
+        self._lines: deque[str] = deque(maxlen=capacity)
+        self._ring_lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # a broken record must not break logging
+            return
+        with self._ring_lock:
+            self._lines.append(line)
+
+    def lines(self, last: int) -> list[str]:
+        with self._ring_lock:
+            return list(self._lines)[-last:] if last > 0 else []
+
+
+RING = RingHandler()
+
+
+def ensure_ring() -> RingHandler:
+    """RING on the root logger (setup_logging puts it there; an agent run in-process gets it here)."""
+    root = logging.getLogger()
+    if RING not in root.handlers:
+        root.addHandler(RING)
+    return RING
+
+
 def choose(option: str | None, env_name: str, default: str, allowed: tuple[str, ...]) -> str:
     """The option if given, else the environment's value if allowed, else the default."""
     if option:
@@ -108,7 +147,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(with_time=not under_journal))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, RING]
     root.setLevel(level.upper())
     for noisy in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

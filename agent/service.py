@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from posedge import __version__
 from posedge.agent.activity import TillActivity
+from posedge.agent.commands.feature import Commands, wire as wire_commands
 from posedge.agent.config import Config
 from posedge.agent.errors import StorageError
 from posedge.agent.events import EventHub
@@ -45,6 +46,7 @@ class Agent:
         # HQ's last good pushed documents (on disk) run from the start, merged over the file.
         self.pushed_config = PushedConfig(config, config.model_dump() if file_raw is None else file_raw, source)
         config = self.pushed_config.effective_at_start(config)
+        self.config_path = source if file_raw is not None else None  # what reload (SIGHUP, HQ's command) reads
         self.config = config
         self._apply_lock = asyncio.Lock()
         self.started_at = datetime.now(timezone.utc)
@@ -68,8 +70,9 @@ class Agent:
         self.receipts = Receipts(config, self.writer.submit, self.reader)
         self.sync = HqSync(config, self.reader, self.writer)  # last: it starts once the others serve
         self.retention = Retention(config.retention, self.writer)
+        self.commands = Commands(config, self.writer)  # HQ's signed commands (agent/commands/)
         self.features: list[Feature] = [self.metrics, self.scanning, self.till, self.receipts, self.pushed_config,
-                                        self.sync, self.retention]
+                                        self.commands, self.sync, self.retention]
 
         self.scans = self.scanning.pipeline  # POST /v1/scans and payment-code claims go to it
         self.refunds = Refunds(self.writer, config.coupons.return_on_refund)
@@ -96,6 +99,7 @@ class Agent:
         self.sync.config_version = self.pushed_config.version
         self.sync.version_sources.append(self.pushed_config.versions)
         self.sync.till_busy = self.till_activity.busy  # the drain gives way to checkouts
+        wire_commands(self)  # HQ's commands: reload, resync, diagnostics, rotate_token, over down/command
         if self.receipts.signer is not None:
             self.till.claim_signer = self.receipts.signer.for_store(self.config.store.tenant, self.config.store.id)
         if self.config.mqtt.enabled:  # the till asks HQ over the link (HQ's verdicts come as records documents)

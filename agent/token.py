@@ -1,7 +1,9 @@
-"""The local API's bearer token: generated once into a file only the agent's user can read."""
+"""The local API's bearer token: generated once into a file only the agent's user can read, replaced by
+`rotate_token` (HQ's `rotate_token` command, agent/commands/)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -41,3 +43,30 @@ def _tighten(path: Path) -> None:
     if mode & 0o077:
         os.chmod(path, 0o600)
         log.warning("event=api_token_mode_fixed file=%s was=%o now=600", path, mode)
+
+
+def rotate_token(path: Path) -> str:
+    """A new token written over `path` (0600, written whole then renamed, synced); returns it. On an error the
+    file keeps the old token (the caller keeps using it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    temp = path.with_name(f".{path.name}.new")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(token + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o600)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    log.info("event=api_token_rotated file=%s fingerprint=%s", path, fingerprint(token))
+    return token
+
+
+def fingerprint(token: str) -> str:
+    """16 hex of the token's SHA-256: enough to tell two tokens apart, nothing to log in with."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()[:16]

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from posedge.hq import db, http as hq_http, keys, registry, settings, tail
+from posedge.hq import command_cli, db, http as hq_http, keys, registry, settings, tail
 from posedge.hq.consumer import Consumer
 from posedge.hq.down import DocumentRefused, Publisher, write_document
 from posedge.sync.codes import CodeMinter
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_push(sub)
     _add_tail(sub)
     _add_store(sub)
+    command_cli.add_parser(sub)  # posedge-hq command ... (hq/command_cli.py)
     args = parser.parse_args(argv)
     if args.command == "keygen":
         return keygen(args)
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return push(args)
     if args.command == "tail":
         return tail_wire(args)
+    if args.command == "command":
+        return command_cli.main(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     return serve_forever(args)
 

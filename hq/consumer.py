@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from posedge.hq import coupons, db
+from posedge.hq.commands import CommandConsumer
 from posedge.hq.down import DownConsumer
 from posedge.hq.verdicts import send_verdicts
 from posedge.sync.down import ConfirmReply, build_confirm_reply, down_topic, parse_confirm
@@ -30,6 +31,7 @@ class Consumer:
         self.publish = publish
         self.counts: Counter[str] = Counter()
         self.down = DownConsumer(database, publish, self.counts)
+        self.commands = CommandConsumer(database, publish, self.counts)
 
     def on_message(self, topic: str, payload: bytes) -> None:
         try:
@@ -38,8 +40,13 @@ class Consumer:
                 self._batch(tenant, store, payload)
             elif name == "hello":
                 self._hello(tenant, store, payload)
+                self.commands.on_connect(tenant, store)
             elif name == "versions":
                 self.down.on_versions(tenant, store, payload)
+            elif name == "command_ack":
+                self.commands.on_command_ack(tenant, store, payload)
+            elif name == "diagnostics":
+                self.commands.on_diagnostics(tenant, store, payload)
             elif name == "down_ack":
                 self.down.on_down_ack(tenant, store, payload)
             elif name == "confirm":

@@ -11,6 +11,8 @@ Tables (the same in both):
 - `sales`: one row per sale, unique on (tenant, store_id, sale_id), with the sale's totals;
 - `down_documents`, `down_acks`: the down log (hq/down.py): every records document HQ pushed, unique on
   (tenant, store ('' for tenant-wide), kind, version), and every answer the stores gave.
+- `command_acks`, `diagnostics_bundles`: the stores' answers to HQ's commands (kind `command` in the down
+  log) and the parts of the diagnostics bundles they uploaded (hq/commands.py).
 - `coupon_redemptions`, `coupon_confirmations`, `coupon_double_redemptions`: who holds each coupon, the
   answer given to each confirmation request, the double redemptions found (hq/coupons.py).
 - `wire_counts`: per stream, what its committed batches carried: `batches`, `events`, and of those `applied`
@@ -73,6 +75,17 @@ CREATE TABLE IF NOT EXISTS down_documents (
 CREATE TABLE IF NOT EXISTS down_acks (
     tenant TEXT NOT NULL, store TEXT NOT NULL, kind TEXT NOT NULL, scope TEXT NOT NULL, version {int},
     result TEXT NOT NULL, reason TEXT, reply_to TEXT, counts TEXT, at TEXT NOT NULL
+){strict};
+CREATE TABLE IF NOT EXISTS command_acks (
+    tenant TEXT NOT NULL, store TEXT NOT NULL, cmd_id TEXT, cmd TEXT, result TEXT NOT NULL, reason TEXT,
+    detail TEXT, data TEXT, msg_id TEXT NOT NULL, at TEXT NOT NULL,
+    PRIMARY KEY (tenant, store, msg_id)
+){strict};
+CREATE INDEX IF NOT EXISTS command_acks_cmd ON command_acks (cmd_id);
+CREATE TABLE IF NOT EXISTS diagnostics_bundles (
+    tenant TEXT NOT NULL, store TEXT NOT NULL, bundle_id TEXT NOT NULL, part {int} NOT NULL, parts {int} NOT NULL,
+    cmd_id TEXT NOT NULL, sha256 TEXT NOT NULL, data TEXT NOT NULL, received_at TEXT NOT NULL,
+    PRIMARY KEY (tenant, store, bundle_id, part)
 ){strict};
 CREATE TABLE IF NOT EXISTS coupon_redemptions (
     tenant TEXT NOT NULL, coupon_id TEXT NOT NULL, store_id TEXT NOT NULL,

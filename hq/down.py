@@ -64,19 +64,29 @@ def insert_document(database: db.Database, tenant: str, store: str | None, kind:
                     records: Sequence[dict[str, Any]]) -> int | None:
     """In the caller's transaction: the next version's row, or None when another writer took that version."""
     _check(tenant, store, kind, records)
-    row = database.execute("SELECT max(version) FROM down_documents"
-                           " WHERE tenant = ? AND store = ? AND kind = ?", (tenant, store or "", kind)).one()
-    version = int(row[0]) + 1 if row and row[0] is not None else 1
+    version = next_version(database, tenant, store, kind)
     doc = Records(str(uuid7()), tenant, store, kind, version, tuple(records))
     payload = build_records(doc)
     if len(payload) > MAX_RECORDS_BYTES:
         raise DocumentRefused(f"the document is {len(payload)} bytes; stores take at most {MAX_RECORDS_BYTES}"
                               " (split the records over several pushes)")
-    inserted = database.execute(
+    return version if insert_row(database, tenant, store, kind, version, doc.msg_id, payload.decode()) else None
+
+
+def next_version(database: db.Database, tenant: str, store: str | None, kind: str) -> int:
+    row = database.execute("SELECT max(version) FROM down_documents"
+                           " WHERE tenant = ? AND store = ? AND kind = ?", (tenant, store or "", kind)).one()
+    return int(row[0]) + 1 if row and row[0] is not None else 1
+
+
+def insert_row(database: db.Database, tenant: str, store: str | None, kind: str, version: int, msg_id: str,
+               payload: str) -> bool:
+    """In the caller's transaction: one unpublished row of the log (records, or a command's JWS: hq/commands.py);
+    False when another writer took that version."""
+    return database.execute(
         "INSERT INTO down_documents (tenant, store, kind, version, msg_id, payload, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (tenant, store or "", kind, version, doc.msg_id, payload.decode(), _now())).rowcount
-    return version if inserted == 1 else None
+        (tenant, store or "", kind, version, msg_id, payload, _now())).rowcount == 1
 
 
 def push(database: db.Database, publish: Publish, tenant: str, store: str | None, kind: str,
@@ -145,8 +155,9 @@ class DownConsumer:
             log.info("event=hq_down_resent tenant=%s store=%s documents=%s", tenant, store, resent)
 
     def _documents(self, tenant: str, store: str) -> list[tuple[str, int, bytes]]:
+        # Commands are not versioned data: pending ones are resent by hq/commands.py, not here.
         rows = self.database.execute("SELECT kind, version, payload FROM down_documents WHERE tenant = ? AND store = ?"
-                                     " ORDER BY kind, version", (tenant, store)).rows
+                                     " AND kind <> 'command' ORDER BY kind, version", (tenant, store)).rows
         return [(str(kind), int(version), str(payload).encode()) for kind, version, payload in rows]
 
     def on_down_ack(self, tenant: str, store: str, payload: bytes) -> None:

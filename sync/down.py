@@ -8,6 +8,7 @@ sync/, a parse of untrusted bytes returns a typed value or raises `ProtocolError
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,6 +42,17 @@ MAX_RECORDS_BYTES = 1_048_576  # a records document on the wire
 MAX_RECORDS = 10_000
 MAX_CONFIG_BYTES = 65_536  # a config or command JWS
 MAX_SMALL_BYTES = 4096  # versions, down_ack, confirm, confirm reply
+# Commands (section 8.8): the store's answer to each, and the diagnostics bundle it uploads in parts.
+COMMAND_RESULTS = ("ok", "refused", "failed")
+CommandResult = Literal["ok", "refused", "failed"]
+MAX_DETAIL_CHARS = 1000
+MAX_ACK_DATA_KEYS = 16
+MAX_DIAGNOSTICS_PART_CHARS = 196_608  # base64 characters of one part (192 KiB)
+MAX_DIAGNOSTICS_BYTES = MAX_DIAGNOSTICS_PART_CHARS + 1024  # one up/diagnostics message on the wire
+MAX_DIAGNOSTICS_PARTS = 32  # a bundle is at most 6 MiB of base64 gzip
+DIAGNOSTICS_ENCODING = "gzip+base64"
+BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 # -- topics ----------------------------------------------------------------------------------------
@@ -143,6 +155,36 @@ class ConfirmReply:
     reason: str | None = None  # when refused: already_redeemed, revoked, unknown_coupon, ...
 
 
+@dataclass(frozen=True)
+class CommandAck:
+    """The store's answer to one command: ok, refused (with a reason code) or failed (it ran and did not work)."""
+
+    msg_id: str
+    tenant: str
+    store: str
+    cmd_id: str | None  # None when the command was too broken to say
+    cmd: str | None
+    result: CommandResult
+    reason: str | None = None  # bad_signature, expired, replayed, invalid_config, ... (None when ok)
+    detail: str | None = None  # in words, no personal data, at most MAX_DETAIL_CHARS
+    data: dict[str, str | int | bool | None] | None = None  # e.g. rotate_token's fingerprint, diagnostics' bundle
+
+
+@dataclass(frozen=True)
+class DiagnosticsPart:
+    """One part of a diagnostics bundle: the gzip of the bundle's JSON, base64, cut into `parts` pieces."""
+
+    msg_id: str
+    tenant: str
+    store: str
+    cmd_id: str
+    bundle_id: str
+    part: int  # 0 .. parts - 1
+    parts: int
+    sha256: str  # of the whole gzip data, hex: HQ checks the reassembled bundle
+    data: str  # this part's base64 characters
+
+
 # -- building --------------------------------------------------------------------------------------
 
 
@@ -183,6 +225,20 @@ def build_confirm(request: ConfirmRequest) -> bytes:
 def build_confirm_reply(reply: ConfirmReply) -> bytes:
     body = _head("confirm_reply", reply.msg_id, reply.tenant, reply.store)
     body.update(reply_to=reply.reply_to, request_no=reply.request_no, accepted=reply.accepted, reason=reply.reason)
+    return dumps_bytes(body)
+
+
+def build_command_ack(ack: CommandAck) -> bytes:
+    body = _head("command_ack", ack.msg_id, ack.tenant, ack.store)
+    body.update(cmd_id=ack.cmd_id, cmd=ack.cmd, result=ack.result, reason=ack.reason,
+                detail=None if ack.detail is None else ack.detail[:MAX_DETAIL_CHARS], data=ack.data)
+    return dumps_bytes(body)
+
+
+def build_diagnostics(part: DiagnosticsPart) -> bytes:
+    body = _head("diagnostics", part.msg_id, part.tenant, part.store)
+    body.update(cmd_id=part.cmd_id, bundle_id=part.bundle_id, part=part.part, parts=part.parts,
+                encoding=DIAGNOSTICS_ENCODING, sha256=part.sha256, data=part.data)
     return dumps_bytes(body)
 
 
@@ -252,3 +308,40 @@ def parse_confirm_reply(data: bytes, tenant: str, store: str) -> ConfirmReply:
         raise ProtocolError("bad_field", "accepted must be true or false")
     return ConfirmReply(_str(obj, "msg_id", 64), tenant, store, _str(obj, "reply_to", 64),
                         _str(obj, "request_no", 200), accepted, _optional_str(obj, "reason", 64))
+
+
+def parse_command_ack(data: bytes, tenant: str, store: str) -> CommandAck:
+    obj = _envelope(data, MAX_SMALL_BYTES, "command_ack", tenant, store)
+    result = obj.get("result")
+    if result not in COMMAND_RESULTS:
+        raise ProtocolError("bad_field", f"result {str(result)[:20]!r} is not one of {COMMAND_RESULTS}")
+    extra = obj.get("data")
+    if extra is not None and not (isinstance(extra, dict) and len(extra) <= MAX_ACK_DATA_KEYS and all(
+            isinstance(k, str) and len(k) <= 32 and (v is None or isinstance(v, (str, int, bool)))
+            for k, v in extra.items())):
+        raise ProtocolError("bad_field", f"data must be an object of at most {MAX_ACK_DATA_KEYS} plain values or null")
+    return CommandAck(_str(obj, "msg_id", 64), tenant, store, _optional_str(obj, "cmd_id", 64),
+                      _optional_str(obj, "cmd", 32), result, _optional_str(obj, "reason", 64),
+                      _optional_str(obj, "detail", MAX_DETAIL_CHARS), extra)
+
+
+def parse_diagnostics(data: bytes, tenant: str, store: str) -> DiagnosticsPart:
+    obj = _envelope(data, MAX_DIAGNOSTICS_BYTES, "diagnostics", tenant, store)
+    if obj.get("encoding") != DIAGNOSTICS_ENCODING:
+        raise ProtocolError("bad_field",
+                            f"encoding {str(obj.get('encoding'))[:20]!r}; expected {DIAGNOSTICS_ENCODING!r}")
+    parts = _int(obj, "parts", 1)
+    if parts > MAX_DIAGNOSTICS_PARTS:
+        raise ProtocolError("too_large", f"{parts} parts; a bundle has at most {MAX_DIAGNOSTICS_PARTS}")
+    part = _int(obj, "part", 0)
+    if part >= parts:
+        raise ProtocolError("bad_field", f"part {part} of {parts}")
+    sha256 = _str(obj, "sha256", 64)
+    if not SHA256_HEX.fullmatch(sha256):
+        raise ProtocolError("bad_field", "sha256 must be 64 lowercase hex digits")
+    text = _str(obj, "data", MAX_DIAGNOSTICS_PART_CHARS)
+    if not BASE64.fullmatch(text):
+        raise ProtocolError("bad_field", "data must be base64")
+    return DiagnosticsPart(_str(obj, "msg_id", 64), tenant, store, _str(obj, "cmd_id", 64), _str(obj, "bundle_id", 64),
+                           part, parts, sha256, text)
+

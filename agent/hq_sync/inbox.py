@@ -68,6 +68,24 @@ def held_versions(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
     return held
 
 
+def merged_versions(sync: "HqSync") -> dict[str, dict[str, int]]:
+    """scope -> kind -> version held, from every source in `sync.version_sources`."""
+    merged: dict[str, dict[str, int]] = {}
+    for source in sync.version_sources:
+        try:
+            for scope, kinds in source().items():
+                merged.setdefault(scope, {}).update(kinds)
+        except Exception:  # one source's failure must not cost HQ the others' versions
+            log.exception("event=sync_version_source_failed")
+    return merged
+
+
+def send_versions(sync: "HqSync") -> None:
+    """`up/versions` (docs/protocol.md 8.3): on every connect, and after a `resync` command forgot some."""
+    config = sync.config.store
+    sync.send("versions", build_versions(Versions(str(uuid7()), config.tenant, config.id, merged_versions(sync))))
+
+
 class RecordsInbox:
     def __init__(self, sync: "HqSync", sink: RecordsSink) -> None:
         self.sync = sync
@@ -82,15 +100,7 @@ class RecordsInbox:
 
     # -- versions on connect (on the link thread) -------------------------------------------------
     def send_versions(self) -> None:
-        merged: dict[str, dict[str, int]] = {}
-        for source in self.sync.version_sources:
-            try:
-                for scope, kinds in source().items():
-                    merged.setdefault(scope, {}).update(kinds)
-            except Exception:  # one source's failure must not cost HQ the others' versions
-                log.exception("event=sync_version_source_failed")
-        config = self.sync.config.store
-        self.sync.send("versions", build_versions(Versions(str(uuid7()), config.tenant, config.id, merged)))
+        send_versions(self.sync)
 
     # -- a records document (on the link thread) ---------------------------------------------------
     def on_records(self, store: str | None, kind: str, payload: bytes) -> None:

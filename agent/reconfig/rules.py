@@ -74,8 +74,26 @@ def _secret_keys(value: Any, where: str) -> list[str]:
     found = []
     for key, item in value.items():
         name = f"{where}.{key}"
-        if isinstance(key, str) and (key in SECRET_NAMES or key.endswith(SECRET_SUFFIXES)):
+        if is_secret_key(key):
             found.append(name)
         else:
             found += _secret_keys(item, name)
     return found
+
+
+def is_secret_key(key: object) -> bool:
+    """A key that names a secret or a key file (never pushed, never shown: the diagnostics bundle redacts it)."""
+    return isinstance(key, str) and (key in SECRET_NAMES or key.endswith(SECRET_SUFFIXES))
+
+
+REDACTED = "<redacted>"
+
+
+def redacted(value: Any) -> Any:
+    """`value` (a config's tables as plain data) with every secret key's value replaced by REDACTED."""
+    if isinstance(value, list):
+        return [redacted(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    return {key: (REDACTED if is_secret_key(key) and item is not None else redacted(item))
+            for key, item in value.items()}

@@ -1,0 +1,1 @@
+"""HQ's signed commands: reload, resync, diagnostics, rotate_token (docs/protocol.md 8.8)."""
