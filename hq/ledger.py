@@ -14,6 +14,8 @@ have it resent for ever.
 - `store_key`: the store's public claim key (`jwk.kid`, `jwk.x`) in `store_keys`;
 - any event naming a member: `member_stores`, the stores that hold the member (tier changes and
   erasures go to them).
+
+`forget_member` is the erasure's side of these tables (docs/hq-api.md): the books stay under a pseudonym.
 """
 
 from __future__ import annotations
