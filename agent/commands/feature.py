@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from posedge.agent.token import fingerprint, rotate_token
 from posedge.sync.codes import Keyring
 from posedge.sync.command_doc import Command, peek_command, verify_command
 from posedge.sync.config_doc import DocumentRefused
-from posedge.sync.down import CommandAck, DiagnosticsPart, build_command_ack, build_diagnostics
+from posedge.sync.down import MAX_CONFIG_BYTES, CommandAck, DiagnosticsPart, build_command_ack, build_diagnostics
 from posedge.sync.ids import uuid7
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("posedge.agent.commands")
 
 PRUNE_AFTER_EXP_S = 86400
+MAX_PENDING = 64  # commands waiting for the loop; past that a command is refused `busy` (a flood, not HQ)
 WRITE_TIMEOUT_S = 30.0
 
 
@@ -117,6 +119,7 @@ class Commands:
         self.results: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.last: dict[str, Any] | None = None
+        self._count_lock = threading.Lock()  # answers come from the loop and (refused early) the link thread
 
     # -- the feature's lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -131,13 +134,21 @@ class Commands:
         self.loop = None
 
     def status(self) -> dict[str, Any]:
-        return {"results": dict(self.results), "refused": dict(self.refused), "last": self.last}
+        with self._count_lock:
+            return {"results": dict(self.results), "refused": dict(self.refused), "last": self.last}
 
     # -- a command from HQ (link thread) -------------------------------------------------------------
     def on_down(self, store: str | None, name: str, payload: bytes) -> None:
         loop = self.loop
         if loop is None:
             log.warning("event=command_dropped reason=not_running")
+            return
+        if len(payload) > MAX_CONFIG_BYTES:  # refused here: a flood of big garbage never reaches the loop
+            self._answer(None, None, Outcome("refused", "malformed", f"{len(payload)} bytes; a command is at most "
+                                                                     f"{MAX_CONFIG_BYTES}"))
+            return
+        if len(self._tasks) >= MAX_PENDING:
+            self._answer(None, None, Outcome("refused", "busy", f"{MAX_PENDING} commands are waiting already"))
             return
         future = asyncio.run_coroutine_threadsafe(self.handle(store, payload), loop)
         self._tasks.add(future)  # type: ignore[arg-type]
@@ -259,16 +270,19 @@ class Commands:
     # -- answering ---------------------------------------------------------------------------------------
     def _answer(self, cmd_id: str | None, cmd: str | None, outcome: Outcome) -> None:
         detail = mask_personal(outcome.detail)[:1000] if outcome.detail else None
+        with self._count_lock:
+            if outcome.result == "refused":
+                self.refused[outcome.reason or "?"] += 1
+            self.results[outcome.result] += 1
+            self.last = {"cmd_id": cmd_id, "cmd": cmd, "result": outcome.result, "reason": outcome.reason,
+                         "at": _now()}
         if outcome.result == "refused":
-            self.refused[outcome.reason or "?"] += 1
             self.seams.count_rejected(outcome.reason or "?")
             log.warning("event=command_refused cmd=%s cmd_id=%s reason=%s detail=%r", cmd, cmd_id, outcome.reason,
                         (detail or "")[:300])
         else:
             log.log(logging.INFO if outcome.result == "ok" else logging.WARNING,
                     "event=command_%s cmd=%s cmd_id=%s reason=%s", outcome.result, cmd, cmd_id, outcome.reason)
-        self.results[outcome.result] += 1
-        self.last = {"cmd_id": cmd_id, "cmd": cmd, "result": outcome.result, "reason": outcome.reason, "at": _now()}
         ack = CommandAck(str(uuid7()), self.tenant, self.store_id, cmd_id, cmd, outcome.result,  # type: ignore[arg-type]
                          outcome.reason, detail, outcome.data)
         self.seams.send("command_ack", build_command_ack(ack))

@@ -176,14 +176,14 @@ def test_replayed_expired_forged_misdirected_and_garbage_commands_are_refused(
         assert found["result"] == "refused" and found["reason"] == reason, (reason, found)
     assert agent.token == token_before  # neither the forged nor the other store's rotation ran
 
-    for garbage in (b"\xff\xfe not ascii", b"not.a.jws", b"{}"):
+    for garbage in (b"\xff\xfe not ascii", b"not.a.jws", b"{}", b"A" * 70_000):
         publish(broker, TOPIC, garbage)
     wait_for(lambda: len(hq_process.query("SELECT 1 FROM command_acks WHERE cmd_id IS NULL AND reason = 'malformed'"))
-             == 3, 20, "the garbage answered malformed")
+             == 4, 20, "the garbage answered malformed")
     shown = status(agent)
     assert shown["commands"]["refused"] == {"replayed": 1, "expired": 1, "bad_signature": 1, "wrong_store": 1,
-                                            "unknown_command": 1, "malformed": 3}
-    assert shown["sync"]["rejected_down"]["malformed"] == 3
+                                            "unknown_command": 1, "malformed": 4}
+    assert shown["sync"]["rejected_down"]["malformed"] == 4
 
     # still syncing: a sale after all that reaches HQ
     with agent.client() as client:
