@@ -18,9 +18,10 @@ ignored when not newer, and acknowledged with its counts. The simulated stores c
 stricter case of docs/protocol.md 8.3.
 
 Figures:
-(a) push: `posedge-hq push config`'s own functions (hq/push.py: sign, publish retained on
-    `posedge/v1/{tenant}/all/down/config`); the clock runs from just before signing to the moment the bench
-    sees, polling HQ's PostgreSQL every 20 ms, an `applied` down_ack of that version from every store in
+(a) push: signed by `posedge-hq push config`'s own function (hq/push.py `signed_config`), published once,
+    QoS 1, retained on `posedge/v1/{tenant}/all/down/config` as its `publish_retained` does (with a longer
+    PUBACK wait); the clock runs from just before signing to the moment the bench
+    sees, polling HQ's PostgreSQL every 50 ms, an `applied` down_ack of that version from every store in
     `down_acks`. Baseline, same run, same clients: the same JWS published once (QoS 1) on a topic every
     simulated store subscribes to, with no HQ and no ack, the clock stopping when the last store received it
     (raw mosquitto fan-out).
@@ -63,7 +64,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 import psycopg
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from posedge.hq import db as hq_db, down as hq_down, keys as hq_keys, push as hq_push
 from posedge.sync.codes import Keyring
@@ -101,6 +104,25 @@ RAW_TOPIC = "bench/raw"  # the baseline's topic: every simulated store subscribe
 PUSH_TARGET_S = {1000: 5.0, 10000: 30.0}
 STORM_DEADLINE_S = 60.0
 CONNECT_CONCURRENCY = 200  # connects in flight at once while the fleet comes up
+MISC_INTERVAL_S = 10.0
+POLL_S = 0.05  # how often the bench looks at HQ's database and at the stores
+
+
+def publish_once(port: int, topic: str, payload: bytes, timeout_s: float = 120.0) -> None:
+    """One QoS 1 retained publish, as hq/push.py's publish_retained makes it, waiting longer for the PUBACK: the
+    broker sends it only once it has queued the message to every subscriber, 10,000 of them on a busy host."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, f"bench-push-{uuid.uuid4().hex[:12]}",
+                         protocol=MQTTProtocolVersion.MQTTv5)
+    client.connect("127.0.0.1", port, 60)
+    client.loop_start()
+    try:
+        info = client.publish(topic, payload, qos=1, retain=True)
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise AssertionError(f"the broker did not acknowledge the publish on {topic} within {timeout_s} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def raise_fd_limit() -> int:
@@ -126,6 +148,16 @@ class FleetBroker(Broker):
 
 
 # -- a simulated store: the agent's down-path protocol, no business ---------------------------------------
+
+
+class StoreClient(aiomqtt.Client):
+    """aiomqtt's client with paho's housekeeping (keepalive pings, retries) every MISC_INTERVAL_S instead of every
+    second: 10,000 clients would otherwise wake the loop 10,000 times a second to do nothing (keepalive is 60 s)."""
+
+    async def _misc_loop(self) -> None:
+        while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
+            await asyncio.sleep(MISC_INTERVAL_S)
+
 
 
 @dataclass
@@ -238,8 +270,16 @@ class SimFleet:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
+        self.loop.set_exception_handler(self._loop_error)
         self.loop.set_default_executor(ThreadPoolExecutor(64, thread_name_prefix="sim-connect"))
         self.loop.run_forever()
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """aiomqtt registers a writer for a socket paho already closed when a link dies mid-publish (EBADF): the
+        link is gone and the store reconnects; anything else is reported."""
+        if isinstance(context.get("exception"), OSError):
+            return
+        loop.default_exception_handler(context)
 
     def start(self, deadline_s: float) -> float:
         """Connect every store (at most CONNECT_CONCURRENCY at once); returns how long it took."""
@@ -267,7 +307,7 @@ class SimFleet:
             first = False
             try:
                 async with gate:
-                    client = aiomqtt.Client("127.0.0.1", self.port, identifier=f"posedge-{TENANT}-{sim.store}",
+                    client = StoreClient("127.0.0.1", self.port, identifier=f"posedge-{TENANT}-{sim.store}",
                                             protocol=aiomqtt.ProtocolVersion.V5, keepalive=60, timeout=30)
                     await client.__aenter__()
                 try:
@@ -404,8 +444,8 @@ class Fleet:
 
     def acked(self, kind: str, version: int) -> int:
         """Stores whose `applied` down_ack of this tenant-wide version HQ has recorded."""
-        rows = self.query("SELECT count(DISTINCT store) FROM down_acks WHERE kind = ? AND scope = 'tenant'"
-                          " AND version = ? AND result = 'applied'", kind, version)
+        rows = self.query("SELECT count(*) FROM down_acks WHERE kind = ? AND scope = 'tenant'"
+                          " AND version = ? AND result = 'applied'", kind, version)  # a store applies a version once
         return int(rows[0][0])
 
     def wait_acked(self, kind: str, version: int, deadline_s: float, began: float) -> float:
@@ -417,7 +457,7 @@ class Fleet:
             if time.monotonic() > end:
                 raise AssertionError(f"{kind} v{version}: {self.acked(kind, version)} of {self.stores} stores acked"
                                      f" within {deadline_s} s")
-            time.sleep(0.02)
+            time.sleep(POLL_S)
 
     # -- what is measured ---------------------------------------------------------------------------------
     def raw_fanout(self, payload: bytes, deadline_s: float = 60) -> float:
@@ -425,9 +465,9 @@ class Fleet:
         for sim in self.sims.sims:
             sim.raw_at = None
         began = time.monotonic()
-        hq_push.publish_retained(self.broker.url, "5", RAW_TOPIC, payload)  # retained: harmless, the topic is ours
+        publish_once(self.broker.port, RAW_TOPIC, payload)  # retained as the config is; the topic is ours
         wait_for(lambda: all(s.raw_at is not None for s in self.sims.sims), deadline_s, "raw fan-out received",
-                 interval=0.01)
+                 interval=POLL_S)
         return max(s.raw_at or 0.0 for s in self.sims.sims) - began
 
     def sign_config(self) -> bytes:
@@ -440,7 +480,7 @@ class Fleet:
         """(a): sign and publish the next tenant-wide config; seconds until HQ recorded every store's ack."""
         began = time.monotonic()
         token = self.sign_config()
-        hq_push.publish_retained(self.broker.url, "5", hq_push.config_topic(TENANT, None), token)
+        publish_once(self.broker.port, hq_push.config_topic(TENANT, None), token)
         return self.wait_acked("config", self.config_ver, deadline_s, began)
 
     def push_members(self, deadline_s: float | None = None) -> float | None:
@@ -462,7 +502,7 @@ class Fleet:
         wait_for(lambda: self.sims.connected() == 0, 30, "every simulated store saw the drop", interval=0.05)
         self.push_members()  # HQ publishes it at once: to nobody yet; the stores' versions bring it
         token = self.sign_config()  # retained: each store gets it when it subscribes again
-        hq_push.publish_retained(self.broker.url, "5", hq_push.config_topic(TENANT, None), token)
+        publish_once(self.broker.port, hq_push.config_topic(TENANT, None), token)
         self.sims.returning.set()
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(AgentProcess.start, self.agents))
@@ -639,7 +679,7 @@ def run_fleet(home: Path, postgres: PostgresCluster, stores: int, agents: int, s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stores", type=int, nargs="+", default=[1000, 10000], help="fleet sizes, in order")
+    parser.add_argument("--stores", type=int, nargs="+", default=[1000, 10000], help="fleet sizes, in order (0: none)")
     parser.add_argument("--agents", type=int, default=3, help="real agents beside the simulated stores")
     parser.add_argument("--storm-spread-s", type=float, default=10.0, help="the stores' reconnect jitter")
     parser.add_argument("--ingest-stores", type=int, default=40)
@@ -656,6 +696,8 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="posedge-fleet-"))
     try:
         for stores in args.stores:
+            if stores <= 0:  # --stores 0: the ingest figures alone
+                continue
             if stores + 2000 > limit:
                 print(f"N={stores}: skipped, the fd limit is {limit} (each store is one socket here and one in"
                       " mosquitto)", flush=True)
