@@ -19,8 +19,8 @@ stricter case of docs/protocol.md 8.3.
 
 Figures:
 (a) push: signed by `posedge-hq push config`'s own function (hq/push.py `signed_config`), published once,
-    QoS 1, retained on `posedge/v1/{tenant}/all/down/config` as its `publish_retained` does (with a longer
-    PUBACK wait); the clock runs from just before signing to the moment the bench
+    QoS 1, retained on `posedge/v1/{tenant}/all/down/config` as its `publish_retained` does (from the
+    bench's asyncio loop, see `SimFleet.publish`); the clock runs from just before signing to the moment the bench
     sees, polling HQ's PostgreSQL every 50 ms, an `applied` down_ack of that version from every store in
     `down_acks`. Baseline, same run, same clients: the same JWS published once (QoS 1) on a topic every
     simulated store subscribes to, with no HQ and no ack, the clock stopping when the last store received it
@@ -66,7 +66,6 @@ from typing import Any, Callable
 import aiomqtt
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from posedge.hq import db as hq_db, down as hq_down, keys as hq_keys, push as hq_push
 from posedge.sync.codes import Keyring
@@ -106,23 +105,6 @@ STORM_DEADLINE_S = 60.0
 CONNECT_CONCURRENCY = 200  # connects in flight at once while the fleet comes up
 MISC_INTERVAL_S = 10.0
 POLL_S = 0.05  # how often the bench looks at HQ's database and at the stores
-
-
-def publish_once(port: int, topic: str, payload: bytes, timeout_s: float = 120.0) -> None:
-    """One QoS 1 retained publish, as hq/push.py's publish_retained makes it, waiting longer for the PUBACK: the
-    broker sends it only once it has queued the message to every subscriber, 10,000 of them on a busy host."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, f"bench-push-{uuid.uuid4().hex[:12]}",
-                         protocol=MQTTProtocolVersion.MQTTv5)
-    client.connect("127.0.0.1", port, 60)
-    client.loop_start()
-    try:
-        info = client.publish(topic, payload, qos=1, retain=True)
-        info.wait_for_publish(timeout_s)
-        if not info.is_published():
-            raise AssertionError(f"the broker did not acknowledge the publish on {topic} within {timeout_s} s")
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def raise_fd_limit() -> int:
@@ -347,6 +329,16 @@ class SimFleet:
                         pass
         self.loop.call_soon_threadsafe(drop)
 
+    def publish(self, topic: str, payload: bytes, timeout_s: float = 120.0) -> None:
+        """One QoS 1 retained publish from a new client, as hq/push.py's publish_retained makes it, returning at the
+        broker's PUBACK (sent once it queued the message to every subscriber). From this loop, not a paho thread:
+        paho's own loop uses select(), which takes no fd past 1,024, and this process holds one per store."""
+        async def once() -> None:
+            async with aiomqtt.Client("127.0.0.1", self.port, identifier=f"bench-push-{uuid.uuid4().hex[:12]}",
+                                      protocol=aiomqtt.ProtocolVersion.V5, timeout=timeout_s) as client:
+                await client.publish(topic, payload, qos=1, retain=True, timeout=timeout_s)
+        asyncio.run_coroutine_threadsafe(once(), self.loop).result(timeout_s + 10)
+
     def connected(self) -> int:
         return sum(sim.connected for sim in self.sims)
 
@@ -465,7 +457,7 @@ class Fleet:
         for sim in self.sims.sims:
             sim.raw_at = None
         began = time.monotonic()
-        publish_once(self.broker.port, RAW_TOPIC, payload)  # retained as the config is; the topic is ours
+        self.sims.publish(RAW_TOPIC, payload)  # retained as the config is; the topic is ours
         wait_for(lambda: all(s.raw_at is not None for s in self.sims.sims), deadline_s, "raw fan-out received",
                  interval=POLL_S)
         return max(s.raw_at or 0.0 for s in self.sims.sims) - began
@@ -480,7 +472,7 @@ class Fleet:
         """(a): sign and publish the next tenant-wide config; seconds until HQ recorded every store's ack."""
         began = time.monotonic()
         token = self.sign_config()
-        publish_once(self.broker.port, hq_push.config_topic(TENANT, None), token)
+        self.sims.publish(hq_push.config_topic(TENANT, None), token)
         return self.wait_acked("config", self.config_ver, deadline_s, began)
 
     def push_members(self, deadline_s: float | None = None) -> float | None:
@@ -502,7 +494,7 @@ class Fleet:
         wait_for(lambda: self.sims.connected() == 0, 30, "every simulated store saw the drop", interval=0.05)
         self.push_members()  # HQ publishes it at once: to nobody yet; the stores' versions bring it
         token = self.sign_config()  # retained: each store gets it when it subscribes again
-        publish_once(self.broker.port, hq_push.config_topic(TENANT, None), token)
+        self.sims.publish(hq_push.config_topic(TENANT, None), token)
         self.sims.returning.set()
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(AgentProcess.start, self.agents))
