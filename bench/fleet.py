@@ -355,6 +355,8 @@ class SimFleet:
 
         try:
             asyncio.run_coroutine_threadsafe(cancel(), self.loop).result(120)
+        except TimeoutError:  # a starved loop: its sockets close with the process
+            print("  simulated stores: not all stopped within 120 s", file=sys.stderr)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(30)
@@ -498,14 +500,17 @@ class Fleet:
         self.sims.returning.set()
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(AgentProcess.start, self.agents))
-        returned = wait_for(lambda: self._all_returned(dropped), STORM_DEADLINE_S, "every store reconnected",
-                            interval=0.1)
         deadline = dropped + STORM_DEADLINE_S
+        returned: float | None = None
+        while returned is None and time.monotonic() < deadline:
+            returned = self._all_returned(dropped)
+            time.sleep(0.1)
         while time.monotonic() < deadline and (self._lost(final=False) or not self._all_recorded()):
             time.sleep(0.2)
         synced = time.monotonic() - dropped
         lost = self._lost(final=True)
-        return {"returned_s": returned, "synced_s": synced, "lost": len(lost), "lost_stores": lost[:10],
+        return {"returned_s": returned, "back": self.sims.connected(), "synced_s": synced, "lost": len(lost),
+                "lost_stores": lost[:10],
                 "resent": sum(s.resent for s in self.sims.sims), "acked_config": self.acked("config", self.config_ver),
                 "acked_members": self.acked("members", self.members_ver), "errors": self.sims.errors[:3]}
 
@@ -533,7 +538,10 @@ class Fleet:
         return lost
 
     def close(self) -> None:
-        self.sims.stop()
+        try:
+            self.sims.stop()
+        except Exception as exc:  # the processes below must stop whatever happened to the loop
+            print(f"  simulated stores did not stop cleanly: {exc!r}", file=sys.stderr)
         for agent in self.agents:
             try:
                 agent.stop()
@@ -658,8 +666,8 @@ def run_fleet(home: Path, postgres: PostgresCluster, stores: int, agents: int, s
         storm = fleet.storm(storm_spread_s)
         report(f"  (b) storm: every store's link cut at once (simulated: socket shut; real agents: SIGKILL and"
                f" restart), each back after up to {storm_spread_s:g} s of jitter: all {total} back after"
-               f" {storm['returned_s']:.1f} s (target < 60 s:"
-               f" {verdict(storm['returned_s'] < STORM_DEADLINE_S)}), resynced after {storm['synced_s']:.1f} s;"
+               f" {_seconds(storm['returned_s'])} (target < 60 s: {verdict(storm['returned_s'] is not None)};"
+               f" {storm['back']} simulated stores connected at the end), resynced after {storm['synced_s']:.1f} s;"
                f" lost {storm['lost']} (target 0: {verdict(storm['lost'] == 0)}) {storm['lost_stores'] or ''};"
                f" members v{fleet.members_ver} resent by HQ to {storm['resent']} simulated stores;"
                f" HQ recorded applied acks: config v{fleet.config_ver} {storm['acked_config']}/{total},"
@@ -709,6 +717,10 @@ def main() -> None:
     finally:
         postgres.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _seconds(value: float | None) -> str:
+    return "more than 60 s" if value is None else f"{value:.1f} s"
 
 
 def _mem_gib() -> float:
