@@ -163,7 +163,7 @@ class DownConsumer:
     def on_down_ack(self, tenant: str, store: str, payload: bytes) -> None:
         ack = parse_down_ack(payload, tenant, store)
         self.counts[f"down_acks_{ack.result}"] += 1
-        with self.database.transaction():
+        with self.database.bookkeeping():  # no fsync wait per ack (hq/db.py): a push brings one from every store
             self.database.execute(
                 "INSERT INTO down_acks (tenant, store, kind, scope, version, result, reason, reply_to, counts, at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
