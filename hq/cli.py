@@ -27,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from posedge.hq import command_cli, db, http as hq_http, keys, registry, settings, tail
 from posedge.hq.consumer import Consumer
 from posedge.hq.down import DocumentRefused, Publisher, write_document
+from posedge.hq.presence import Presence
 from posedge.sync.codes import CodeMinter
 from posedge.sync.down import RECORD_KINDS
 from posedge.sync.protocol import UP_SUBSCRIPTION
@@ -339,6 +340,8 @@ def _add_scale_out(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--config", type=Path, metavar="FILE", help="HQ's config (hq.toml: tenant, signing, tiers)")
     serve.add_argument("--shared", metavar="GROUP", type=_share_group,
                        help="share the uplink with the other workers of GROUP ($share/GROUP/...)")
+    serve.add_argument("--tenant", action="append", type=_code_id, metavar="TENANT",
+                       help="a tenant HQ tells it is online (all/down/hq; repeatable); those in the database are too")
     serve.add_argument("--mqtt-password-file", type=Path, metavar="FILE", help="HQ's broker password")
 
 
@@ -452,7 +455,9 @@ def serve_forever(args: argparse.Namespace) -> int:
     consumer = Consumer(database, lambda topic, payload: _publish(client, topic, payload))
     client.on_message = lambda c, u, message: consumer.on_message(message.topic, bytes(message.payload))
     up = UP_SUBSCRIPTION if args.shared is None else f"$share/{args.shared}/{UP_SUBSCRIPTION}"
-    client.on_connect = lambda c, u, flags, rc, props: _subscribed(c, rc, up)
+    presence = Presence(database, client, args.tenant or ())  # sets the will: before connect
+    client.on_connect = lambda c, u, flags, rc, props: presence.subscribing(_subscribed(c, rc, up))
+    client.on_subscribe = lambda c, u, mid, codes, props: presence.on_subscribe(mid, codes)
     client.reconnect_delay_set(1, 5)
     client.connect_async(parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883), 30)
 
@@ -460,6 +465,8 @@ def serve_forever(args: argparse.Namespace) -> int:
 
     def stop(signum: int, frame: FrameType | None) -> None:
         stopping.set()
+        if client.is_connected():
+            presence.offline()
         client.disconnect()
 
     signal.signal(signal.SIGTERM, stop)
@@ -532,9 +539,11 @@ def _opt(path: Path | None) -> str | None:
     return str(path) if path is not None else None
 
 
-def _subscribed(client: mqtt.Client, reason_code: object, up: str = UP_SUBSCRIPTION) -> None:
+def _subscribed(client: mqtt.Client, reason_code: object, up: str = UP_SUBSCRIPTION) -> int | None:
+    """Subscribe to the up path; the message id whose SUBACK is awaited (None when it could not be sent)."""
     log.info("event=hq_connected reason=%s subscription=%s", reason_code, up)
-    client.subscribe(up, qos=1)
+    rc, mid = client.subscribe(up, qos=1)
+    return mid if rc == mqtt.MQTT_ERR_SUCCESS else None
 
 
 def _publish(client: mqtt.Client, topic: str, payload: bytes) -> None:

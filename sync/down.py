@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from posedge.sync.encoding import dumps_bytes
@@ -31,8 +32,9 @@ from posedge.sync.protocol import (
 # of that kind (docs/till.md), and `erase` records are {"member_id", "version"}.
 RECORD_KINDS = ("members", "stock", "coupons", "revocations", "pickups", "verdicts", "erase")
 # Every name under down/: `ack` (section 5), `config` (a compact JWS, section 8.3), `confirm` (answers to
-# up/confirm), `command` (a compact JWS, signed like config) and the record kinds.
-DOWN_NAMES = ("ack", "config", "confirm", "command", *RECORD_KINDS)
+# up/confirm), `command` (a compact JWS, signed like config), `hq` (HQ's presence, tenant-wide only, section 8.9)
+# and the record kinds.
+DOWN_NAMES = ("ack", "config", "confirm", "command", "hq", *RECORD_KINDS)
 SCOPES = ("store", "tenant")
 Scope = Literal["store", "tenant"]
 RESULTS = ("applied", "ignored", "rejected")
@@ -53,6 +55,9 @@ MAX_DIAGNOSTICS_PARTS = 32  # a bundle is at most 6 MiB of base64 gzip
 DIAGNOSTICS_ENCODING = "gzip+base64"
 BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# HQ's presence (section 8.9): retained on all/down/hq, online after each connect and subscribe, offline as its will.
+HQ_STATES = ("online", "offline")
+HqState = Literal["online", "offline"]
 
 
 # -- topics ----------------------------------------------------------------------------------------
@@ -185,6 +190,18 @@ class DiagnosticsPart:
     data: str  # this part's base64 characters
 
 
+@dataclass(frozen=True)
+class HqPresence:
+    """HQ's retained presence for a tenant: `online` after each (re)connect once its subscriptions are granted,
+    `offline` as its last will and on a clean stop. A new `hq_session` means HQ may have missed what was said."""
+
+    msg_id: str
+    tenant: str
+    state: HqState
+    hq_session: str  # unique per HQ connection
+    at: datetime  # tz-aware, HQ's clock
+
+
 # -- building --------------------------------------------------------------------------------------
 
 
@@ -239,6 +256,12 @@ def build_diagnostics(part: DiagnosticsPart) -> bytes:
     body = _head("diagnostics", part.msg_id, part.tenant, part.store)
     body.update(cmd_id=part.cmd_id, bundle_id=part.bundle_id, part=part.part, parts=part.parts,
                 encoding=DIAGNOSTICS_ENCODING, sha256=part.sha256, data=part.data)
+    return dumps_bytes(body)
+
+
+def build_hq(presence: HqPresence) -> bytes:
+    body = _head("hq", presence.msg_id, presence.tenant, None)
+    body.update(state=presence.state, hq_session=presence.hq_session, at=presence.at.isoformat())
     return dumps_bytes(body)
 
 
@@ -345,3 +368,19 @@ def parse_diagnostics(data: bytes, tenant: str, store: str) -> DiagnosticsPart:
     return DiagnosticsPart(_str(obj, "msg_id", 64), tenant, store, _str(obj, "cmd_id", 64), _str(obj, "bundle_id", 64),
                            part, parts, sha256, text)
 
+
+
+def parse_hq(data: bytes, tenant: str) -> HqPresence:
+    """HQ's presence from `.../{tenant}/all/down/hq` (a tenant-wide message: it carries no store)."""
+    obj = _envelope(data, MAX_SMALL_BYTES, "hq", tenant, None)
+    state = obj.get("state")
+    if state not in HQ_STATES:
+        raise ProtocolError("bad_field", f"state {str(state)[:20]!r} is not one of {HQ_STATES}")
+    text = _str(obj, "at", 40)
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ProtocolError("bad_field", f"at {text[:40]!r} is not an ISO 8601 time") from None
+    if at.tzinfo is None:
+        raise ProtocolError("bad_field", "at must carry its UTC offset")
+    return HqPresence(_str(obj, "msg_id", 64), tenant, state, _str(obj, "hq_session", 64), at)

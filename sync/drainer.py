@@ -112,6 +112,15 @@ class Drainer:
         self.hello_due = True
         self.probing = True
 
+    def resend_now(self) -> None:
+        """HQ says it is (back) online (docs/protocol.md 8.9): what is in flight may have reached nobody, so say
+        hello again and resend from HQ's acked position now instead of after the ack timeout."""
+        if not self.connected:
+            return
+        self._rewind()
+        self.hello_due = True
+        self.probing = True
+
     def on_disconnected(self) -> None:
         self.connected = False
         self._rewind()

@@ -25,7 +25,7 @@ from posedge.agent.sales import SaleParticipant
 from posedge.agent.store.reader import StoreReader
 from posedge.agent.store.writer import StoreWriter
 from posedge.sync import outbox, stream as streams
-from posedge.sync.down import parse_down_topic
+from posedge.sync.down import parse_down_topic, parse_hq
 from posedge.sync.drainer import Drainer, DrainSettings
 from posedge.sync.link import ConnectHook, Link, LinkSettings
 from posedge.sync.outbox import OutboxEvent
@@ -137,6 +137,13 @@ class HqSync:
         # features that own them before start(). A name nobody handles is counted and dropped.
         self.down_routes: dict[str, DownRoute] = {}
         self.connect_hooks: list[ConnectHook] = []
+        # Run on the link thread when HQ says it is online in a session this agent has not seen (docs/protocol.md
+        # 8.9): what the store said on connect may have reached no HQ; the records inbox says its versions again.
+        self.hq_online_hooks: list[ConnectHook] = []
+        self.down_routes["hq"] = self._on_hq
+        self._hq_state = "unknown"  # online | offline | unknown (nothing heard since start)
+        self._hq_since: datetime | None = None  # when this store learned the state (its own clock)
+        self._hq_session: str | None = None  # the last online session seen
         # What the store holds, for `up/versions` on every connect: each source returns scope ("store" or
         # "tenant") -> down kind -> version; the records inbox adds one, the pushed config may add its own
         # ("config"). Called on the link thread; a source must only read (e.g. reader.read_sync).
@@ -215,6 +222,36 @@ class HqSync:
             return
         route(store, name, payload)
 
+    def _on_hq(self, store: str | None, name: str, payload: bytes) -> None:
+        """HQ's presence on all/down/hq (on the link thread): a new online session says versions again and resends
+        the unacknowledged window now."""
+        try:
+            if store is not None:
+                raise ProtocolError("bad_topic", "HQ's presence is tenant-wide only (all/down/hq)")
+            presence = parse_hq(payload, self.config.store.tenant)
+        except ProtocolError as exc:
+            self.count_down_rejected(exc.reason)
+            log.warning("event=sync_down_rejected kind=hq reason=%s detail=%r", exc.reason, exc.detail[:200])
+            return
+        with self._down_lock:
+            changed = presence.state != self._hq_state
+            if changed:
+                self._hq_state, self._hq_since = presence.state, datetime.now(timezone.utc)
+            new_session = presence.state == "online" and presence.hq_session != self._hq_session
+            if presence.state == "online":
+                self._hq_session = presence.hq_session
+        if changed:
+            log.info("event=sync_hq_state state=%s hq_session=%s", presence.state, presence.hq_session[:64])
+        if not new_session:
+            return
+        for hook in self.hq_online_hooks:
+            try:
+                hook()
+            except Exception:  # one feature's hook must not cost the others theirs
+                log.exception("event=sync_hq_online_hook_failed")
+        if self.link is not None:
+            self.link.drainer.resend_now()
+
     def count_down_rejected(self, reason: str) -> None:
         with self._down_lock:
             self.down_rejected[reason] += 1
@@ -260,8 +297,9 @@ class HqSync:
             status["state"] = "offline"
         with self._down_lock:
             rejected = dict(self.down_rejected)
+            hq = {"state": self._hq_state, "since": self._hq_since.isoformat() if self._hq_since else None}
         return {"broker": self.config.mqtt.url, "protocol": self.config.mqtt.protocol, **status,
-                "rejected_down": rejected}
+                "rejected_down": rejected, "hq": hq}
 
 
 def link_settings(config: Config) -> LinkSettings:

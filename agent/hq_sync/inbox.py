@@ -97,6 +97,7 @@ class RecordsInbox:
             self.sync.down_routes[kind] = self.on_records
         self.sync.version_sources.append(lambda: self.sync.reader.read_sync(held_versions))
         self.sync.connect_hooks.append(self.send_versions)
+        self.sync.hq_online_hooks.append(self.send_versions)  # HQ back in a new session (docs/protocol.md 8.9)
 
     # -- versions on connect (on the link thread) -------------------------------------------------
     def send_versions(self) -> None:

@@ -3,6 +3,8 @@ only ever give a typed value or a ProtocolError with a reason."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -10,11 +12,13 @@ from posedge.sync.down import (
     ConfirmReply,
     ConfirmRequest,
     DownAck,
+    HqPresence,
     Records,
     Versions,
     build_confirm,
     build_confirm_reply,
     build_down_ack,
+    build_hq,
     build_records,
     build_versions,
     down_topic,
@@ -22,6 +26,7 @@ from posedge.sync.down import (
     parse_confirm_reply,
     parse_down_ack,
     parse_down_topic,
+    parse_hq,
     parse_records,
     parse_versions,
     store_down_subscriptions,
@@ -58,6 +63,23 @@ def test_round_trips() -> None:
     assert parse_confirm(build_confirm(request), "demo", "store-1") == request
     reply = ConfirmReply("m6", "demo", "store-1", "m5", "store-1-t1-9", False, "already_redeemed")
     assert parse_confirm_reply(build_confirm_reply(reply), "demo", "store-1") == reply
+    beijing = timezone(timedelta(hours=8))
+    presence = HqPresence("m7", "demo", "online", "s-1", datetime(2026, 12, 2, 18, 0, tzinfo=beijing))
+    assert parse_hq(build_hq(presence), "demo") == presence
+    assert down_topic(TOPICS, "hq", "tenant") == "posedge/v1/demo/all/down/hq"
+
+
+def test_hq_presence_is_parsed_strictly() -> None:
+    good = {"v": 1, "type": "hq", "msg_id": "m", "tenant": "demo", "state": "online", "hq_session": "s",
+            "at": "2026-12-02T10:00:00+00:00"}
+    cases = (({"state": "away"}, "bad_field"), ({"at": "2026-12-02T10:00:00"}, "bad_field"),
+             ({"at": "yesterday"}, "bad_field"), ({"hq_session": ""}, "bad_field"),
+             ({"store": "store-1"}, "wrong_store"), ({"tenant": "other"}, "wrong_tenant"),
+             ({"type": "records"}, "bad_schema"), ({"v": 2}, "bad_version"))
+    for change, reason in cases:
+        with pytest.raises(ProtocolError) as caught:
+            parse_hq(__import__("orjson").dumps({**good, **change}), "demo")
+        assert caught.value.reason == reason, change
 
 
 def test_a_document_for_another_scope_or_kind_is_refused() -> None:
@@ -79,7 +101,7 @@ def test_any_bytes_give_a_value_or_a_protocol_error(data: bytes) -> None:
     for parse in (lambda b: parse_records(b, "demo", "store-1", "members"),
                   lambda b: parse_versions(b, "demo", "store-1"),
                   lambda b: parse_down_ack(b, "demo", "store-1"), lambda b: parse_confirm(b, "demo", "store-1"),
-                  lambda b: parse_confirm_reply(b, "demo", "store-1")):
+                  lambda b: parse_confirm_reply(b, "demo", "store-1"), lambda b: parse_hq(b, "demo")):
         try:
             parse(data)
         except ProtocolError as exc:

@@ -143,15 +143,61 @@ def test_a_store_offline_while_hq_pushes_gets_the_documents_from_its_session_or_
     tenant_stock = push(hq, "stock", [{"sku": "SKU-T", "version": 1, "qty": 3}], store=None)
     wait_for(lambda: len(hq.query("SELECT 1 FROM down_documents WHERE published_at IS NOT NULL")) == 3, 20,
              "HQ published both documents")
+    # The store comes back before HQ does, so its versions on connect reach nobody: HQ's retained presence
+    # (all/down/hq, a new session) makes it say them again once HQ is subscribed (docs/protocol.md 8.9).
+    hq.stop()
     broker.stop()
     broker.start()
     agent.start()
+    wait_for(lambda: get(agent, "/v1/status").json()["sync"]["state"] == "connected", 20, "connected")
+    hq.start()
     wait_ack(hq, "members", members)
     wait_ack(hq, "stock", tenant_stock, scope="tenant")
     assert get(agent, "/v1/members/lookup", code="8800009").json()["member_id"] == "M-9"
     assert get(agent, "/v1/inventory/SKU-T").json()["on_hand"] == 3
     assert get(agent, "/v1/status").json()["sync"]["session_present"] is False
     assert [a[2] for a in acks(hq, "stock")].count("applied") == 2  # each document applied once
+    assert get(agent, "/v1/status").json()["sync"]["hq"]["state"] == "online"
+
+
+def hq_state(agent: AgentProcess) -> str:
+    return str(get(agent, "/v1/status").json()["sync"]["hq"]["state"])
+
+
+def test_the_store_shows_hq_online_and_offline_and_refuses_garbage_on_the_hq_topic(
+        agent_factory: Any, broker_factory: Any, hq_factory: Any) -> None:
+    broker: Broker = broker_factory().start()
+    agent = agent_factory(mqtt_keys=sync_config(broker)).start()
+    wait_for(lambda: get(agent, "/v1/status").json()["sync"]["state"] == "connected", 30, "connected")
+    assert get(agent, "/v1/status").json()["sync"]["hq"] == {"state": "unknown", "since": None}
+    hq = hq_factory(broker)
+    hq.args += ["--tenant", TENANT]  # a new HQ database knows no tenant yet
+    hq.start()
+    wait_for(lambda: hq_state(agent) == "online", 30, "the store sees HQ online")
+    assert get(agent, "/v1/status").json()["sync"]["hq"]["since"]
+    hq.stop()  # a clean stop says offline
+    wait_for(lambda: hq_state(agent) == "offline", 30, "the store sees HQ offline after its clean stop")
+    hq.start()
+    wait_for(lambda: hq_state(agent) == "online", 30, "the store sees HQ online again")
+    hq.kill()  # no goodbye: the broker publishes HQ's last will
+    wait_for(lambda: hq_state(agent) == "offline", 30, "the store sees HQ's last will")
+
+    hq_topic = f"posedge/v1/{TENANT}/all/down/hq"
+    good = {"v": 1, "type": "hq", "msg_id": "g", "tenant": TENANT, "state": "online", "hq_session": "x",
+            "at": "2026-12-02T10:00:00+00:00"}
+    publish_raw(broker, hq_topic, [b"\x00not json{", json.dumps({**good, "state": "maybe"}).encode(),
+                                   json.dumps({**good, "at": "2026-12-02T10:00:00"}).encode(),
+                                   json.dumps({**good, "tenant": "other"}).encode()])
+    publish_raw(broker, f"posedge/v1/{TENANT}/{STORE}/down/hq", [json.dumps(good).encode()])  # tenant-wide only
+    expected = {"not_json": 1, "bad_field": 2, "wrong_tenant": 1, "bad_topic": 1}
+    wait_for(lambda: get(agent, "/v1/status").json()["sync"]["rejected_down"] == expected, 30,
+             f"the garbage counted ({get(agent, '/v1/status').json()['sync']['rejected_down']})")
+    assert hq_state(agent) == "offline"  # none of it was taken for HQ's word
+    sold = post_sales(agent, 3)
+    hq.start()
+    wait_for(lambda: hq_state(agent) == "online", 30, "HQ back")
+    wait_drained(agent)
+    assert_exactly_once_in_order(hq, sold)
 
 
 @pytest.mark.parametrize("kind,protocol", [("mosquitto", "3.1.1"), ("nats", "3.1.1")],

@@ -200,6 +200,8 @@ def test_hq_counts_and_drops_garbage_on_the_up_topics_and_keeps_consuming(
         agent_factory: Any, broker_factory: Any, hq_factory: Any) -> None:
     broker: Broker = broker_factory().start()
     hq = hq_factory(broker).start()
+    # Garbage published before HQ's SUBACK reaches nobody: wait for HQ's online (logged after it).
+    wait_for(lambda: "event=hq_online" in hq.log.read_text(), 30, "HQ subscribed")
     publish_raw(broker, "posedge/v1/test/store-1/up/batch",
                 [b"not json", b"{}", b'{"v":1,"type":"batch","tenant":"test","store":"store-1","events":[]}',
                  b"y" * 2_000_000])
