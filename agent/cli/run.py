@@ -201,6 +201,7 @@ async def _ready_when_listening(server: uvicorn.Server, agent: Agent, config: Co
     while not server.started:
         await asyncio.sleep(0.01)
     _banner(config)
+    _dump_modules(os.environ.get(DEBUG_MODULES_ENV))
     notify("READY=1", f"STATUS=serving on {config.api.listen}", f"MAINPID={os.getpid()}")
     interval = watchdog_interval_s()
     if interval is None:
@@ -211,6 +212,21 @@ async def _ready_when_listening(server: uvicorn.Server, agent: Agent, config: Co
         await asyncio.Event().wait()  # lives as long as the server; cancelled at stop
     finally:
         watchdog.stop()
+
+
+# Debug and tests only (tests/system/test_lazy_imports.py): at READY, write the names of the modules imported
+# so far to this file, one a line. What may be imported at start is in docs/architecture.md.
+DEBUG_MODULES_ENV = "POSEDGE_DEBUG_MODULES_FILE"
+
+
+def _dump_modules(path: str | None) -> None:
+    if not path:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write("".join(f"{name}\n" for name in sorted(sys.modules)))
+    except OSError as exc:
+        log.warning("event=debug_modules_not_written path=%s error=%r", path, exc.strerror or str(exc))
 
 
 def _server_problem(server: uvicorn.Server) -> str | None:
