@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -33,23 +33,31 @@ class AgentServer(uvicorn.Server):
     and the process exits 0. (uvicorn itself re-raises the signal after its shutdown, which would
     kill the process before the agent's own shutdown ran.)"""
 
-    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]],
+                 on_stop_requested: Callable[[], None] = lambda: None) -> None:
         super().__init__(config)
         self.before_shutdown = before_shutdown
+        self.on_stop_requested = on_stop_requested
         self._stopping_sent = False
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         # STOPPING=1 the moment the stop is asked for, so systemd shows "deactivating" during the drain.
         if not self._stopping_sent:
             self._stopping_sent = True
+            self.on_stop_requested()  # first: no scan read from this moment on is acted on
             log.info("event=stop_requested signal=%s", signal.Signals(sig).name)
             notify("STOPPING=1", "STATUS=stopping: finishing requests in flight")
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # Long-lived responses (the event stream) end first, so the server's wait for requests in
-        # flight is short and nothing is cancelled mid-response (no CancelledError at ERROR).
-        self.before_shutdown()
+        # Scanners stop and the scans read before are processed; long-lived responses (the event stream)
+        # end, so the server's wait for requests in flight is short and nothing is cancelled mid-response
+        # (no CancelledError at ERROR). Then no new connection is taken and those in flight are answered.
+        try:
+            await self.before_shutdown()
+        except Exception:  # the API must still drain, and the agent stop
+            log.exception("event=stop_step_failed step=scans")
+        log.info("event=api_closing (no new requests; those in flight are answered)")
         await super().shutdown(sockets)
 
     @contextlib.contextmanager
@@ -138,7 +146,8 @@ async def run_agent(config: Config, sock: socket.socket, config_path: str | None
     except (OSError, ValueError, ConfigError) as exc:
         print(f"posedge: cannot start: {exc}", file=sys.stderr)
         return 1
-    server = AgentServer(server_config(build_app(agent), config.api), before_shutdown=agent.events.close_streams)
+    server = AgentServer(server_config(build_app(agent), config.api), before_shutdown=agent.stop_taking_scans,
+                         on_stop_requested=agent.stop_requested)
     with server.catch_stop_signals(), reload_on_sighup(agent, config_path):
         stall = start_stall_hook()
         await agent.start()
