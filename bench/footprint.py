@@ -177,8 +177,8 @@ def bench_agent(idle_s: float, sales: int) -> None:
     print("idle agent: posedge run, no camera, file printer, no broker; a restart on existing state "
           f"(environment of the unit: {' '.join(f'{k}={v}' for k, v in env.items()) or 'none'})")
     print(f"  time to ready (exec -> /v1/health 200)  {ready_s * 1000:7.0f} ms   (target < 1000 ms); "
-          f"first start ever (creates database, token, store key) {first_ready_s * 1000:.0f} ms, "
-          f"{first_rss:.1f} MB")
+          f"first start ever (creates database, token, store key, so cryptography is loaded) "
+          f"{first_ready_s * 1000:.0f} ms, {first_rss:.1f} MB")
     print(f"  resident memory idle                     {agent_rss:7.1f} MB   bare python {bare_rss:.1f} MB "
           f"(x{agent_rss / bare_rss:.1f}); after {sales} sales {rss_after_sales:.1f} MB   (target < 60 MB)")
     print(f"  CPU idle over {idle_s:.0f} s                       {idle_cpu * 100:7.2f} % of a core   (target < 1 %)")

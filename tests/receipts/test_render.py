@@ -148,11 +148,13 @@ def test_claim_key_is_private_and_stable(tmp_path):
 def test_claim_key_record_is_used_only_for_the_very_key_it_was_made_from(tmp_path):
     """The JWK kept beside the key (so a start parses no key) is trusted only while the PEM's SHA-256
     matches; a replaced key gets its own JWK, and a torn or garbled record costs nothing but a parse."""
-    from posedge.agent.receipts.claims import ClaimFacts, public_jwk
+    from posedge.agent.receipts.claims import ClaimFacts, ed25519_seed, public_jwk
 
     path, record = tmp_path / "store-key.pem", tmp_path / "store-key.pem.jwk.json"
     first = ClaimSigner.from_file(path)
     assert record.exists()
+    assert ed25519_seed(path.read_bytes()) is not None  # the short way to the key is the one taken
+    assert ed25519_seed(b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n-----END PRIVATE KEY-----") is None
     lazy = ClaimSigner.from_file(path)
     assert lazy._key is None and lazy.jwk == first.jwk  # from the record, key not parsed yet
     facts = ClaimFacts("sale-1", "store-001", "demo", 100, 1, SOLD_AT)
