@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -212,6 +213,7 @@ async def _ready_when_listening(server: uvicorn.Server, agent: Agent, config: Co
     _banner(config)
     _dump_modules(os.environ.get(DEBUG_MODULES_ENV))
     notify("READY=1", f"STATUS=serving on {config.api.listen}", f"MAINPID={os.getpid()}")
+    _gc_after_start()
     interval = watchdog_interval_s()
     if interval is None:
         return
@@ -221,6 +223,14 @@ async def _ready_when_listening(server: uvicorn.Server, agent: Agent, config: Co
         await asyncio.Event().wait()  # lives as long as the server; cancelled at stop
     finally:
         watchdog.stop()
+
+
+def _gc_after_start() -> None:
+    """`posedge run` starts with the cyclic GC off (agent/cli/main.py): now that the agent serves, what start
+    made (modules, models, routes: long-lived) goes to the permanent generation, which no collection walks,
+    and the GC is on again for what the agent makes from here on."""
+    gc.freeze()
+    gc.enable()
 
 
 # Debug and tests only (tests/system/test_lazy_imports.py): at READY, write the names of the modules imported
