@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -30,6 +31,7 @@ from posedge.sync.ids import uuid7
 from posedge.sync.outbox import append_event
 
 log = logging.getLogger("posedge.agent.receipts")
+SETTLE_S = 5.0  # at a stop: how long the printers together may take to end the jobs they are sending
 
 # Other features add to a receipt's facts in the sale's transaction (members: phone, points; coupons):
 # each returns fields of SaleFacts ("member", "discounts", ...) to merge.
@@ -174,8 +176,11 @@ class Receipts:
         await asyncio.to_thread(self._settle)
 
     def _settle(self) -> None:
+        for worker in self.workers.values():
+            worker.request_settle()
+        deadline = time.monotonic() + SETTLE_S
         for name, worker in self.workers.items():
-            if worker.settle():
+            if worker.settle(max(0.0, deadline - time.monotonic())):
                 continue
             try:
                 marked = self.submit(lambda conn, name=name: settle_interrupted(conn, name)).result(timeout=10)

@@ -206,9 +206,17 @@ class PrinterWorker(threading.Thread):
         """Stop taking jobs and let the one being sent end (done, or pending again): True once the thread
         is gone. The printer stays open for `close()` (the agent closes devices last); False: the thread is
         stuck in the printer (a write or status wait longer than `timeout`), its job still `sending`."""
-        self.settled = True
-        self.stop(timeout)
+        self.request_settle()
+        if self.is_alive():
+            self.join(timeout)
         return not self.is_alive()
+
+    def request_settle(self) -> None:
+        """`settle` without the wait: several printers settle at once, within one bound."""
+        self.settled = True
+        self.stopping.set()
+        self.wake.set()
+        self._drawer_wanted.set()
 
     def close(self) -> None:
         """Close the printer (after `settle`; a stuck write in the thread is cut off by it)."""
