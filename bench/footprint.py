@@ -178,7 +178,7 @@ def bench_agent(idle_s: float, sales: int) -> None:
     print("idle agent: posedge run, no camera, file printer, no broker; a restart on existing state "
           f"(environment of the unit: {' '.join(f'{k}={v}' for k, v in env.items()) or 'none'})")
     print(f"  time to ready (exec -> /v1/health 200)  {ready_s * 1000:7.0f} ms   (target < 1000 ms), of which CPU "
-          f"{ready_cpu_s * 1000:.0f} ms (the wall time less what other processes took of the cores); "
+          f"{ready_cpu_s * 1000:.0f} ms (CPU time: other processes on the cores sway it less than the wall time); "
           f"first start ever (creates database, token, store key, so cryptography is loaded) "
           f"{first_ready_s * 1000:.0f} ms, {first_rss:.1f} MB")
     print(f"  resident memory idle                     {agent_rss:7.1f} MB   bare python {bare_rss:.1f} MB "
