@@ -116,7 +116,22 @@ class Agent:
         log.info("event=agent_started version=%s store=%s/%s", __version__, self.config.store.tenant,
                  self.config.store.id)
 
+    def stop_requested(self) -> None:
+        """At SIGTERM, at once (a signal handler, on the loop's thread): scans read from now on are not acted on."""
+        self.scanning.pipeline.close_intake()
+
+    async def stop_taking_scans(self) -> None:
+        """A stop's first step, before the API drains: scanners closed, scans read before the stop processed,
+        then the event streams end (so the API's wait for requests in flight is short)."""
+        await self.scanning.stop_intake()
+        self.events.close_streams()
+
     async def stop(self) -> None:
+        """The rest of the stop, once the API has answered the requests in flight (docs/architecture.md,
+        "Stopping"): scans (again, if not done), the print queue settled, then every feature in reverse order
+        (the sync link flushes its window and says offline; printers and other devices close), the store."""
+        await self.stop_taking_scans()
+        await self.receipts.settle()
         for feature in reversed(self.features):
             await feature.stop()
         await asyncio.to_thread(self.writer.stop)

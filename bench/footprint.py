@@ -1,8 +1,18 @@
 """Footprint figures of an idle agent and of the camera on an empty counter, each beside a raw baseline
 measured in the same run.
 
-1. `posedge run` (no camera, a file printer, no broker) as a real process:
-   - time to ready: from exec until `GET /v1/health` answers (polled every 2 ms over a raw socket);
+1. `posedge run` (no camera, a file printer, no broker) as a real process, started twice on the same state
+   directory: the first start creates the database, the token and the store key (once in a store PC's life),
+   the second is every later start (a boot, a restart, an upgrade without migration), and the figures below
+   are the second's, with the first's ready time and memory shown beside them. Before either, the sources
+   are byte-compiled (`compileall`), as `pip install` and a package's post-install step do: this checkout may
+   run with PYTHONDONTWRITEBYTECODE, and compiling ~300 modules from source would add ~250 ms to every start
+   that no installed agent pays. The child gets the environment the systemd unit sets
+   (packaging/systemd/posedge.service `Environment=`), so the figures are the service's.
+   - time to ready: from exec until `GET /v1/health` answers (polled every 2 ms over a raw socket), and the
+     agent's CPU time (utime + stime) until then, which a busy machine inflates less; the
+     API answers only after the store is open and the drivers started (agent/cli/run.py), and READY=1 is
+     sent at that moment too;
    - resident memory (VmRSS) once idle, next to a bare `python -c 'import sys'` process's;
    - CPU while idle for --idle-s seconds (utime + stime from /proc), as a share of one core;
    - the first sale after start against the p99 of the --sales following ones (POST /v1/sales,
@@ -17,8 +27,10 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -38,6 +50,23 @@ token_file = "{home}/api-token"
 enabled = false
 """
 TICKS = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "packaging" / "systemd" / "posedge.service"
+
+
+def unit_environment() -> dict[str, str]:
+    """The `Environment=` assignments of the shipped unit (the service runs with them)."""
+    env = {}
+    for line in UNIT.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^Environment=(\w+)=(\S*)$", line.strip())
+        if match:
+            env[match.group(1)] = match.group(2)
+    return env
+
+
+def byte_compile() -> None:
+    for folder in ("posedge", "agent", "drivers", "sync"):
+        compileall.compile_dir(str(ROOT / folder), quiet=1)
 
 
 def free_port() -> int:
@@ -90,23 +119,43 @@ def sale(n: int) -> dict[str, object]:
             "payments": [{"method": "cash", "amount_fen": amount}]}
 
 
+def start_agent(home: Path, port: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], float, float]:
+    log = open(home / "agent.log", "ab")
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "posedge", "run", "--config", str(home / "posedge.toml")],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=home,
+                            env={**os.environ, **env})
+    log.close()
+    while not health_answers(port):
+        if proc.poll() is not None or time.perf_counter() - started > 30:
+            proc.kill()
+            raise SystemExit(f"the agent did not start:\n{(home / 'agent.log').read_text()}")
+        time.sleep(0.002)
+    return proc, time.perf_counter() - started, cpu_s(proc.pid)
+
+
+def stop_agent(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    if proc.wait(30) != 0:
+        raise SystemExit(f"the agent exited {proc.returncode} on SIGTERM")
+
+
 def bench_agent(idle_s: float, sales: int) -> None:
     import httpx
 
+    byte_compile()
+    env = unit_environment()
     with tempfile.TemporaryDirectory(prefix="posedge-footprint-") as tmp:
         home, port = Path(tmp), free_port()
-        config = home / "posedge.toml"
-        config.write_text(CONFIG.format(home=home, port=port), encoding="utf-8")
-        log = open(home / "agent.log", "wb")
-        started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "posedge", "run", "--config", str(config)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=home)
+        (home / "posedge.toml").write_text(CONFIG.format(home=home, port=port), encoding="utf-8")
+        proc, first_ready_s, _ = start_agent(home, port, env)
         try:
-            while not health_answers(port):
-                if proc.poll() is not None or time.perf_counter() - started > 30:
-                    raise SystemExit(f"the agent did not start:\n{(home / 'agent.log').read_text()}")
-                time.sleep(0.002)
-            ready_s = time.perf_counter() - started
+            time.sleep(2.0)
+            first_rss = rss_mb(proc.pid)
+        finally:
+            stop_agent(proc)
+        proc, ready_s, ready_cpu_s = start_agent(home, port, env)
+        try:
             time.sleep(2.0)  # settle: what start-up left behind is done
             cpu_before, wall_before = cpu_s(proc.pid), time.monotonic()
             time.sleep(idle_s)
@@ -124,12 +173,14 @@ def bench_agent(idle_s: float, sales: int) -> None:
                     assert answer.status_code == 201, answer.text
             rss_after_sales = rss_mb(proc.pid)
         finally:
-            proc.terminate()
-            proc.wait(15)
-            log.close()
+            stop_agent(proc)
     first, p99 = times[0] * 1000, percentile(times[1:], 99) * 1000
-    print("idle agent: posedge run, no camera, file printer, no broker")
-    print(f"  time to ready (exec -> /v1/health 200)  {ready_s * 1000:7.0f} ms   (target < 1000 ms)")
+    print("idle agent: posedge run, no camera, file printer, no broker; a restart on existing state "
+          f"(environment of the unit: {' '.join(f'{k}={v}' for k, v in env.items()) or 'none'})")
+    print(f"  time to ready (exec -> /v1/health 200)  {ready_s * 1000:7.0f} ms   (target < 1000 ms), of which CPU "
+          f"{ready_cpu_s * 1000:.0f} ms (CPU time: other processes on the cores sway it less than the wall time); "
+          f"first start ever (creates database, token, store key, so cryptography is loaded) "
+          f"{first_ready_s * 1000:.0f} ms, {first_rss:.1f} MB")
     print(f"  resident memory idle                     {agent_rss:7.1f} MB   bare python {bare_rss:.1f} MB "
           f"(x{agent_rss / bare_rss:.1f}); after {sales} sales {rss_after_sales:.1f} MB   (target < 60 MB)")
     print(f"  CPU idle over {idle_s:.0f} s                       {idle_cpu * 100:7.2f} % of a core   (target < 1 %)")

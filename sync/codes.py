@@ -22,11 +22,10 @@ import binascii
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Mapping, TypedDict, TypeGuard, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, TypedDict, TypeGuard, overload
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+if TYPE_CHECKING:  # cryptography is imported on first use (a verify, a key): 7 MB the idle agent does not hold
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 ALG = "EdDSA"
 MAX_TOKEN_CHARS = 2048  # a phone-screen QR holds far less; anything longer is not ours
@@ -320,15 +319,22 @@ class Keyring:
     """HQ public keys by kid, plus the kids HQ has retired (refused even if a key is still listed)."""
 
     def __init__(self, public_keys: Mapping[str, str], retired_kids: Iterable[str] = ()) -> None:
-        self._keys = {kid: load_public_key(b64) for kid, b64 in public_keys.items()}
+        # Checked now (a malformed key is refused here); made into key objects on first use.
+        self._raw = {kid: public_key_bytes(b64) for kid, b64 in public_keys.items()}
+        self._keys: dict[str, Ed25519PublicKey] = {}
         self._retired = frozenset(retired_kids)
 
     def key_for(self, kid: Any) -> Ed25519PublicKey:
         if isinstance(kid, str) and kid in self._retired:
             raise RetiredKid(kid=kid)
-        key = self._keys.get(kid) if isinstance(kid, str) else None
-        if key is None:
+        raw = self._raw.get(kid) if isinstance(kid, str) else None
+        if raw is None:
             raise UnknownKid(kid=kid if isinstance(kid, str) else None)
+        key = self._keys.get(kid)
+        if key is None:  # a race makes two equal objects, harmlessly
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+            key = self._keys[kid] = Ed25519PublicKey.from_public_bytes(raw)
         return key
 
     @property
@@ -336,15 +342,24 @@ class Keyring:
         return sorted(self._keys)
 
 
-def load_public_key(b64: str) -> Ed25519PublicKey:
-    """Base64url (padding optional) of the raw 32-byte key, as in a JWK's `x` (RFC 8037)."""
+def public_key_bytes(b64: str) -> bytes:
+    """The raw 32-byte key from base64url (padding optional), as in a JWK's `x` (RFC 8037); ValueError if it
+    is not one. All the checking an Ed25519 public key gets (cryptography takes any 32 bytes), without
+    importing cryptography: config validation uses this."""
     try:
         raw = b64url_decode(b64.rstrip("="))
     except ValueError:
         raise ValueError("not base64url") from None
     if len(raw) != 32:
         raise ValueError(f"an Ed25519 public key is 32 bytes, found {len(raw)}")
-    return Ed25519PublicKey.from_public_bytes(raw)
+    return raw
+
+
+def load_public_key(b64: str) -> Ed25519PublicKey:
+    """`public_key_bytes` as a key object (imports cryptography)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    return Ed25519PublicKey.from_public_bytes(public_key_bytes(b64))
 
 
 # -- verification --------------------------------------------------------------------------------
@@ -370,6 +385,8 @@ def verify_compact(token: Any, keyring: Keyring, max_chars: int = MAX_TOKEN_CHAR
     if "crit" in header:  # RFC 7515 4.1.11: extensions we do not understand must be refused
         raise Malformed("the header names critical extensions this agent does not support")
     key = keyring.key_for(header.get("kid"))
+    from cryptography.exceptions import InvalidSignature
+
     try:
         signature = b64url_decode(parts[2])
     except ValueError:
@@ -461,19 +478,27 @@ class CodeMinter:
 
     @classmethod
     def generate(cls, kid: str = "hq-test", clock: Callable[[], float] = time.time) -> "CodeMinter":
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(kid, Ed25519PrivateKey.generate(), clock)
 
     @classmethod
     def from_seed(cls, kid: str, seed_b64: str, clock: Callable[[], float] = time.time) -> "CodeMinter":
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(kid, Ed25519PrivateKey.from_private_bytes(b64url_decode(seed_b64.rstrip("="))), clock)
 
     @property
     def public_key_b64(self) -> str:
+        from cryptography.hazmat.primitives import serialization
+
         raw = self.private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return b64url_encode(raw)
 
     @property
     def seed_b64(self) -> str:
+        from cryptography.hazmat.primitives import serialization
+
         raw = self.private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                              serialization.NoEncryption())
         return b64url_encode(raw)

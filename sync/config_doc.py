@@ -21,11 +21,12 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeGuard
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING, Any, Mapping, TypeGuard
 
 from posedge.sync.codes import ALG, CodeRefused, Keyring, peek_claims, sign_compact, verify_compact
+
+if TYPE_CHECKING:  # signing is HQ's and the tests' (sync/codes.py imports cryptography on first use)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 CONFIG_TYP = "posedge-config+jws"
 MAX_DOCUMENT_CHARS = 65_536  # as sync/down.py's MAX_CONFIG_BYTES: the JWS on the wire

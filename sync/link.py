@@ -48,6 +48,7 @@ READS_PER_STEP = 16
 TILL_WAIT_MAX_S = 0.05  # the longest the drain gives way to the till at a time: busy tills slow it, never stop it
 TILL_POLL_S = 0.001
 STATUS_POLL_S = 0.5  # how often the status fields are read for a change (they read the database)
+FLUSH_S = 2.0  # at a stop: how long the batches in flight may wait for HQ's ack before the goodbye
 OUTAGE_WARNING_S = 300.0  # a drop and its reconnect are routine (INFO); offline this long is WARNING, once
 State = Literal["connecting", "connected", "offline", "stopped"]
 DownHandler = Callable[[str, bytes], None]  # (topic, payload) of a down message other than down/ack
@@ -155,7 +156,8 @@ class Link:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Publish the retained offline status (a clean stop sends no last will), disconnect, join."""
+        """Flush the window (no new batch; the ones in flight get up to FLUSH_S for HQ's ack), publish the
+        retained offline status (a clean stop sends no last will), disconnect, join."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -196,8 +198,23 @@ class Link:
             except Exception as exc:  # a bug must not end the link: note it, drop the connection, go on
                 log.exception("event=sync_link_error")
                 self._drop(f"{exc.__class__.__name__}: {exc}")
+        self._flush()
         self._goodbye()
         self._set_state("stopped")
+
+    def _flush(self) -> None:
+        """Read acks for the batches in flight, building none, until there are none or FLUSH_S passed: what
+        HQ acked now is marked acked and not sent again at the next start (resending would be safe, only
+        slower)."""
+        client = self._client
+        deadline = time.monotonic() + FLUSH_S
+        while (client is not None and self._client is client and self.drainer.connected and self.drainer.inflight
+               and time.monotonic() < deadline):
+            if client.loop(timeout=0.02) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            self._run_work()
+        if self.drainer.inflight:
+            log.info("event=sync_flush_incomplete batches=%d (resent at the next start)", len(self.drainer.inflight))
 
     def _step(self) -> None:
         self._run_work()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
 import socket
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -33,23 +34,31 @@ class AgentServer(uvicorn.Server):
     and the process exits 0. (uvicorn itself re-raises the signal after its shutdown, which would
     kill the process before the agent's own shutdown ran.)"""
 
-    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]],
+                 on_stop_requested: Callable[[], None] = lambda: None) -> None:
         super().__init__(config)
         self.before_shutdown = before_shutdown
+        self.on_stop_requested = on_stop_requested
         self._stopping_sent = False
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         # STOPPING=1 the moment the stop is asked for, so systemd shows "deactivating" during the drain.
         if not self._stopping_sent:
             self._stopping_sent = True
+            self.on_stop_requested()  # first: no scan read from this moment on is acted on
             log.info("event=stop_requested signal=%s", signal.Signals(sig).name)
             notify("STOPPING=1", "STATUS=stopping: finishing requests in flight")
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # Long-lived responses (the event stream) end first, so the server's wait for requests in
-        # flight is short and nothing is cancelled mid-response (no CancelledError at ERROR).
-        self.before_shutdown()
+        # Scanners stop and the scans read before are processed; long-lived responses (the event stream)
+        # end, so the server's wait for requests in flight is short and nothing is cancelled mid-response
+        # (no CancelledError at ERROR). Then no new connection is taken and those in flight are answered.
+        try:
+            await self.before_shutdown()
+        except Exception:  # the API must still drain, and the agent stop
+            log.exception("event=stop_step_failed step=scans")
+        log.info("event=api_closing (no new requests; those in flight are answered)")
         await super().shutdown(sockets)
 
     @contextlib.contextmanager
@@ -138,7 +147,8 @@ async def run_agent(config: Config, sock: socket.socket, config_path: str | None
     except (OSError, ValueError, ConfigError) as exc:
         print(f"posedge: cannot start: {exc}", file=sys.stderr)
         return 1
-    server = AgentServer(server_config(build_app(agent), config.api), before_shutdown=agent.events.close_streams)
+    server = AgentServer(server_config(build_app(agent), config.api), before_shutdown=agent.stop_taking_scans,
+                         on_stop_requested=agent.stop_requested)
     with server.catch_stop_signals(), reload_on_sighup(agent, config_path):
         stall = start_stall_hook()
         await agent.start()
@@ -201,7 +211,9 @@ async def _ready_when_listening(server: uvicorn.Server, agent: Agent, config: Co
     while not server.started:
         await asyncio.sleep(0.01)
     _banner(config)
+    _dump_modules(os.environ.get(DEBUG_MODULES_ENV))
     notify("READY=1", f"STATUS=serving on {config.api.listen}", f"MAINPID={os.getpid()}")
+    _gc_after_start()
     interval = watchdog_interval_s()
     if interval is None:
         return
@@ -211,6 +223,29 @@ async def _ready_when_listening(server: uvicorn.Server, agent: Agent, config: Co
         await asyncio.Event().wait()  # lives as long as the server; cancelled at stop
     finally:
         watchdog.stop()
+
+
+def _gc_after_start() -> None:
+    """`posedge run` starts with the cyclic GC off (agent/cli/main.py): now that the agent serves, what start
+    made (modules, models, routes: long-lived) goes to the permanent generation, which no collection walks,
+    and the GC is on again for what the agent makes from here on."""
+    gc.freeze()
+    gc.enable()
+
+
+# Debug and tests only (tests/system/test_lazy_imports.py): at READY, write the names of the modules imported
+# so far to this file, one a line. What may be imported at start is in docs/architecture.md.
+DEBUG_MODULES_ENV = "POSEDGE_DEBUG_MODULES_FILE"
+
+
+def _dump_modules(path: str | None) -> None:
+    if not path:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write("".join(f"{name}\n" for name in sorted(sys.modules)))
+    except OSError as exc:
+        log.warning("event=debug_modules_not_written path=%s error=%r", path, exc.strerror or str(exc))
 
 
 def _server_problem(server: uvicorn.Server) -> str | None:

@@ -15,7 +15,7 @@ from collections import Counter
 from concurrent.futures import Future
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 from posedge import __version__
@@ -27,10 +27,12 @@ from posedge.agent.store.writer import StoreWriter
 from posedge.sync import outbox, stream as streams
 from posedge.sync.down import parse_down_topic, parse_hq
 from posedge.sync.drainer import Drainer, DrainSettings
-from posedge.sync.link import ConnectHook, Link, LinkSettings
 from posedge.sync.outbox import OutboxEvent
 from posedge.sync.protocol import ProtocolError, Topics
 from posedge.sync.stream import Stream
+
+if TYPE_CHECKING:  # paho is imported when the link starts ([mqtt] enabled), not at import
+    from posedge.sync.link import ConnectHook, Link, LinkSettings
 
 log = logging.getLogger("posedge.agent.sync")
 
@@ -188,6 +190,8 @@ class HqSync:
         settings = link_settings(self.config)
         if not settings.tls and (mqtt.ca_file or mqtt.cert_file or mqtt.key_file):
             log.warning("event=sync_tls_files_unused url=%s (ca_file, cert_file and key_file need mqtts://)", mqtt.url)
+        from posedge.sync.link import Link
+
         self.link = Link(settings, topics, drainer, self._status_fields, self.till_busy)
         self.link.on_down = self._on_down
         self.link.connect_hooks.extend(self.connect_hooks)
@@ -303,6 +307,8 @@ class HqSync:
 
 
 def link_settings(config: Config) -> LinkSettings:
+    from posedge.sync.link import LinkSettings
+
     mqtt = config.mqtt
     parts = urlsplit(mqtt.url)
     tls = parts.scheme == "mqtts"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from posedge.agent.receipts.queue import (
     receipt_facts,
     recover_interrupted,
     sale_facts,
+    settle_interrupted,
 )
 from posedge.agent.receipts.render import ReceiptRenderer
 from posedge.drivers.printers.base import PrinterFault
@@ -29,6 +31,7 @@ from posedge.sync.ids import uuid7
 from posedge.sync.outbox import append_event
 
 log = logging.getLogger("posedge.agent.receipts")
+SETTLE_S = 5.0  # at a stop: how long the printers together may take to end the jobs they are sending
 
 # Other features add to a receipt's facts in the sale's transaction (members: phone, points; coupons):
 # each returns fields of SaleFacts ("member", "discounts", ...) to merge.
@@ -165,9 +168,34 @@ class Receipts:
             self.workers[printer_config.name] = worker
             worker.start()
 
+    async def settle(self) -> None:
+        """A stop's print-queue step: every worker stops taking jobs and ends the one it is sending (done, or
+        pending again); a worker stuck in its printer past the bound has its job marked pending and possibly
+        duplicated, so a restart sends it once more, marked, and loses none. Printers stay open: `stop()`
+        closes them, after the sync link's flush (docs/architecture.md, "Stopping")."""
+        await asyncio.to_thread(self._settle)
+
+    def _settle(self) -> None:
+        for worker in self.workers.values():
+            worker.request_settle()
+        deadline = time.monotonic() + SETTLE_S
+        for name, worker in self.workers.items():
+            if worker.settle(max(0.0, deadline - time.monotonic())):
+                continue
+            try:
+                marked = self.submit(lambda conn, name=name: settle_interrupted(conn, name)).result(timeout=10)
+            except Exception as exc:  # storage down: the next start's recovery marks it the same way
+                log.error("event=print_job_not_settled printer=%s error=%r", name, str(exc))
+                continue
+            log.warning("event=print_job_interrupted printer=%s jobs=%d note=%r", name, marked,
+                        "the printer did not finish; re-sent at the next start, marked possibly duplicated")
+
     def _stop(self) -> None:
         for worker in self.workers.values():
-            worker.stop()
+            if worker.settled:  # its thread is done (or stuck in the printer): close the device
+                worker.close()
+            else:
+                worker.stop()
 
     async def reconfigure(self, old: Config, new: Config) -> None:
         """Live: a `[receipt]` change gives the workers a new renderer (next job on); the printers are

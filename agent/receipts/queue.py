@@ -117,6 +117,13 @@ def queue_depths(conn: sqlite3.Connection) -> dict[str, int]:
     return {printer: count for printer, count in rows}
 
 
+def settle_interrupted(conn: sqlite3.Connection, printer: str) -> int:
+    """At a stop, the job a stuck printer thread is still sending: pending again, marked possibly duplicated
+    (its bytes may be on paper), as a restart would find it; the next start sends it once more, marked."""
+    return conn.execute("UPDATE print_jobs SET state = 'pending', possibly_duplicated = 1"
+                        " WHERE state = 'sending' AND printer = ?", (printer,)).rowcount
+
+
 def recover_interrupted(conn: sqlite3.Connection) -> int:
     """Jobs left `sending` by a crash: their bytes may have printed. Send again, marked as such."""
     return conn.execute(
@@ -172,6 +179,7 @@ class PrinterWorker(threading.Thread):
         self._drawer_wanted = threading.Event()
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self.settled = False  # settle() was called: the thread leaves the printer open for close()
 
     # -- control from other threads --------------------------------------------------------
     def notify(self) -> None:
@@ -193,6 +201,29 @@ class PrinterWorker(threading.Thread):
         self._drawer_wanted.set()
         if self.is_alive():
             self.join(timeout)
+
+    def settle(self, timeout: float = 5.0) -> bool:
+        """Stop taking jobs and let the one being sent end (done, or pending again): True once the thread
+        is gone. The printer stays open for `close()` (the agent closes devices last); False: the thread is
+        stuck in the printer (a write or status wait longer than `timeout`), its job still `sending`."""
+        self.request_settle()
+        if self.is_alive():
+            self.join(timeout)
+        return not self.is_alive()
+
+    def request_settle(self) -> None:
+        """`settle` without the wait: several printers settle at once, within one bound."""
+        self.settled = True
+        self.stopping.set()
+        self.wake.set()
+        self._drawer_wanted.set()
+
+    def close(self) -> None:
+        """Close the printer (after `settle`; a stuck write in the thread is cut off by it)."""
+        try:
+            self.printer.close()
+        except Exception:  # closing is best effort at a stop
+            log.warning("event=printer_close_failed printer=%s", self.printer.name, exc_info=True)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -218,7 +249,8 @@ class PrinterWorker(threading.Thread):
                     self.last_error = f"{exc.__class__.__name__}: {exc}"
                     self._pause(self.backoff.next_delay())
         finally:
-            self.printer.close()
+            if not self.settled:
+                self.printer.close()
             if self._conn is not None:
                 self._conn.close()
 

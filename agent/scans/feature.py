@@ -46,8 +46,17 @@ class Scans:
             driver.start()
             self.devices.append(driver)
 
+    async def stop_intake(self) -> None:
+        """The first step of a stop: no scan read from now on is acted on, the scanners are closed, and the
+        scans read before are processed (bounded). Idempotent; `stop()` then ends the pipeline."""
+        self.pipeline.close_intake()
+        for device in reversed(self.devices):  # kept in the list: the status (and HQ's offline one) says stopped
+            await asyncio.to_thread(device.stop)
+        if not await self.pipeline.drain():
+            log.warning("event=scans_not_drained (scans read before the stop were still queued)")
+
     async def stop(self) -> None:
-        await self._stop_devices()
+        await self.stop_intake()
         await self.pipeline.stop()
 
     async def _stop_devices(self) -> None:

@@ -189,6 +189,12 @@ class PaymentCodeGone(NotFound):
                " or the scan is not a payment code")
 
 
+class ScanPipelineStopping(AgentError):
+    code = "agent_stopping"
+    status = 503
+    message = "the agent is stopping and takes no more scans"
+
+
 class ScanPipelineBusy(AgentError):
     code = "scan_pipeline_busy"
     status = 503
@@ -248,6 +254,7 @@ class ScanPipeline:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[Scan, asyncio.Future | None]] | None = None
         self._worker: asyncio.Task | None = None
+        self._closed_ns: int | None = None  # monotonic ns of the stop: scans read from then on are not taken
 
     # -- wiring ----------------------------------------------------------------------------
     def add_resolver(self, kinds: Iterable[str], resolver: Resolver) -> None:
@@ -261,6 +268,26 @@ class ScanPipeline:
         self._queue = asyncio.Queue(maxsize=QUEUE_MAX)
         self._worker = self._loop.create_task(self._work(), name="scan-pipeline")
 
+    def close_intake(self) -> None:
+        """The first step of a stop (SIGTERM): scans read from now on are not acted on (counted as rejected
+        `stopping`); those read before, still on their way or queued, are processed. Any thread."""
+        if self._closed_ns is None:
+            self._closed_ns = time.monotonic_ns()
+
+    def _closed_for(self, scan: Scan) -> bool:
+        return self._closed_ns is not None and scan.mono_ns >= self._closed_ns
+
+    async def drain(self, timeout_s: float = 5.0) -> bool:
+        """Wait (bounded) until every scan queued so far is processed; True if it was."""
+        if self._queue is None or self._worker is None:
+            return True
+        await asyncio.sleep(0)  # scans handed over by driver threads just before this are queued first
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
     async def stop(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
@@ -273,6 +300,9 @@ class ScanPipeline:
     # -- ScanSink (driver threads) ---------------------------------------------------------
     def scan(self, scan: Scan) -> None:
         loop = self._loop
+        if self._closed_for(scan):
+            self.rejected(scan.scanner, "stopping", "the agent is stopping")
+            return
         if loop is None or loop.is_closed():
             self.rejected(scan.scanner, "not_running", "the scan pipeline is not running")
             return
@@ -299,6 +329,8 @@ class ScanPipeline:
         if not isinstance(frame, Line):
             self.rejections[frame.reason] += 1
             raise ScanRejected(f"the scan text is rejected: {frame.detail}", reason=frame.reason)
+        if self._closed_ns is not None:
+            raise ScanPipelineStopping()
         assert self._loop is not None, "ScanPipeline.start() was not called"
         future: asyncio.Future = self._loop.create_future()
         self._enqueue(Scan.now(frame.text, frame.raw, scanner, frame.symbology), future)
@@ -325,6 +357,9 @@ class ScanPipeline:
     # -- inner -----------------------------------------------------------------------------
     def _enqueue(self, scan: Scan, future: asyncio.Future | None) -> None:
         assert self._queue is not None
+        if future is None and self._closed_for(scan):  # read after the stop began (a POS's scan was checked)
+            self._rejected(scan.scanner, "stopping", "the agent is stopping")
+            return
         try:
             self._queue.put_nowait((scan, future))
         except asyncio.QueueFull:
@@ -345,6 +380,8 @@ class ScanPipeline:
                 if future is not None and not future.done():
                     future.set_exception(exc)
                 continue
+            finally:
+                self._queue.task_done()
             if future is not None and not future.done():
                 future.set_result(event)
 

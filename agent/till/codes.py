@@ -31,6 +31,7 @@ from posedge.sync.codes import (  # noqa: F401  (re-exported: the agent's names 
     load_public_key,
     looks_like_code,
     peek_claims,
+    public_key_bytes,
 )
 
 # -- refusals, as agent errors ---------------------------------------------------------------------

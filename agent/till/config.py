@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from posedge.agent.config import ConfigModel, resolve_secrets
 from posedge.agent.domain.pricing import PointsRules, StackingRules
-from posedge.agent.till.codes import KID, load_public_key
+from posedge.agent.till.codes import KID, public_key_bytes
 
 
 class HqConfig(ConfigModel):
@@ -31,7 +31,7 @@ class HqConfig(ConfigModel):
             if not re.match(KID, kid):
                 raise ValueError(f"kid {kid!r} must be 1-64 of A-Z a-z 0-9 . _ : -")
             try:
-                load_public_key(key)
+                public_key_bytes(key)  # the same checks as load_public_key, without importing cryptography
             except ValueError as exc:
                 raise ValueError(f"key of kid {kid!r}: {exc}") from None
         return value

@@ -145,6 +145,33 @@ def test_claim_key_is_private_and_stable(tmp_path):
     assert first.jwk == again.jwk and first.jwk["kty"] == "OKP" and first.jwk["crv"] == "Ed25519"
 
 
+def test_claim_key_record_is_used_only_for_the_very_key_it_was_made_from(tmp_path):
+    """The JWK kept beside the key (so a start parses no key) is trusted only while the PEM's SHA-256
+    matches; a replaced key gets its own JWK, and a torn or garbled record costs nothing but a parse."""
+    from posedge.agent.receipts.claims import ClaimFacts, ed25519_seed, public_jwk
+
+    path, record = tmp_path / "store-key.pem", tmp_path / "store-key.pem.jwk.json"
+    first = ClaimSigner.from_file(path)
+    assert record.exists()
+    assert ed25519_seed(path.read_bytes()) is not None  # the short way to the key is the one taken
+    assert ed25519_seed(b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n-----END PRIVATE KEY-----") is None
+    lazy = ClaimSigner.from_file(path)
+    assert lazy._key is None and lazy.jwk == first.jwk  # from the record, key not parsed yet
+    facts = ClaimFacts("sale-1", "store-001", "demo", 100, 1, SOLD_AT)
+    assert lazy.sign(facts) == first.sign(facts)
+    assert public_jwk(lazy.public_key) == first.jwk
+
+    replaced = tmp_path / "replaced.pem"
+    ClaimSigner.from_file(replaced)
+    path.write_bytes(replaced.read_bytes())  # store IT restores another key; the old record stays
+    after = ClaimSigner.from_file(path)
+    assert after.jwk != first.jwk and after.jwk == public_jwk(after.public_key)
+    assert ClaimSigner.from_file(path)._key is None  # the record was rewritten for the new key
+
+    record.write_text("{not json", encoding="utf-8")
+    assert ClaimSigner.from_file(path).jwk == after.jwk
+
+
 def test_claim_token_is_deterministic_and_tamper_evident(signer, tmp_path):
     from posedge.agent.receipts.claims import ClaimFacts
 
@@ -169,7 +196,7 @@ def test_claim_token_is_byte_for_byte_what_pyjwt_signs(signer):
 
     for facts in (ClaimFacts("sale-9", "store-001", "demo", 990, 9, SOLD_AT),
                   ClaimFacts("门店-x", "store-002", "租户", 0, 0, SOLD_AT.astimezone(SHANGHAI))):
-        expected = jwt.encode(signer.claims(facts), signer._key, algorithm="EdDSA",
+        expected = jwt.encode(signer.claims(facts), signer._private(), algorithm="EdDSA",
                               headers={"kid": signer.kid, "typ": "JWT"})
         assert signer.sign(facts) == expected
         assert verify_claim(expected, signer.public_key, now=SOLD_AT)["sub"] == facts.sale_id

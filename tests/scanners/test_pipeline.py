@@ -171,3 +171,32 @@ def test_a_flood_of_rejections_gives_one_event_and_one_log_line_per_reason() -> 
     events, pipeline = run(main())
     assert sorted((e.data["reason"], e.data["suppressed"]) for e in events) == [("invalid_utf8", 0), ("too_long", 0)]
     assert pipeline.rejections["invalid_utf8"] == 500
+
+
+def test_after_close_intake_scans_read_before_are_processed_and_those_read_after_are_not() -> None:
+    """The stop's first step: the cut is the moment of the stop request, by read time, not by when a scan
+    happens to reach the loop: one read just before (still on its way from the driver thread) is processed,
+    one read after is counted as rejected `stopping`, and a scan typed at the POS is refused."""
+    from posedge.agent.scans.pipeline import ScanPipelineStopping
+
+    async def main():
+        hub = EventHub()
+        pipeline = ScanPipeline(hub, Classifier())
+        pipeline.start()
+        before = Scan.now("6901234567892", b"6901234567892", "till-1")
+        pipeline.close_intake()
+        after = Scan.now("4006381333931", b"4006381333931", "till-1")
+        for scan in (before, after):  # as a driver thread hands them over
+            threading.Thread(target=pipeline.scan, args=(scan,)).start()
+        await asyncio.sleep(0.05)
+        assert await pipeline.drain()
+        with pytest.raises(ScanPipelineStopping):
+            await pipeline.submit_text("4006381333931")
+        await pipeline.stop()
+        return pipeline, hub.recent()
+
+    pipeline, events = run(main())
+    scans = [e.data["text"] for e in events if e.type == "scan"]
+    assert scans == ["6901234567892"]
+    assert pipeline.rejections["stopping"] == 1
+    assert sum(pipeline.counts.values()) == 1
