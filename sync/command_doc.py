@@ -20,9 +20,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING, Any, Mapping
 
 from posedge.sync.codes import ALG, Keyring, peek_claims, sign_compact
 from posedge.sync.config_doc import (
@@ -34,6 +32,9 @@ from posedge.sync.config_doc import (
     verify_signed,
 )
 from posedge.sync.down import RECORD_KINDS
+
+if TYPE_CHECKING:  # signing is HQ's and the tests' (sync/codes.py imports cryptography on first use)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 COMMAND_TYP = "posedge-command+jws"
 COMMANDS = ("reload", "resync", "diagnostics", "rotate_token")
