@@ -254,10 +254,15 @@ def checkouts_during_drain(home: Path, backlog: int, count: int
             while True:
                 during.extend(paced_checkout(client, n + k) for k in range(20))
                 n += 20
-                if client.get("/v1/status").json()["outbox"]["depth"] == 0:
+                status = client.get("/v1/status").json()
+                if status["outbox"]["depth"] == 0:
                     break
+                for name, proc in (("mosquitto", broker), ("posedge-hq serve", hq)):
+                    if proc.poll() is not None:  # e.g. the port was taken meanwhile (a shared machine)
+                        raise SystemExit(f"bench: {name} exited with {proc.returncode} during the drain")
                 if time.perf_counter() - started > 600:
-                    raise SystemExit("bench: the drain did not finish within 600 s")
+                    raise SystemExit(f"bench: the drain did not finish within 600 s; outbox {status['outbox']}, "
+                                     f"sync {status['sync']}")
             drain_s = time.perf_counter() - started
             sync_status = client.get("/v1/status").json()["sync"]
     finally:
