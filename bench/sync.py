@@ -238,7 +238,10 @@ def checkouts_during_drain(home: Path, backlog: int, count: int
         with agent.client() as client:
             for n in range(50):
                 checkout(client, n)
-            idle = [paced_checkout(client, 1000 + n) for n in range(count)]
+            idle: list[float] = []
+            for n in range(1000, 1000 + count, 20):  # as during the drain: 20 checkouts, then a look at the status
+                idle.extend(paced_checkout(client, n + k) for k in range(min(20, 1000 + count - n)))
+                client.get("/v1/status").json()
             broker_home = home / "broker-drain"
             broker_home.mkdir()
             conf = broker_home / "mosquitto.conf"

@@ -493,12 +493,16 @@ def _apply_event(database: Database, batch: Batch, event: WireEvent, now: str) -
 
 
 def _sale_row(payload: dict[str, Any]) -> tuple[Any, ...] | None:
-    sale_id = payload.get("sale_id")
-    totals = [payload.get(k) for k in SALE_TOTALS]
-    if not isinstance(sale_id, str) or not all(isinstance(t, int) and not isinstance(t, bool) for t in totals):
+    """(sale_id, receipt_no, business_day, the totals) or None when the sale id or a total is missing or not an
+    integer. `type(...) is int` refuses bool (a subclass of int) as the isinstance pair did, in one test an event."""
+    get = payload.get
+    sale_id, gross, discount, total, paid = (get("sale_id"), get("gross_fen"), get("discount_fen"), get("total_fen"),
+                                             get("paid_fen"))
+    if type(sale_id) is not str or not (type(gross) is type(discount) is type(total) is type(paid) is int):
         return None
-    text = [v if isinstance(v, str) else None for v in (payload.get("receipt_no"), payload.get("business_day"))]
-    return (sale_id, *text, *totals)
+    receipt_no, business_day = get("receipt_no"), get("business_day")
+    return (sale_id, receipt_no if type(receipt_no) is str else None,
+            business_day if type(business_day) is str else None, gross, discount, total, paid)
 
 
 def _now() -> str:
