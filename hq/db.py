@@ -1,6 +1,7 @@
 """HQ's database, SQLite or PostgreSQL (one code path, a small dialect layer).
 
-One transaction per up batch, then the ack.
+One transaction per up batch, then the ack; in it, usually one statement per table for all the batch's events
+(executemany), event by event only to find where one already held stops the batch.
 
 Tables (the same in both):
 - `streams`: per (tenant, store, stream) the highest seq held without a gap (`acked_seq`);
@@ -228,6 +229,10 @@ class Database:
     def execute(self, sql: str, params: Sequence[object] = ()) -> Result:
         raise NotImplementedError
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
+        """One statement over many rows; returns the rows changed in all (both drivers sum them)."""
+        raise NotImplementedError
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         raise NotImplementedError
@@ -273,6 +278,9 @@ class SqliteDatabase(Database):
         cur = self._conn.execute(sql, params)
         return Result(cur.fetchall() if cur.description else [], cur.rowcount)
 
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
+        return int(self._conn.executemany(sql, rows).rowcount)
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self._conn.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first write: one batch at a time
@@ -313,6 +321,11 @@ class PostgresDatabase(Database):
     def execute(self, sql: str, params: Sequence[object] = ()) -> Result:
         cur = self._live().execute(sql.replace("?", "%s"), params)  # no literal ? or % in this module's SQL
         return Result(list(cur.fetchall()) if cur.description else [], cur.rowcount)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> int:
+        with self._live().cursor() as cur:  # psycopg 3 sums the rowcounts of an executemany without RETURNING
+            cur.executemany(sql.replace("?", "%s"), rows)
+            return int(cur.rowcount)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -385,34 +398,94 @@ def _locked_position(database: Database, batch: Batch, now: str) -> int:
 
 def _apply(database: Database, batch: Batch, now: str) -> Outcome:
     held = _locked_position(database, batch, now)
-    acked, applied, duplicates, bad = held, 0, 0, 0
+    # parse_batch checked that the seqs are consecutive: the events HQ holds already are a prefix of the batch.
+    resent = [e for e in batch.events if e.seq <= held]
+    fresh_events = batch.events[len(resent):]
+    acked, applied, bad = held, 0, 0
     gap_from: int | None = None
-    error: str | None = None
-    for event in batch.events:
-        if event.seq <= acked:
-            held_id = held_event_id(database, batch.tenant, batch.store, batch.stream, event.seq)
-            if held_id not in (event.event_id, None):
-                error = "seq_conflict"  # the same stream numbered another event so: a restored database
-                break
-            duplicates += 1
-            continue
-        if event.seq > acked + 1:
-            gap_from = acked + 1
-            break
-        if not _insert_event(database, batch, event, now):
-            error = "seq_conflict"  # the event id is held at another seq of this stream
-            break
-        fresh, valid = _apply_event(database, batch, event, now)
-        applied += fresh
-        duplicates += not fresh
-        bad += not valid
-        acked = event.seq
+    duplicates, error = _check_resent(database, batch, resent)
+    if error is None and fresh_events:
+        if fresh_events[0].seq > held + 1:
+            gap_from = held + 1
+        else:
+            counted = _apply_all(database, batch, fresh_events, now)
+            if counted is None:  # one of them is held already somewhere: event by event, to stop at it
+                counted = _apply_each(database, batch, fresh_events, now)
+            acked, applied, fresh_dups, bad, error = counted
+            duplicates += fresh_dups
+            acked = max(acked, held)
     database.execute("UPDATE streams SET acked_seq = ?, last_seen_at = ? "
                      "WHERE tenant = ? AND store_id = ? AND stream = ?",
                      (acked, now, batch.tenant, batch.store, batch.stream))
     _count_wire(database, batch, applied, duplicates)
     return Outcome(acked, gap_from, error, applied, duplicates, bad,
                    held_event_id(database, batch.tenant, batch.store, batch.stream, acked))
+
+
+Counted = tuple[int, int, int, int, str | None]  # acked through, applied, duplicates, bad payloads, error
+
+
+def _check_resent(database: Database, batch: Batch, resent: list[WireEvent]) -> tuple[int, str | None]:
+    """How many of these are duplicates, up to the first that HQ holds another event at the seq of
+    (`seq_conflict`: the same stream numbered anew, a restored database). One query for the lot."""
+    if not resent:
+        return 0, None
+    rows = database.execute("SELECT seq, event_id FROM events WHERE tenant = ? AND store_id = ? AND stream = ? "
+                            "AND seq BETWEEN ? AND ?",
+                            (batch.tenant, batch.store, batch.stream, resent[0].seq, resent[-1].seq)).rows
+    held = {int(seq): str(event_id) for seq, event_id in rows}
+    for duplicates, event in enumerate(resent):
+        if held.get(event.seq) not in (event.event_id, None):
+            return duplicates, "seq_conflict"
+    return len(resent), None
+
+
+def _apply_all(database: Database, batch: Batch, events: Sequence[WireEvent], now: str) -> Counted | None:
+    """The usual case, a statement for all the events at once: none of them is held yet (in `events` nor
+    `applied_events`). None (and nothing changed) when one is: then `_apply_each` finds which."""
+    tenant, store, stream = batch.tenant, batch.store, batch.stream
+    database.execute("SAVEPOINT apply_all")
+    inserted = database.executemany(
+        "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [(tenant, store, stream, e.seq, e.event_id, e.kind, e.key, e.created_at, dumps(e.payload), now)
+         for e in events])
+    first_time = inserted == len(events) and database.executemany(
+        "INSERT INTO applied_events VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        [(tenant, store, e.event_id) for e in events]) == len(events)
+    if not first_time:
+        database.execute("ROLLBACK TO SAVEPOINT apply_all")
+        database.execute("RELEASE SAVEPOINT apply_all")
+        return None
+    sales: list[tuple[Any, ...]] = []
+    bad = 0
+    for event in events:
+        ledger.project(database, tenant, store, event)  # the chain's tables (points, stock, ...)
+        if event.kind == "sale":
+            row = _sale_row(event.payload)
+            if row is None:
+                bad += 1
+            else:
+                sales.append((tenant, store, *row, stream, event.seq, now))
+    if sales:
+        database.executemany("INSERT INTO sales VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                             sales)
+    database.execute("RELEASE SAVEPOINT apply_all")
+    return events[-1].seq, len(events), 0, bad, None
+
+
+def _apply_each(database: Database, batch: Batch, events: Sequence[WireEvent], now: str) -> Counted:
+    """Event by event, stopping at one whose id this stream holds at another seq (`seq_conflict`); an event
+    applied before under another stream (a restored database resending) counts as a duplicate."""
+    acked, applied, duplicates, bad = 0, 0, 0, 0
+    for event in events:
+        if not _insert_event(database, batch, event, now):
+            return acked, applied, duplicates, bad, "seq_conflict"  # the event id is held at another seq
+        fresh, valid = _apply_event(database, batch, event, now)
+        applied += fresh
+        duplicates += not fresh
+        bad += not valid
+        acked = event.seq
+    return acked, applied, duplicates, bad, None
 
 
 def _count_wire(database: Database, batch: Batch, applied: int, duplicates: int) -> None:
@@ -449,12 +522,16 @@ def _apply_event(database: Database, batch: Batch, event: WireEvent, now: str) -
 
 
 def _sale_row(payload: dict[str, Any]) -> tuple[Any, ...] | None:
-    sale_id = payload.get("sale_id")
-    totals = [payload.get(k) for k in SALE_TOTALS]
-    if not isinstance(sale_id, str) or not all(isinstance(t, int) and not isinstance(t, bool) for t in totals):
+    """(sale_id, receipt_no, business_day, the totals) or None when the sale id or a total is missing or not an
+    integer. `type(...) is int` refuses bool (a subclass of int) as the isinstance pair did, in one test an event."""
+    get = payload.get
+    sale_id, gross, discount, total, paid = (get("sale_id"), get("gross_fen"), get("discount_fen"), get("total_fen"),
+                                             get("paid_fen"))
+    if type(sale_id) is not str or not (type(gross) is type(discount) is type(total) is type(paid) is int):
         return None
-    text = [v if isinstance(v, str) else None for v in (payload.get("receipt_no"), payload.get("business_day"))]
-    return (sale_id, *text, *totals)
+    receipt_no, business_day = get("receipt_no"), get("business_day")
+    return (sale_id, receipt_no if type(receipt_no) is str else None,
+            business_day if type(business_day) is str else None, gross, discount, total, paid)
 
 
 def _now() -> str:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import uuid
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import orjson
 
@@ -23,6 +22,7 @@ SCHEMA_VERSION = 1
 ROOT = "posedge/v1"
 SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # tenant and store ids: the agent's SAFE_ID
 KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 MAX_SEQ = 2**63 - 1
 
 MAX_ACK_BYTES = 4096  # an ack is ~250 bytes; anything near this is not an ack
@@ -160,10 +160,24 @@ class Ack:
 
 def build_batch(batch: Batch, compress_min_bytes: int = 2048) -> bytes:
     """The batch as bytes; its events are zlib-compressed (and announced) when their JSON is long enough."""
-    events = dumps_bytes([e.as_dict() for e in batch.events])
+    return build_batch_encoded(batch, [dumps_bytes(e.as_dict()) for e in batch.events], compress_min_bytes)
+
+
+def encode_event(seq: int, event_id: str, kind: str, key: str, created_at: str, payload_json: str) -> bytes:
+    """One event of a batch's `events`, its payload the JSON text it was stored as, spliced in unparsed
+    (orjson.Fragment): the same bytes as encoding the decoded payload, without decoding and encoding it again.
+    The text must be a JSON object: the outbox's, written by sync/outbox.py's `append_event`."""
+    return orjson.dumps({"seq": seq, "event_id": event_id, "kind": kind, "key": key, "created_at": created_at,
+                         "payload": orjson.Fragment(payload_json)})
+
+
+def build_batch_encoded(batch: Batch, encoded: Sequence[bytes], compress_min_bytes: int = 2048) -> bytes:
+    """`batch`'s envelope (its `events` are not read) with `encoded` as its events, in seq order: each one
+    `encode_event`'s or a `WireEvent.as_dict()` encoded."""
+    events = b"[" + b",".join(encoded) + b"]"
     envelope: dict[str, Any] = _head("batch", batch.msg_id, batch.tenant, batch.store)
     envelope.update(stream=batch.stream, first_seq=batch.first_seq, sent_at=batch.sent_at,
-                    content_type="application/json", count=len(batch.events))
+                    content_type="application/json", count=len(encoded))
     if compress_min_bytes and len(events) >= compress_min_bytes:
         envelope["compression"] = "zlib"
         envelope["events_zlib"] = base64.b64encode(zlib.compress(events, 6)).decode("ascii")
@@ -301,6 +315,20 @@ def _inflate(obj: dict[str, Any]) -> Any:
 
 
 def _event(raw: Any, index: int) -> WireEvent:
+    """One event, checked in one expression when it is right (HQ checks thousands a second); the first thing
+    wrong with it is named by `_event_checked`, which makes the same checks one by one."""
+    if type(raw) is dict:
+        get = raw.get
+        seq, event_id, kind, key, created_at, payload = (get("seq"), get("event_id"), get("kind"), get("key"),
+                                                         get("created_at"), get("payload"))
+        if (type(seq) is int and 1 <= seq <= MAX_SEQ and type(event_id) is str and CANONICAL_UUID.fullmatch(event_id)
+                and type(kind) is str and KIND.match(kind) and type(key) is str and 0 < len(key) <= 128
+                and type(created_at) is str and 0 < len(created_at) <= 64 and type(payload) is dict):
+            return WireEvent(seq, event_id, kind, key, created_at, payload)
+    return _event_checked(raw, index)
+
+
+def _event_checked(raw: Any, index: int) -> WireEvent:
     where = f"events[{index}]"
     if not isinstance(raw, dict):
         raise ProtocolError("bad_field", f"{where} must be an object")
@@ -334,12 +362,11 @@ def _optional_str(obj: dict[str, Any], key: str, max_len: int) -> str | None:
 
 
 def _uuid(obj: dict[str, Any], key: str, where: str = "") -> str:
+    """A UUID in its canonical text (what `str(uuid.UUID(...))` gives), checked by a pattern: HQ checks one an
+    event, and building a UUID object for each was a tenth of HQ's time for a batch."""
     value = _str(obj, key, 36, where)
-    try:
-        if str(uuid.UUID(value)) != value:
-            raise ValueError(value)
-    except ValueError:
-        raise ProtocolError("bad_field", f"{_at(where, key)} {value!r} is not a lower-case UUID") from None
+    if not CANONICAL_UUID.fullmatch(value):
+        raise ProtocolError("bad_field", f"{_at(where, key)} {value!r} is not a lower-case UUID")
     return value
 
 

@@ -224,6 +224,9 @@ def test_a_network_with_latency_a_bandwidth_cap_resets_and_a_silence(loop: Any, 
     at_hq(hq, sales // 4)
     assert proxy.reset() >= 1
     sold(seller, sales // 2)
+    # Silence a live connection: right after the reset the agent may still be backing off, and a silence that
+    # finds it offline would only be noticed by it being offline already (nothing sent, nothing to drop).
+    wait_for(lambda: sync_status(agent)["state"] == "connected", 60, "the agent connected again after the reset")
     proxy.silence()
     wait_for(lambda: sync_status(agent)["state"] != "connected", 60, "the agent noticing the silence")
     proxy.pass_through()
