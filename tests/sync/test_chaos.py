@@ -224,6 +224,9 @@ def test_a_network_with_latency_a_bandwidth_cap_resets_and_a_silence(loop: Any, 
     at_hq(hq, sales // 4)
     assert proxy.reset() >= 1
     sold(seller, sales // 2)
+    # The silence is for a connected link (only the keepalive can notice it), not one still reconnecting after
+    # the reset: that one is "not connected" at once and the silence would drop nothing.
+    wait_for(lambda: sync_status(agent)["state"] == "connected", 60, "the agent reconnected after the reset")
     proxy.silence()
     wait_for(lambda: sync_status(agent)["state"] != "connected", 60, "the agent noticing the silence")
     proxy.pass_through()
