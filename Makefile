@@ -3,6 +3,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# 4 pytest-xdist workers, even on 2 cores: most tests wait on their own agent, broker, HQ or PostgreSQL
+# processes. Each worker starts its own (free ports from its own slice, its own temp dirs, its own PostgreSQL);
+# worksteal hands a worker that is done the tests another has not started. Serial: make test PYTEST_XDIST=
+PYTEST_XDIST ?= -n 4 --dist worksteal
 
 .PHONY: run test lint bench system-deps system-deps-test check-python clean
 
@@ -11,7 +15,7 @@ run: system-deps $(VENV)/.installed
 	$(BIN)/posedge run $(ARGS)
 
 test: system-deps-test $(VENV)/.installed-test lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 # ruff (pyflakes, pycodestyle errors, import order) and mypy; settings in pyproject.toml. mypy reads the
 # rooms under their installed names through links (it cannot follow the editable install's hook).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,10 +18,48 @@ import pytest
 SLOW = os.environ.get("POSEDGE_SLOW") == "1"
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux: 32768), where bind(0) and outgoing connections
+    take their ports."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS_LOW = 20000
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A free port on 127.0.0.1 for a server the test starts (agent, broker, HQ, PostgreSQL), chosen below
+    the kernel's ephemeral range. A port from bind(0) is in that range, where the kernel also picks the
+    source port of every outgoing connection and every other process's bind(0): under load one of those
+    took it between this call and the server's bind ("Address already in use"), or a client reconnecting
+    to a stopped broker connected to itself on it (TCP simultaneous open), and waited for a CONNACK that
+    never came. Below that range only tests choose ports. Each pytest-xdist worker chooses in its own
+    slice, and a process never hands a port out twice."""
+    low, high = _PORTS_LOW, _ephemeral_low()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    if high - low >= 256 * count:
+        span = (high - low) // count
+        low, high = low + index * span, low + (index + 1) * span
+        for _ in range(500):
+            port = random.randrange(low, high)
+            if port in _handed_out:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    with socket.socket() as sock:  # no room below the ephemeral range on this machine
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def write_config(home: Path, port: int, extra: str = "", storage: Path | None = None, top: str = "",

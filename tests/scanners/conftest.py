@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -11,16 +10,11 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from conftest import free_port  # noqa: F401 (the scanner tests import it from here)
 from posedge.drivers.base import DeviceState
 from posedge.drivers.scanners.base import Scan
 
 DEADLINE_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RecordingSink:

@@ -139,13 +139,26 @@ class HqProcess(ChildProcess):
         self.args = [sys.executable, "-m", "posedge.hq", "serve", "--mqtt", broker_url, "--db", self.db_url,
                      "--protocol", protocol]
         self.proc: subprocess.Popen[bytes] | None = None
+        self._connects_before = 0
 
     def start(self) -> "HqProcess":
+        self._connects_before = self._connects()
         handle = open(self.log, "ab")
         self.proc = subprocess.Popen(self.args, cwd=self.home, stdin=subprocess.DEVNULL, stdout=handle,
                                      stderr=subprocess.STDOUT)
         handle.close()
         wait_for(lambda: self._schema_made() or self._died(), 15, "HQ database created")
+        return self
+
+    def _connects(self) -> int:
+        return self.log.read_text(errors="replace").count("event=hq_online") if self.log.exists() else 0
+
+    def wait_connected(self, deadline_s: float = 15.0) -> "HqProcess":
+        """Until HQ (since its last start) holds its up subscription (`event=hq_online` is logged after the
+        SUBACK): `start` waits only for the schema, and HQ's session is clean, so what is published on the up
+        topics before this is not for it."""
+        wait_for(lambda: self._connects() > self._connects_before or self._died(), deadline_s,
+                 f"HQ connected to the broker ({self.log.read_text(errors='replace')[-1500:]})")
         return self
 
     def _died(self) -> bool:
