@@ -249,8 +249,8 @@ def checkouts_during_drain(home: Path, backlog: int, count: int
             broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)
             hq = subprocess.Popen([sys.executable, "-m", "posedge.hq", "serve", "--mqtt", f"mqtt://127.0.0.1:{port}",
-                                   "--db", f"sqlite:///{home / 'hq-drain.db'}", "--tenant", "bench"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+                                   "--db", f"sqlite:///{home / 'hq-drain.db'}", "--tenant", "bench"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             started = time.perf_counter()
             during: list[float] = []
             n = 100_000
