@@ -164,7 +164,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    from posedge.agent.cli.status import config_lines
+    from posedge.agent.cli.status import commands_lines, config_lines
 
     lines = [f"agent: {'running' if status.get('running') else 'not running'}"]
     if status.get("note"):
@@ -180,7 +180,12 @@ def format_status(status: dict[str, Any]) -> str:
                      + (f" stream={sync['stream']} acked_seq={sync.get('acked_seq')}" if sync.get("stream") else "")
                      + (f" last_contact={sync['last_contact']}" if sync.get("last_contact") else "")
                      + (f" - {sync['last_error']}" if sync.get("last_error") else ""))
+        presence = sync.get("hq")
+        if presence:
+            lines.append(f"  HQ: {presence.get('state')}"
+                         + (f" since {presence['since']}" if presence.get("since") else ""))
     lines += config_lines(status.get("config"))
+    lines += commands_lines(status.get("commands"))
     for device in status.get("devices", []):
         lines.append(f"{device['kind']} {device['name']} ({device['type']}): {device['state']}"
                      + (f" - {device['last_error']}" if device.get("last_error") else ""))

@@ -72,3 +72,16 @@ def config_lines(config: dict[str, Any] | None) -> list[str]:
         lines.append(f"  file reloaded at {reload.get('at')}: {reload.get('result')}"
                      + "".join(f"\n    {issue}" for issue in reload.get("issues", [])))
     return lines
+
+
+def commands_lines(commands: dict[str, Any] | None) -> list[str]:
+    """`posedge status`'s line for the `commands` section: what HQ's signed commands got, and the last one."""
+    if not commands or not (commands.get("results") or commands.get("last")):
+        return []
+    results = ", ".join(f"{n} {result}" for result, n in sorted((commands.get("results") or {}).items()))
+    line = f"commands from HQ: {results or 'none answered'}"
+    last = commands.get("last")
+    if last:
+        line += (f"; last {last.get('cmd') or '?'} {last.get('result')}"
+                 + (f" ({last['reason']})" if last.get("reason") else "") + f" at {last.get('at')}")
+    return [line]

@@ -232,6 +232,19 @@ def test_posedge_status_shows_the_sync_state_stream_and_position() -> None:
     assert "sync: offline - cannot connect" in offline
 
 
+def test_posedge_status_shows_hq_presence_and_the_commands_from_hq() -> None:
+    presence = {"state": "online", "since": "2026-12-02T05:00:00+00:00"}
+    text = format_status({"running": True, "sync": {"state": "connected", "hq": presence},
+                          "commands": {"results": {"ok": 2, "refused": 1}, "refused": {"replayed": 1},
+                                       "last": {"cmd_id": "c-1", "cmd": "rotate_token", "result": "refused",
+                                                "reason": "replayed", "at": "2026-12-02T05:01:00+00:00"}}})
+    assert "  HQ: online since 2026-12-02T05:00:00+00:00" in text
+    assert ("commands from HQ: 2 ok, 1 refused; last rotate_token refused (replayed) at 2026-12-02T05:01:00+00:00"
+            in text)
+    quiet = format_status({"running": True, "commands": {"results": {}, "refused": {}, "last": None}})
+    assert "commands from HQ" not in quiet and "HQ:" not in quiet
+
+
 def test_a_silent_broker_never_blocks_a_checkout_and_is_reported(agent_factory: Any, tmp_path: Any) -> None:
     """A listener that accepts and never answers (a hung broker or proxy): sales go on; sync says why."""
     import socket
