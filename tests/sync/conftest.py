@@ -18,9 +18,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import httpx
 import pytest
 
 from conftest import AgentProcess, free_port
+from posedge.hq.keys import load_minter
+from posedge.sync.codes import CodeMinter
 
 NATS_SERVER = "/usr/sbin/nats-server"  # Debian package nats-server (tools/system-deps.sh test)
 
@@ -321,3 +324,51 @@ def hq_factory(tmp_path: Path) -> Iterator[Callable[..., HqProcess]]:
 def syncing_agent(agent_factory: Callable[..., AgentProcess], broker: Broker, protocol: str = "5",
                   **kwargs: Any) -> AgentProcess:
     return agent_factory(mqtt_keys=sync_config(broker, protocol), **kwargs)
+
+
+def hq_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "posedge.hq", *args], capture_output=True, text=True, timeout=60)
+
+
+class HqWithApi:
+    """A broker and `posedge-hq serve --mqtt --db --http` as processes, for the mini-program API's tests: a signing
+    key (kid hq-k1, its public line for the agents' `[hq.public_keys]`), hq.toml with two tiers, the stores
+    registered with their locations, a bearer-token client on the API and a minter of HQ's codes."""
+
+    def __init__(self, home: Path, token: str, stores: dict[str, tuple[float, float]]) -> None:
+        (home / "broker").mkdir()
+        self.broker = Broker(home / "broker").start()
+        keys = home / "keys"
+        made = hq_cli("keygen", "--out", str(keys), "--kid", "hq-k1")
+        assert made.returncode == 0, made.stderr
+        self.public_line = made.stdout.strip()
+        (home / "hq.toml").write_text(
+            f'tenant = "test"\n[signing]\nkey_file = "{keys / "hq-k1.pem"}"\nkid = "hq-k1"\n'
+            '[tiers]\nwindow_days = 30\nlevels = [{name = "basic", min_spend_fen = 0},'
+            ' {name = "silver", min_spend_fen = 10000}]\n', encoding="utf-8")
+        (home / "token").write_text(token + "\n", encoding="utf-8")
+        (home / "hq").mkdir()
+        self.hq = HqProcess(home / "hq", self.broker.url)
+        for store, (lat, lng) in stores.items():
+            added = hq_cli("store", "add", "test", store, "--lat", str(lat), "--lng", str(lng), "--name", store,
+                           "--db", self.hq.db_url)
+            assert added.returncode == 0, added.stderr
+        self.port = free_port()
+        self.hq.args += ["--http", f"127.0.0.1:{self.port}", "--http-token-file", str(home / "token"),
+                         "--config", str(home / "hq.toml")]
+        self.hq.start()
+        self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10,
+                                headers={"Authorization": f"Bearer {token}"})
+        wait_for(self._answers, 20, f"the HQ API ({self.hq.log.read_text(errors='replace')[-2000:]})")
+        self.minter = CodeMinter.from_seed("hq-k1", load_minter(keys / "hq-k1.pem", "hq-k1").seed_b64)
+
+    def _answers(self) -> bool:
+        try:
+            return self.api.get("/v1/openapi.json").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        self.api.close()
+        self.hq.stop()
+        self.broker.stop()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,19 +25,25 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from conftest import AgentProcess, free_port, sale_body
-from posedge.sync.codes import CodeMinter, b64url_decode, b64url_encode
+from posedge.sync.codes import b64url_decode, b64url_encode
 from posedge.sync.down import Versions, build_versions
 from posedge.sync.encoding import dumps
 from posedge.sync.protocol import Batch, Topics, WireEvent
-from tests.sync.conftest import Broker, HqProcess, sync_config, wait_for
+from tests.sync.conftest import Broker, HqWithApi, sync_config, wait_for
 
 TOKEN = "e2e-t0ken-for-the-mini-program"
 SKU = "6901234567892"  # sale_body's SKU
 STORES = {"store-1": (31.2304, 121.4737), "store-2": (31.2200, 121.4500), "store-3": (39.9042, 116.4074)}
 
 
-def hq_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "posedge.hq", *args], capture_output=True, text=True, timeout=60)
+def read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+
+
+def inserts(path: Path) -> str:
+    """Every row of a SQLite database as INSERT statements: what a search for a member id must not find."""
+    with closing(read_only(path)) as conn:
+        return "\n".join(line for line in conn.iterdump() if line.startswith("INSERT"))
 
 
 class Store:
@@ -67,18 +74,11 @@ class Store:
         self.agent.start()
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5)
-        try:
+        with closing(read_only(self.db_path)) as conn:
             return conn.execute(query, params).fetchall()
-        finally:
-            conn.close()
 
     def dump(self) -> str:
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=5)
-        try:
-            return "\n".join(line for line in conn.iterdump() if line.startswith("INSERT"))
-        finally:
-            conn.close()
+        return inserts(self.db_path)
 
     def sell(self, amount: int = 300, **body: Any) -> dict[str, Any]:
         with self.agent.client() as client:
@@ -95,60 +95,23 @@ class Store:
             return client.post(path, json=body)
 
 
-class Chain:
+class Chain(HqWithApi):
     def __init__(self, home: Path) -> None:
-        (home / "broker").mkdir()
-        self.broker = Broker(home / "broker").start()
-        keys = home / "keys"
-        made = hq_cli("keygen", "--out", str(keys), "--kid", "hq-k1")
-        assert made.returncode == 0, made.stderr
-        public_line = made.stdout.strip()
-        (home / "hq.toml").write_text(
-            f'tenant = "test"\n[signing]\nkey_file = "{keys / "hq-k1.pem"}"\nkid = "hq-k1"\n'
-            '[tiers]\nwindow_days = 30\nlevels = [{name = "basic", min_spend_fen = 0},'
-            ' {name = "silver", min_spend_fen = 10000}]\n', encoding="utf-8")
-        (home / "token").write_text(TOKEN + "\n", encoding="utf-8")
-        (home / "hq").mkdir()
-        self.hq = HqProcess(home / "hq", self.broker.url)
-        for store, (lat, lng) in STORES.items():
-            added = hq_cli("store", "add", "test", store, "--lat", str(lat), "--lng", str(lng), "--name",
-                           f"shop {store}", "--db", self.hq.db_url)
-            assert added.returncode == 0, added.stderr
-        self.port = free_port()
-        self.hq.args += ["--http", f"127.0.0.1:{self.port}", "--http-token-file", str(home / "token"),
-                         "--config", str(home / "hq.toml")]
-        self.hq.start()
-        self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10,
-                                headers={"Authorization": f"Bearer {TOKEN}"})
-        wait_for(self._answers, 20, "the HQ API")
-        self.stores = {s: Store(home / s, s, public_line, self.broker) for s in ("store-1", "store-2")}
+        super().__init__(home, TOKEN, STORES)
+        self.stores = {s: Store(home / s, s, self.public_line, self.broker) for s in ("store-1", "store-2")}
         for store in self.stores.values():
             store.start()
-        from posedge.hq.keys import load_minter
-        self.minter = CodeMinter.from_seed("hq-k1", load_minter(keys / "hq-k1.pem", "hq-k1").seed_b64)
-
-    def _answers(self) -> bool:
-        try:
-            return self.api.get("/v1/openapi.json").status_code == 200
-        except httpx.TransportError:
-            return False
 
     def member_code(self, member: str, tier: str = "basic") -> str:
         return self.minter.member(member, tier)
 
     def hq_dump(self) -> str:
-        conn = sqlite3.connect(f"file:{self.hq.db}?mode=ro", uri=True, timeout=5)
-        try:
-            return "\n".join(line for line in conn.iterdump() if line.startswith("INSERT"))
-        finally:
-            conn.close()
+        return inserts(self.hq.db)
 
     def stop(self) -> None:
-        self.api.close()
         for store in self.stores.values():
             store.agent.stop()
-        self.hq.stop()
-        self.broker.stop()
+        super().stop()
 
 
 @pytest.fixture(scope="module")

@@ -21,68 +21,28 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from conftest import AgentProcess, free_port, sale_body
+from conftest import AgentProcess, sale_body
 from posedge.hq import chain, db
-from posedge.sync.codes import CodeMinter, b64url_decode
+from posedge.sync.codes import b64url_decode
 from posedge.sync.protocol import Batch, Topics, WireEvent, build_batch
-from tests.sync.conftest import Broker, HqProcess, sync_config, wait_for
+from tests.sync.conftest import Broker, HqWithApi, sync_config, wait_for
 
 TOKEN = "t0ken-for-the-mini-program-api"
 SKU = "6901234567892"  # sale_body's SKU
 
 
-def hq_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "posedge.hq", *args], capture_output=True, text=True, timeout=60)
-
-
-class Chain:
+class Chain(HqWithApi):
     """One broker, one HQ with the API, one real agent (store-1); store-2 and store-3 are registered with locations."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        (home / "broker").mkdir()
-        self.broker = Broker(home / "broker").start()
-        keys = home / "keys"
-        made = hq_cli("keygen", "--out", str(keys), "--kid", "hq-k1")
-        assert made.returncode == 0, made.stderr
-        self.public_line = made.stdout.strip()
-        (home / "hq.toml").write_text(
-            f'tenant = "test"\n[signing]\nkey_file = "{keys / "hq-k1.pem"}"\nkid = "hq-k1"\n'
-            '[tiers]\nwindow_days = 30\nlevels = [{name = "basic", min_spend_fen = 0},'
-            ' {name = "silver", min_spend_fen = 10000}]\n', encoding="utf-8")
-        (home / "token").write_text(TOKEN + "\n", encoding="utf-8")
-        hq_home = home / "hq"
-        hq_home.mkdir()
-        self.hq = HqProcess(hq_home, self.broker.url)
+        super().__init__(home, TOKEN, {"store-1": (31.2304, 121.4737), "store-2": (31.2200, 121.4500),
+                                       "store-3": (39.9042, 116.4074)})
         self.db_url = self.hq.db_url
-        for store, lat, lng in (("store-1", 31.2304, 121.4737), ("store-2", 31.2200, 121.4500),
-                                ("store-3", 39.9042, 116.4074)):
-            added = hq_cli("store", "add", "test", store, "--lat", str(lat), "--lng", str(lng), "--name", store,
-                           "--db", self.db_url)
-            assert added.returncode == 0, added.stderr
-        self.port = free_port()
-        self.hq.args += ["--http", f"127.0.0.1:{self.port}", "--http-token-file", str(home / "token"),
-                         "--config", str(home / "hq.toml")]
-        self.hq.start()
-        self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10,
-                                headers={"Authorization": f"Bearer {TOKEN}"})
-        wait_for(self._answers, 15, f"the HQ API ({self.hq.log.read_text(errors='replace')[-2000:]})")
         agent_home = home / "agent"
         agent_home.mkdir()
         self.agent = AgentProcess(agent_home, f"[hq.public_keys]\n{self.public_line}\n",
                                   mqtt_keys=sync_config(self.broker)).start()
-        self.minter = CodeMinter.from_seed("hq-k1", self._seed(keys / "hq-k1.pem"))
-
-    def _answers(self) -> bool:
-        try:
-            return self.api.get("/v1/openapi.json").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    @staticmethod
-    def _seed(pem: Path) -> str:
-        from posedge.hq.keys import load_minter
-        return load_minter(pem, "hq-k1").seed_b64
 
     def sell(self, **body: Any) -> dict[str, Any]:
         with self.agent.client() as client:
@@ -94,10 +54,8 @@ class Chain:
         return db.open_database(self.db_url)
 
     def stop(self) -> None:
-        self.api.close()
         self.agent.stop()
-        self.hq.stop()
-        self.broker.stop()
+        super().stop()
 
 
 @pytest.fixture(scope="module")
