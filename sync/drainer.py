@@ -107,13 +107,11 @@ class Drainer:
     # -- called by the link -----------------------------------------------------------------
     def on_connected(self) -> None:
         self.connected = True
-        self._rewind()
-        self.hello_due = True
-        self.probing = True
+        self.resend_now()
 
     def resend_now(self) -> None:
-        """HQ says it is (back) online (docs/protocol.md 8.9): what is in flight may have reached nobody, so say
-        hello again and resend from HQ's acked position now instead of after the ack timeout."""
+        """Say hello and resend from HQ's acked position: on connect, and when HQ says it is (back) online
+        (docs/protocol.md 8.9), since what is in flight may then have reached nobody (no wait for the ack timeout)."""
         if not self.connected:
             return
         self._rewind()
