@@ -27,10 +27,10 @@ from posedge.sync.outbox import OutboxEvent
 from posedge.sync.protocol import (
     Ack,
     Batch,
+    BatchEvents,
     Hello,
     ProtocolError,
     Topics,
-    build_batch_encoded,
     build_hello,
     encode_event,
     parse_ack,
@@ -74,6 +74,10 @@ class _InFlight:
 
 Publish = tuple[str, bytes]
 
+# Events read and encoded in one step of building a batch: the link gives way to the till between two steps,
+# so a checkout waits behind one chunk (a fraction of a millisecond), not behind a 500-event batch.
+CHUNK_EVENTS = 50
+
 
 class Drainer:
     def __init__(self, topics: Topics, source: OutboxSource, settings: DrainSettings, agent_version: str,
@@ -96,6 +100,8 @@ class Drainer:
         self.rejected_acks: Counter[str] = Counter()
         self.last_rejected: str | None = None
         self.counts: Counter[str] = Counter()
+        # Called between two chunks of a batch being built: the link sets it to wait while a checkout is served.
+        self.give_way: Callable[[], None] = lambda: None
 
     def _local_acked(self) -> int:
         """Before HQ says anything: everything before the oldest pending event is acked."""
@@ -228,23 +234,34 @@ class Drainer:
         self.next_seq = self.acked_seq + 1
 
     def _next_batch(self, now: float) -> bytes | None:
-        """The next batch from `next_seq`: each event's stored JSON goes in as it is (`encode_event`), so building a
-        batch is a few microseconds of Python an event, not a decode and an encode of every payload."""
-        events = self.source.read_pending(self.next_seq - 1, self.settings.batch_max_events)
-        encoded: list[bytes] = []
-        first = last = 0
-        size = 0
-        for event in events:
-            if event.seq != (last + 1 if encoded else event.seq) or event.seq < self.stream.first_seq:
-                break
-            item = encode_event(event.seq, event.event_id, event.kind, event.key, event.created_at,
-                                event.payload_json)
-            size += len(item)
-            if encoded and size > self.settings.batch_max_bytes:
-                break
-            encoded.append(item)
-            first, last = first or event.seq, event.seq
-        if not encoded:
+        """The next batch from `next_seq`, read and encoded CHUNK_EVENTS at a time with `give_way()` between two
+        chunks. Each event's stored JSON goes in as it is (`encode_event`), so building a batch is a few
+        microseconds of Python an event, not a decode and an encode of every payload. It ends at
+        batch_max_events, at batch_max_bytes of events, at the outbox's end or at a hole in the seqs."""
+        events = BatchEvents(self.settings.compress_min_bytes)
+        first = last = size = 0
+        more = True
+        while more and events.count < self.settings.batch_max_events:
+            if events.count:
+                self.give_way()
+            want = min(CHUNK_EVENTS, self.settings.batch_max_events - events.count)
+            rows = self.source.read_pending(last or self.next_seq - 1, want)
+            more = len(rows) == want
+            chunk: list[bytes] = []
+            for event in rows:
+                if (last and event.seq != last + 1) or event.seq < self.stream.first_seq:
+                    more = False
+                    break
+                item = encode_event(event.seq, event.event_id, event.kind, event.key, event.created_at,
+                                    event.payload_json)
+                if last and size + len(item) > self.settings.batch_max_bytes:
+                    more = False
+                    break
+                size += len(item)
+                chunk.append(item)
+                first, last = first or event.seq, event.seq
+            events.add(chunk)
+        if not events.count:
             return None
         sent_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         head = Batch(str(uuid7()), self.topics.tenant, self.topics.store, self.stream.stream_id,
@@ -252,8 +269,8 @@ class Drainer:
         self.inflight.append(_InFlight(first, last, now))
         self.next_seq = last + 1
         self.counts["batches"] += 1
-        self.counts["events"] += len(encoded)
-        return build_batch_encoded(head, encoded, self.settings.compress_min_bytes)
+        self.counts["events"] += events.count
+        return events.build(head)
 
     def _hello(self) -> bytes:
         return build_hello(Hello(str(uuid7()), self.topics.tenant, self.topics.store, self.stream.stream_id,

@@ -18,7 +18,7 @@ from posedge.agent.store.writer import StoreWriter
 from posedge.sync import outbox
 from posedge.sync.drainer import Drainer, DrainSettings
 from posedge.sync.ids import uuid7
-from posedge.sync.protocol import Ack, Topics, build_ack, parse_batch
+from posedge.sync.protocol import Ack, Topics, build_ack, encode_event, parse_batch
 
 TOPICS = Topics("t1", "s1")
 
@@ -86,6 +86,48 @@ def test_the_window_bounds_what_is_out_and_an_ack_opens_it(store: StoreOutbox) -
     assert sent_ranges(d.publishes()) == [(41, 50), (51, 60)]
     store.writer.submit(lambda c: None).result(5)  # the acked mark went to the writer before this
     assert pending_seqs(store)[0] == 21
+
+
+def test_a_batch_is_built_a_chunk_at_a_time_giving_way_between_chunks(store: StoreOutbox,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link's till check runs between two chunks of a batch, never inside one, and the chunks make one
+    batch of consecutive events whatever their sizes."""
+    monkeypatch.setattr("posedge.sync.drainer.CHUNK_EVENTS", 7)
+    d = Drainer(TOPICS, store, DrainSettings(batch_max_events=30, window=1), "test", Clock())
+    reads: list[int] = []
+    read_pending = store.read_pending
+    monkeypatch.setattr(store, "read_pending", lambda after, limit: reads.append(limit) or read_pending(after, limit))
+    gave_way_after: list[int] = []
+    d.give_way = lambda: gave_way_after.append(len(reads))
+    d.on_connected()
+    out = d.publishes()
+    assert sent_ranges(out[1:]) == [(1, 30)]
+    assert reads == [7, 7, 7, 7, 2] and gave_way_after == [1, 2, 3, 4]
+    d.on_ack(ack(d, 30))
+    d.on_ack(ack(d, 30))  # the window opens on the next publishes
+    reads.clear()
+    gave_way_after.clear()
+    d.settings = DrainSettings(batch_max_events=500, window=1)
+    assert sent_ranges(d.publishes()) == [(31, 100)]  # the outbox's end: a short read ends the batch
+    assert reads == [7] * 10 + [7] and gave_way_after == list(range(1, 11))
+
+
+def test_a_chunked_batch_stops_at_batch_max_bytes_inside_a_chunk(store: StoreOutbox,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch holds as many events as fit in batch_max_bytes of encoded events, wherever a chunk ends."""
+    monkeypatch.setattr("posedge.sync.drainer.CHUNK_EVENTS", 4)
+    sizes = {e.seq: len(encode_event(e.seq, e.event_id, e.kind, e.key, e.created_at, e.payload_json))
+             for e in store.read_pending(0, 1000)}
+    limit = sizes[1] * 6 + 10
+    d = Drainer(TOPICS, store, DrainSettings(batch_max_events=100, batch_max_bytes=limit, window=20), "test",
+                Clock())
+    d.on_connected()
+    d.on_ack(ack(d, 0))
+    ranges = sent_ranges(d.publishes()[1:])
+    assert [r[0] for r in ranges] == [1] + [r[1] + 1 for r in ranges[:-1]] and ranges[-1][1] == 100
+    for first, last in ranges[:-1]:
+        taken = sum(sizes[s] for s in range(first, last + 1))
+        assert taken <= limit < taken + sizes[last + 1]
 
 
 def test_a_gap_rewinds_once_and_sends_from_it(store: StoreOutbox) -> None:
