@@ -24,9 +24,11 @@ compared with the last published status) and every `status_interval_s`.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -49,6 +51,10 @@ TILL_WAIT_MAX_S = 0.05  # the longest the drain gives way to the till at a time:
 TILL_POLL_S = 0.001
 STATUS_POLL_S = 0.5  # how often the status fields are read for a change (they read the database)
 FLUSH_S = 2.0  # at a stop: how long the batches in flight may wait for HQ's ack before the goodbye
+# The link thread's nice value (Linux, where a thread has its own): the drain is CPU work in the till's process, and
+# a checkout must not queue behind it for a core. The scheduler still runs the thread in every period it is
+# runnable, so a store PC with CPU to spare drains at full speed; only a saturated one drains slower.
+LINK_NICE = 19
 OUTAGE_WARNING_S = 300.0  # a drop and its reconnect are routine (INFO); offline this long is WARNING, once
 State = Literal["connecting", "connected", "offline", "stopped"]
 DownHandler = Callable[[str, bytes], None]  # (topic, payload) of a down message other than down/ack
@@ -115,6 +121,16 @@ class Backoff:
         self.ceiling = self.minimum
 
 
+def _lower_priority() -> None:
+    """The calling thread's nice value to LINK_NICE; where that is not possible the link runs as it is."""
+    if not sys.platform.startswith("linux"):  # elsewhere setpriority's id is the whole process, the till's too
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LINK_NICE)
+    except OSError as exc:
+        log.info("event=sync_link_priority_unchanged error=%s", exc)
+
+
 class Link:
     def __init__(self, settings: LinkSettings, topics: Topics, drainer: Drainer,
                  status_fields: Callable[[], dict[str, Any]], till_busy: Callable[[], bool] = lambda: False) -> None:
@@ -128,6 +144,7 @@ class Link:
         self.connect_hooks: list[ConnectHook] = []
         self.till_busy = till_busy  # a checkout is being served: the drain waits (read from this thread)
         self._till_wait_s = 0.0  # how long the drain gave way to the till, in all
+        drainer.give_way = self._give_way_to_till  # between two chunks of a batch being built
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -191,6 +208,7 @@ class Link:
 
     # -- the link thread --------------------------------------------------------------------
     def _run(self) -> None:
+        _lower_priority()
         while not self._stop.is_set():
             try:
                 self._step()
@@ -217,6 +235,7 @@ class Link:
             log.info("event=sync_flush_incomplete batches=%d (resent at the next start)", len(self.drainer.inflight))
 
     def _step(self) -> None:
+        self._give_way_to_till()
         self._run_work()
         client = self._client
         if client is None:
