@@ -19,8 +19,7 @@ CPU instead. `--drain-runs` drains (3), each with a new agent and backlog, are p
 about 300 checkouts, whose p99 is its third slowest. With `--separate-hq` (the default) HQ and the broker
 run on another core than the agent (every one of its threads) and the POS, and HQ's database is on
 tmpfs, since in a shop neither HQ's CPU nor its disk is the store PC's; the agent's database is on the
-disk. `--no-separate-hq` leaves everything on every core. `--only-drain`
-runs the drains alone.
+disk. `--no-separate-hq` leaves everything on every core. `--only-drain` runs the drains alone.
 
     .venv/bin/python bench/sync.py [--events 20000] [--backlog 100000] [--drain-runs 3] [--only-drain]
 """

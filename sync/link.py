@@ -235,7 +235,6 @@ class Link:
             log.info("event=sync_flush_incomplete batches=%d (resent at the next start)", len(self.drainer.inflight))
 
     def _step(self) -> None:
-        self._give_way_to_till()
         self._run_work()
         client = self._client
         if client is None:
