@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from posedge.sync import outbox
 from posedge.sync.ids import uuid7
 
 REASONS = ("new_database", "restored", "stream_behind", "seq_conflict")
@@ -50,9 +51,8 @@ def birth_stream(conn: sqlite3.Connection, reason: str) -> Stream:
     (those are sent again under the new stream), or after the last event ever numbered."""
     if reason not in REASONS:
         raise ValueError(f"reason {reason!r} is not one of {REASONS}")
-    first = conn.execute("SELECT min(seq) FROM outbox WHERE acked_at IS NULL").fetchone()[0]
-    if first is None:
-        first = last_seq_ever(conn) + 1
+    oldest = outbox.oldest_pending(conn)
+    first = oldest[0] if oldest else last_seq_ever(conn) + 1
     stream = Stream(str(uuid7()), int(first), datetime.now(timezone.utc).isoformat(timespec="milliseconds"), reason)
     conn.execute(
         "INSERT INTO sync_stream (id, stream_id, first_seq, born_at, reason) VALUES (1, ?, ?, ?, ?) "

@@ -40,12 +40,6 @@ WRITE_TIMEOUT_S = 30.0
 # A down message for this store: (store or None when tenant-wide, the down name, the payload); on the link thread.
 DownRoute = Callable[[str | None, str, bytes], None]
 VersionSource = Callable[[], dict[str, dict[str, int]]]  # scope -> kind -> version held
-# Events one acked mark updates at most. Marking rewrites each event's row (its page holds the payload), so a
-# slice of 2,000 held the writer 10 to 20 ms and a checkout behind it waited as long; 250 is 1 to 4 ms, and the
-# next slice queues behind any checkout that came meanwhile.
-MARK_SLICE = 250
-
-
 class StoreOutbox:
     """The drainer's `OutboxSource` over the agent's reader and writer (called on the link thread)."""
 
@@ -56,7 +50,6 @@ class StoreOutbox:
         self.current = current
         self._mark_lock = threading.Lock()  # acks arrive on the link thread, marks finish on the writer's
         self._mark_target = 0  # the newest acked seq to mark
-        self._marked: int | None = None  # marked through here (None: not read yet this run)
         self._marking = False
 
     def stream(self) -> Stream:
@@ -74,12 +67,8 @@ class StoreOutbox:
         return str(row[0]) if row else None
 
     def mark_acked_through(self, seq: int) -> None:
-        """Coalesced: at most one mark in the writer's queue at a time, of at most MARK_SLICE events, so that a
-        checkout never waits behind a pile of marks (a drain has acks coming in dozens a second); the newest ack
-        wins, and the next slice goes in when the one before is done."""
-        if self._marked is None:  # the first ack of this run: slices start at the oldest pending event
-            query = "SELECT coalesce(min(seq), 1) - 1 FROM outbox WHERE acked_at IS NULL"
-            self._marked = int(self.reader.read_sync(lambda conn: conn.execute(query).fetchone()[0]))
+        """Coalesced: at most one mark in the writer's queue at a time (a drain has acks coming in dozens a
+        second), the newest ack wins; a mark is one small row (sync/outbox.py), whatever it covers."""
         with self._mark_lock:
             self._mark_target = max(self._mark_target, seq)
             if self._marking:
@@ -89,7 +78,7 @@ class StoreOutbox:
 
     def _submit_mark(self) -> None:
         with self._mark_lock:
-            through = min(self._mark_target, (self._marked or 0) + MARK_SLICE)
+            through = self._mark_target
         future = self.writer.submit(lambda conn: outbox.mark_acked_through(conn, through), durable=False)
         future.add_done_callback(lambda done: self._mark_done(done, through))
 
@@ -97,8 +86,7 @@ class StoreOutbox:
         """In the writer thread, after the mark committed (or failed: then the events are only sent again)."""
         _log_failed_mark(future)
         with self._mark_lock:
-            self._marked = max(self._marked or 0, through)
-            self._marking = self._mark_target > self._marked
+            self._marking = self._mark_target > through
             again = self._marking
         if again:
             self._submit_mark()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
+from posedge.sync import outbox
 from posedge.sync.encoding import dumps
 
 SALE_CHILDREN = ("sale_lines", "sale_payments", "till_sales", "coupon_redemptions", "pending_claims", "refunds")
@@ -53,18 +54,22 @@ def _iso(moment: datetime) -> str:
 
 
 def prune_outbox(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int) -> int:
+    """Events up to the highest position HQ acknowledged before the cutoff (with the module's exceptions); then
+    the ack positions no later cutoff needs (all but the newest before this one)."""
+    acked_before = "(SELECT coalesce(max(through_seq), 0) FROM outbox_acks WHERE acked_at < ?)"
     cur = conn.execute(
-        "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE acked_at IS NOT NULL AND acked_at < ?"
-        " AND kind != 'store_key'"
-        " AND seq < (SELECT max(seq) FROM outbox WHERE acked_at IS NOT NULL) ORDER BY seq LIMIT ?)",
+        f"DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq <= {acked_before}"
+        " AND seq < (SELECT coalesce(max(through_seq), 0) FROM outbox_acks) AND kind != 'store_key'"
+        " ORDER BY seq LIMIT ?)",
         (cutoffs.outbox_acked_before, limit))
+    conn.execute(f"DELETE FROM outbox_acks WHERE through_seq < {acked_before}", (cutoffs.outbox_acked_before,))
     return cur.rowcount
 
 
 def prunable_sales(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int) -> list[tuple[str, str]]:
     """(sale_id, receipt_no) of the oldest sales that may go, at most `limit`."""
-    row = conn.execute("SELECT created_at FROM outbox WHERE acked_at IS NULL ORDER BY seq LIMIT 1").fetchone()
-    oldest_unacked = row[0] if row else None
+    oldest = outbox.oldest_pending(conn)
+    oldest_unacked = oldest[1] if oldest else None
     # A sale's events are appended in its own transaction: a sale recorded before the oldest unacked
     # event has every event of its own acknowledged; a refund of it, later, is checked on its own.
     keep_from = min(cutoffs.sales_before, oldest_unacked) if oldest_unacked else cutoffs.sales_before

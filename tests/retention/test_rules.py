@@ -10,6 +10,7 @@ import pytest
 
 from posedge.agent.retention.rules import RULES, Cutoffs, prune_outbox, prune_print_jobs, prune_sales
 from posedge.agent.store.schema import migrate
+from posedge.sync import outbox
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
 OLD = (NOW - timedelta(days=200)).isoformat()
@@ -25,17 +26,21 @@ def conn(tmp_path: Path) -> sqlite3.Connection:
     return conn
 
 
-def add_sale(conn: sqlite3.Connection, sale_id: str, at: str = OLD) -> None:
+def add_sale(conn: sqlite3.Connection, sale_id: str, at: str = OLD, acked: bool = True) -> None:
     conn.execute("INSERT INTO sales VALUES (?, ?, 'h', '20260501', ?, ?, NULL, NULL, NULL, 300, 0, 300, 300, '{}')",
                  (sale_id, f"R-{sale_id}", at, at))
     conn.execute("INSERT INTO sale_lines VALUES (?, 1, 'sku', NULL, 1, 'pcs', 300, 0, 300)", (sale_id,))
     conn.execute("INSERT INTO sale_payments VALUES (?, 1, 'cash', 300, NULL)", (sale_id,))
-    add_event(conn, "sale", sale_id, at, acked=at)
+    add_event(conn, "sale", sale_id, at, acked=at if acked else None)
 
 
 def add_event(conn: sqlite3.Connection, kind: str, key: str, at: str, acked: str | None) -> None:
-    conn.execute("INSERT INTO outbox (event_id, kind, key, payload, created_at, acked_at) VALUES (?,?,?,'{}',?,?)",
-                 (f"{kind}-{key}-{at}", kind, key, at, acked))
+    """An event, and when `acked`, HQ's cumulative ack through it at that instant (HQ acks in seq order)."""
+    seq = conn.execute("INSERT INTO outbox (event_id, kind, key, payload, created_at) VALUES (?,?,?,'{}',?)",
+                       (f"{kind}-{key}-{at}", kind, key, at)).lastrowid
+    if acked is not None:
+        assert outbox.acked_through(conn) == seq - 1, "an ack is cumulative: every event before it is acked"
+        conn.execute("INSERT INTO outbox_acks (through_seq, acked_at) VALUES (?, ?)", (seq, acked))
 
 
 def add_job(conn: sqlite3.Connection, sale_id: str, state: str = "done", kind: str = "receipt",
@@ -69,12 +74,14 @@ def test_an_old_sale_goes_with_everything_it_wrote_and_a_recent_one_stays(conn: 
 
 
 def test_an_unacknowledged_event_is_never_pruned_and_keeps_the_sales_after_it(conn: sqlite3.Connection) -> None:
+    add_event(conn, "ping", "acked", OLD, acked=OLD)
     add_event(conn, "points", "m1", OLD, acked=None)  # HQ never acknowledged it
-    add_sale(conn, "after-it", (NOW - timedelta(days=150)).isoformat())
+    add_sale(conn, "after-it", (NOW - timedelta(days=150)).isoformat(), acked=False)
     for _ in range(3):
         prune_outbox(conn, CUTOFFS, 100)
         prune_sales(conn, CUTOFFS, 100)
-    assert conn.execute("SELECT count(*) FROM outbox WHERE acked_at IS NULL").fetchone()[0] == 1
+    assert [r[0] for r in conn.execute("SELECT kind FROM outbox ORDER BY seq")] == ["ping", "points", "sale"]
+    assert outbox.stats(conn).depth == 2
     assert sale_ids(conn) == {"after-it"}
 
 
