@@ -116,11 +116,14 @@ def test_hq_silent_gone_or_the_broker_down_the_offline_policy_answers_the_sale(
     hq = hq_factory(broker).start()
     agent = store_agent(agent_factory, broker, minter, "store-1", "confirm_timeout_ms = 300").start()
     ready([agent], hq)
-    # A fresh store has never heard from HQ, so its offline policy refuses: HQ's online answer is contact.
-    first = sell(agent, coupon_sale(minter.coupon("C-ONLINE", off=100)))
-    if first.status_code != 201:  # a slow first round trip on a busy machine: the policy says why
-        assert first.json()["code"] == "offline_limit", first.text
-        first = sell(agent, coupon_sale(minter.coupon("C-ONLINE-2", off=100)))
+    # HQ answers within the 300 ms: online. On a busy machine a round trip (the first above all) can take
+    # longer; then the offline policy answers, as it should, and the next coupon tries again.
+    for attempt in range(3):
+        first = sell(agent, coupon_sale(minter.coupon(f"C-ONLINE-{attempt}", off=100)))
+        if first.status_code == 201 and first.json()["coupons"][0]["mode"] == "online":
+            break
+        assert (first.status_code == 422 and first.json()["code"] == "offline_limit") or (
+            first.status_code == 201 and first.json()["coupons"][0]["mode"] == "offline"), first.text
     assert first.status_code == 201 and first.json()["coupons"][0]["mode"] == "online", first.text
 
     assert hq.proc is not None
