@@ -99,11 +99,12 @@ class Agent:
         self.sync.config_version = self.pushed_config.version
         self.sync.version_sources.append(self.pushed_config.versions)
         self.sync.till_busy = self.till_activity.busy  # the drain gives way to checkouts
+        self.sync.till_waiting = self.till_activity.waiting  # and never to one that waits for the link
         wire_commands(self)  # HQ's commands: reload, resync, diagnostics, rotate_token, over down/command
         if self.receipts.signer is not None:
             self.till.claim_signer = self.receipts.signer.for_store(self.config.store.tenant, self.config.store.id)
         if self.config.mqtt.enabled:  # the till asks HQ over the link (HQ's verdicts come as records documents)
-            self.till.confirmer = HqConfirmer(self.config, self.sync, self.writer)
+            self.till.confirmer = HqConfirmer(self.config, self.sync, self.writer, self.till_activity)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:

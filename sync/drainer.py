@@ -100,7 +100,7 @@ class Drainer:
         self.rejected_acks: Counter[str] = Counter()
         self.last_rejected: str | None = None
         self.counts: Counter[str] = Counter()
-        # Called between two chunks of a batch being built: the link sets it to wait while a checkout is served.
+        # Called before each chunk of a batch is encoded: the link sets it to wait while a checkout is served.
         self.give_way: Callable[[], None] = lambda: None
 
     def _local_acked(self) -> int:
@@ -234,19 +234,19 @@ class Drainer:
         self.next_seq = self.acked_seq + 1
 
     def _next_batch(self, now: float) -> bytes | None:
-        """The next batch from `next_seq`, read and encoded CHUNK_EVENTS at a time with `give_way()` between two
-        chunks. Each event's stored JSON goes in as it is (`encode_event`), so building a batch is a few
+        """The next batch from `next_seq`, read and encoded CHUNK_EVENTS at a time with `give_way()` before each
+        chunk is encoded. Each event's stored JSON goes in as it is (`encode_event`), so building a batch is a few
         microseconds of Python an event, not a decode and an encode of every payload. It ends at
         batch_max_events, at batch_max_bytes of events, at the outbox's end or at a hole in the seqs."""
         events = BatchEvents(self.settings.compress_min_bytes)
         first = last = size = 0
         more = True
         while more and events.count < self.settings.batch_max_events:
-            if events.count:
-                self.give_way()
             want = min(CHUNK_EVENTS, self.settings.batch_max_events - events.count)
             rows = self.source.read_pending(last or self.next_seq - 1, want)
             more = len(rows) == want
+            if rows:  # the encoding is the CPU work; an empty outbox costs one small read and no wait
+                self.give_way()
             chunk: list[bytes] = []
             for event in rows:
                 if (last and event.seq != last + 1) or event.seq < self.stream.first_seq:

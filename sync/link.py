@@ -51,9 +51,11 @@ TILL_WAIT_MAX_S = 0.05  # the longest the drain gives way to the till at a time:
 TILL_POLL_S = 0.001
 STATUS_POLL_S = 0.5  # how often the status fields are read for a change (they read the database)
 FLUSH_S = 2.0  # at a stop: how long the batches in flight may wait for HQ's ack before the goodbye
-# The link thread's nice value (Linux, where a thread has its own): the drain is CPU work in the till's process, and
-# a checkout must not queue behind it for a core. The scheduler still runs the thread in every period it is
-# runnable, so a store PC with CPU to spare drains at full speed; only a saturated one drains slower.
+# The link thread's nice value while it builds a batch (Linux, where a thread has its own): the drain is CPU work in
+# the till's process, and a checkout must not queue behind it for a core. The scheduler still runs the thread in
+# every period it is runnable, so a store PC with CPU to spare drains at full speed; only a saturated one drains
+# slower. Between batches the thread is back at its own nice value: at 19 a store PC busy with other programs
+# left HQ's answer to a checkout's online coupon confirmation unread past confirm_timeout_ms.
 LINK_NICE = 19
 OUTAGE_WARNING_S = 300.0  # a drop and its reconnect are routine (INFO); offline this long is WARNING, once
 State = Literal["connecting", "connected", "offline", "stopped"]
@@ -121,19 +123,58 @@ class Backoff:
         self.ceiling = self.minimum
 
 
-def _lower_priority() -> None:
-    """The calling thread's nice value to LINK_NICE; where that is not possible the link runs as it is."""
-    if not sys.platform.startswith("linux"):  # elsewhere setpriority's id is the whole process, the till's too
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LINK_NICE)
-    except OSError as exc:
-        log.info("event=sync_link_priority_unchanged error=%s", exc)
+class BuildPriority:
+    """The link thread's nice value: LINK_NICE while it builds a batch, its own the rest of the time (reading
+    HQ's answers, sending a confirmation). Raising it back needs CAP_SYS_NICE or an RLIMIT_NICE that allows it
+    (the systemd unit's `LimitNICE=+0`); where it is refused the thread stays at its own value and the drain
+    competes with the till as any thread does (`event=sync_link_priority_fixed`), since a thread stuck at 19
+    would be starved on a busy PC exactly when a checkout waits for it."""
+
+    def __init__(self) -> None:
+        self.tid: int | None = None
+        self.base = 0
+        self.low = False
+
+    def start(self) -> None:
+        """On the link thread: probe that the value can go down and back (by one, so that a refusal costs nothing)."""
+        if not sys.platform.startswith("linux"):  # elsewhere setpriority's id is the whole process, the till's too
+            return
+        tid = threading.get_native_id()
+        try:
+            self.base = os.getpriority(os.PRIO_PROCESS, tid)
+            if self.base >= LINK_NICE:
+                raise PermissionError(f"the process already runs at nice {self.base}")
+            os.setpriority(os.PRIO_PROCESS, tid, self.base + 1)
+            os.setpriority(os.PRIO_PROCESS, tid, self.base)
+        except OSError as exc:
+            log.info("event=sync_link_priority_fixed error=%s (the drain builds batches at the link's own priority;"
+                     " allow raising it back with LimitNICE=+0)", exc)
+            return
+        self.tid = tid
+
+    def background(self) -> None:
+        if self.tid is not None and not self.low:
+            self._set(LINK_NICE)
+            self.low = True
+
+    def foreground(self) -> None:
+        if self.tid is not None and self.low:
+            self._set(self.base)
+            self.low = False
+
+    def _set(self, value: int) -> None:
+        assert self.tid is not None
+        try:
+            os.setpriority(os.PRIO_PROCESS, self.tid, value)
+        except OSError as exc:  # a limit lowered meanwhile: stop switching (at the base if it is still there)
+            log.info("event=sync_link_priority_fixed error=%s", exc)
+            self.tid = None
 
 
 class Link:
     def __init__(self, settings: LinkSettings, topics: Topics, drainer: Drainer,
-                 status_fields: Callable[[], dict[str, Any]], till_busy: Callable[[], bool] = lambda: False) -> None:
+                 status_fields: Callable[[], dict[str, Any]], till_busy: Callable[[], bool] = lambda: False,
+                 till_waiting: Callable[[], bool] = lambda: False) -> None:
         self.settings = settings
         self.topics = topics
         self.drainer = drainer
@@ -143,6 +184,8 @@ class Link:
         self.on_down: DownHandler | None = None
         self.connect_hooks: list[ConnectHook] = []
         self.till_busy = till_busy  # a checkout is being served: the drain waits (read from this thread)
+        self.till_waiting = till_waiting  # a checkout waits for this thread (HQ's confirmation): no waiting, no nice
+        self._priority = BuildPriority()
         self._till_wait_s = 0.0  # how long the drain gave way to the till, in all
         drainer.give_way = self._give_way_to_till  # between two chunks of a batch being built
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -208,7 +251,7 @@ class Link:
 
     # -- the link thread --------------------------------------------------------------------
     def _run(self) -> None:
-        _lower_priority()
+        self._priority.start()
         while not self._stop.is_set():
             try:
                 self._step()
@@ -262,17 +305,28 @@ class Link:
             self._status_if_due(client)
 
     def _drain(self, client: mqtt.Client) -> None:
-        """Batches out one at a time, each after the till's checkouts under way: building a batch is the link's
-        CPU-heavy work (reading, encoding, compressing), and in one process it holds the GIL the checkout needs."""
+        """Batches out one at a time; the drainer gives way to the till's checkouts under way before each chunk
+        it encodes (`drainer.give_way`): building a batch is the link's CPU-heavy work, and in one process it
+        holds the GIL the checkout needs. Nothing to send, nothing waits: the link's step stays short, so a
+        reply a checkout waits for (an online coupon confirmation) is read at once."""
         while True:
-            self._give_way_to_till()
-            out = self.drainer.publishes(limit=1)
+            try:
+                out = self.drainer.publishes(limit=1)
+            finally:
+                self._priority.foreground()  # built (or nothing to build): back to reading HQ at full priority
             if not out:
                 return
             for topic, payload in out:
                 self._publish(client, topic, payload)
 
     def _give_way_to_till(self) -> None:
+        """Before each chunk the drainer encodes: at LINK_NICE, after the checkouts being computed; at once and
+        at full priority when a checkout waits for this thread (its confirmation's answer is read after the
+        batch)."""
+        if self.till_waiting():
+            self._priority.foreground()
+            return
+        self._priority.background()
         started = time.monotonic()
         while self.till_busy() and time.monotonic() < started + TILL_WAIT_MAX_S and not self._stop.is_set():
             time.sleep(TILL_POLL_S)

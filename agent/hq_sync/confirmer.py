@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from posedge.agent.activity import TillActivity
 from posedge.agent.config import Config
 from posedge.agent.hq_sync.feature import HqSync
 from posedge.agent.store.writer import StoreWriter
@@ -61,10 +62,12 @@ class _Waiting:
 class HqConfirmer:
     """Asks HQ over the link; registers itself as the handler of down/confirm."""
 
-    def __init__(self, config: Config, sync: HqSync, writer: StoreWriter) -> None:
+    def __init__(self, config: Config, sync: HqSync, writer: StoreWriter,
+                 activity: TillActivity | None = None) -> None:
         self.tenant, self.store = config.store.tenant, config.store.id
         self.sync = sync
         self.writer = writer
+        self.activity = activity or TillActivity()  # while a request waits, the drain does not hold the link
         self._waiting: dict[str, _Waiting] = {}  # request msg_id -> its waiter
         self._gave_up: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()  # _waiting and _gave_up: the loop adds and removes, the link thread reads
@@ -93,9 +96,10 @@ class HqConfirmer:
         with self._lock:
             self._waiting[ask.msg_id] = waiting
         try:
-            if not self.sync.send("confirm", build_confirm(ask)):
-                return Unreachable("the MQTT link is not running")
-            reply = await asyncio.wait_for(waiting.future, max(0.0, deadline - loop.time()))
+            with self.activity.waiting_on_link():
+                if not self.sync.send("confirm", build_confirm(ask)):
+                    return Unreachable("the MQTT link is not running")
+                reply = await asyncio.wait_for(waiting.future, max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:
             self._give_up(ask.msg_id)
             log.info("event=coupon_confirm_timeout request_no=%s coupon_id=%s timeout_ms=%d", ask.request_no,

@@ -149,6 +149,7 @@ class HqSync:
         # call_soon_threadsafe / run_coroutine_threadsafe.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.till_busy: Callable[[], bool] = lambda: False  # set by the agent: a checkout is being served
+        self.till_waiting: Callable[[], bool] = lambda: False  # set by the agent: a checkout waits for the link
 
     @property
     def participants(self) -> Sequence[SaleParticipant]:
@@ -183,7 +184,7 @@ class HqSync:
             log.warning("event=sync_tls_files_unused url=%s (ca_file, cert_file and key_file need mqtts://)", mqtt.url)
         from posedge.sync.link import Link
 
-        self.link = Link(settings, topics, drainer, self._status_fields, self.till_busy)
+        self.link = Link(settings, topics, drainer, self._status_fields, self.till_busy, self.till_waiting)
         self.link.on_down = self._on_down
         self.link.connect_hooks.extend(self.connect_hooks)
         self.link.start()

@@ -73,6 +73,9 @@ WatchdogSec={WATCHDOG_S}s
 TimeoutStartSec=90s
 TimeoutStopSec={options.shutdown_grace_s + STOP_MARGIN_S}s
 SyslogIdentifier=posedge
+# The sync link lowers its own thread to nice 19 while it builds a batch for HQ and comes back to the
+# process's nice 0 between batches, to read HQ's answers at once: coming back needs this limit.
+LimitNICE=+0
 
 # Hardening: the agent writes only its state and log directories, sees no home directories, and opens
 # only the devices its config names.

@@ -88,10 +88,10 @@ def test_the_window_bounds_what_is_out_and_an_ack_opens_it(store: StoreOutbox) -
     assert pending_seqs(store)[0] == 21
 
 
-def test_a_batch_is_built_a_chunk_at_a_time_giving_way_between_chunks(store: StoreOutbox,
+def test_a_batch_is_built_a_chunk_at_a_time_giving_way_before_each_chunk(store: StoreOutbox,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The link's till check runs between two chunks of a batch, never inside one, and the chunks make one
-    batch of consecutive events whatever their sizes."""
+    """The link's till check runs before each chunk of a batch is encoded, never inside one nor when there is
+    nothing to send, and the chunks make one batch of consecutive events whatever their sizes."""
     monkeypatch.setattr("posedge.sync.drainer.CHUNK_EVENTS", 7)
     d = Drainer(TOPICS, store, DrainSettings(batch_max_events=30, window=1), "test", Clock())
     reads: list[int] = []
@@ -102,14 +102,18 @@ def test_a_batch_is_built_a_chunk_at_a_time_giving_way_between_chunks(store: Sto
     d.on_connected()
     out = d.publishes()
     assert sent_ranges(out[1:]) == [(1, 30)]
-    assert reads == [7, 7, 7, 7, 2] and gave_way_after == [1, 2, 3, 4]
+    assert reads == [7, 7, 7, 7, 2] and gave_way_after == [1, 2, 3, 4, 5]  # before each chunk is encoded
     d.on_ack(ack(d, 30))
     d.on_ack(ack(d, 30))  # the window opens on the next publishes
     reads.clear()
     gave_way_after.clear()
     d.settings = DrainSettings(batch_max_events=500, window=1)
     assert sent_ranges(d.publishes()) == [(31, 100)]  # the outbox's end: a short read ends the batch
-    assert reads == [7] * 10 + [7] and gave_way_after == list(range(1, 11))
+    assert reads == [7] * 10 + [7] and gave_way_after == list(range(1, 11))  # not after the empty read
+    reads.clear()
+    gave_way_after.clear()
+    d.on_ack(ack(d, 100))
+    assert d.publishes() == [] and reads == [7] and gave_way_after == []  # nothing to send: no wait
 
 
 def test_a_chunked_batch_stops_at_batch_max_bytes_inside_a_chunk(store: StoreOutbox,
