@@ -62,6 +62,10 @@ def test_flooding_printer_gives_a_garbled_status_not_a_hang_and_recovers(tcp_pri
     asking.join(10)
     assert not asking.is_alive(), "the status query never ended while the printer flooded"
     assert isinstance(outcome[0], PrinterStatusGarbled) and outcome[0].code == "printer_status_garbled"
+    # The flood thread counts a chunk after sendall returns, which may be after the query read it and gave up.
+    deadline = time.monotonic() + 5
+    while tcp_printer.flood_bytes == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert tcp_printer.flood_bytes > 0
     tcp_printer.flood = False
     assert printer.status().problem() is None  # a new connection, no flood on it
