@@ -36,6 +36,7 @@ def started(agent_factory: Any, tmp_path: Path, scanners: str = "[]", mqtt_keys:
     text = agent.config.read_text(encoding="utf-8")
     agent.config.write_text(text.replace("scanners = []", f"scanners = {scanners}", 1), encoding="utf-8")
     dump = agent.home / "modules.txt"
+    dump.unlink(missing_ok=True)  # an earlier start's dump (same home) must not be read as this one's
     agent.env = {**os.environ, DEBUG_MODULES_ENV: str(dump)}
     agent.start()
     deadline = time.monotonic() + 30
