@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from sync import free_port, percentile, pin_process, wait  # noqa: E402  (bench/sync.py's helpers)
+from sync import checkout, free_port, percentile, pin_process, wait  # noqa: E402  (bench/sync.py's helpers)
 
 STORE_CORE, HQ_CORE = {0}, {1}
 HOG = "import os\nos.sched_setaffinity(0, {0})\nwhile True:\n    pass\n"
@@ -43,11 +43,6 @@ def coupon_sale(minter: CodeMinter, coupon_id: str) -> dict[str, object]:
     return {"sale_id": str(uuid.uuid4()), "till": "t1", "coupons": [minter.coupon(coupon_id, off=100)],
             "lines": [{"sku": "6901234567892", "qty": 1, "unit_price_fen": 1000}],
             "payments": [{"method": "cash", "amount_fen": 900}]}
-
-
-def plain_sale() -> dict[str, object]:
-    return {"sale_id": str(uuid.uuid4()), "lines": [{"sku": "6901234567892", "qty": 1, "unit_price_fen": 300}],
-            "payments": [{"method": "cash", "amount_fen": 300}]}
 
 
 def timed(client: httpx.Client, body: dict[str, object]) -> tuple[float, str]:
@@ -60,7 +55,10 @@ def timed(client: httpx.Client, body: dict[str, object]) -> tuple[float, str]:
     return elapsed, str(coupons[0]["mode"])
 
 
-def phase(client: httpx.Client, minter: CodeMinter, label: str, sales: int) -> tuple[list[float], list[str], float]:
+def phase(client: httpx.Client, minter: CodeMinter, label: str, sales: int, first_plain: int
+          ) -> tuple[list[float], list[str], float]:
+    """`sales` coupon sales, each followed by a plain cash sale (bench/sync.py's `checkout`, numbered from
+    `first_plain`)."""
     confirmed: list[float] = []
     modes: list[str] = []
     plain: list[float] = []
@@ -68,7 +66,7 @@ def phase(client: httpx.Client, minter: CodeMinter, label: str, sales: int) -> t
         elapsed, mode = timed(client, coupon_sale(minter, f"{label}-{n}"))
         confirmed.append(elapsed)
         modes.append(mode)
-        plain.append(timed(client, plain_sale())[0])
+        plain.append(checkout(client, first_plain + n) * 1000)
         time.sleep(0.05)
     return confirmed, modes, percentile(plain, 50)
 
@@ -105,12 +103,12 @@ def main() -> None:
         pin_process(agent.proc.pid, STORE_CORE)
         os.sched_setaffinity(0, STORE_CORE)
         with agent.client() as client:
-            client.post("/v1/sales", json=plain_sale())
+            checkout(client, 0)
             wait(lambda: client.get("/v1/status").json()["outbox"]["depth"] == 0, 60)  # HQ is there and acks
-            phase(client, minter, "warm", 3)
-            idle, idle_modes, idle_plain = phase(client, minter, "idle", args.sales)
+            phase(client, minter, "warm", 3, 1)
+            idle, idle_modes, idle_plain = phase(client, minter, "idle", args.sales, 100)
             hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(args.hogs)]
-            busy, busy_modes, busy_plain = phase(client, minter, "busy", args.sales)
+            busy, busy_modes, busy_plain = phase(client, minter, "busy", args.sales, 100 + args.sales)
     finally:
         for proc in hogs:
             proc.kill()

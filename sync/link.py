@@ -187,7 +187,7 @@ class Link:
         self.till_waiting = till_waiting  # a checkout waits for this thread (HQ's confirmation): no waiting, no nice
         self._priority = BuildPriority()
         self._till_wait_s = 0.0  # how long the drain gave way to the till, in all
-        drainer.give_way = self._give_way_to_till  # between two chunks of a batch being built
+        drainer.give_way = self._give_way_to_till  # before each chunk of a batch is encoded
         self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -64,14 +64,15 @@ def append_event(conn: sqlite3.Connection, kind: str, key: str, payload: dict[st
     return event_id
 
 
-# HQ's position: every event up to it is acknowledged (0: none yet). An uncorrelated subquery, evaluated once.
-_POSITION = "(SELECT coalesce(max(through_seq), 0) FROM outbox_acks)"
+# HQ's position: every event up to it is acknowledged (0: none yet). An uncorrelated subquery, evaluated once;
+# retention (agent/retention/rules.py) reads it too.
+POSITION_SQL = "(SELECT coalesce(max(through_seq), 0) FROM outbox_acks)"
 
 
 def pending(conn: sqlite3.Connection, limit: int = 100, after_seq: int = 0) -> list[OutboxEvent]:
     rows = conn.execute(
         "SELECT seq, event_id, kind, key, payload, created_at, attempts FROM outbox "
-        f"WHERE seq > max(?, {_POSITION}) ORDER BY seq LIMIT ?",
+        f"WHERE seq > max(?, {POSITION_SQL}) ORDER BY seq LIMIT ?",
         (after_seq, limit),
     ).fetchall()
     # Not decoded: the drainer splices the stored JSON into the batch (no per-event decode and re-encode).
@@ -80,7 +81,7 @@ def pending(conn: sqlite3.Connection, limit: int = 100, after_seq: int = 0) -> l
 
 def acked_through(conn: sqlite3.Connection) -> int:
     """HQ's cumulative position as this database holds it: every event up to this seq is done (0: none)."""
-    return int(conn.execute(f"SELECT {_POSITION}").fetchone()[0])
+    return int(conn.execute(f"SELECT {POSITION_SQL}").fetchone()[0])
 
 
 def mark_acked_through(conn: sqlite3.Connection, seq: int) -> int:
@@ -102,7 +103,7 @@ def max_seq(conn: sqlite3.Connection) -> int:
 
 def oldest_pending(conn: sqlite3.Connection) -> tuple[int, str] | None:
     """(seq, created_at) of the first event HQ has not acknowledged, or None."""
-    row = conn.execute(f"SELECT seq, created_at FROM outbox WHERE seq > {_POSITION} ORDER BY seq LIMIT 1").fetchone()
+    row = conn.execute(f"SELECT seq, created_at FROM outbox WHERE seq > {POSITION_SQL} ORDER BY seq LIMIT 1").fetchone()
     return (int(row[0]), str(row[1])) if row else None
 
 

@@ -40,6 +40,8 @@ WRITE_TIMEOUT_S = 30.0
 # A down message for this store: (store or None when tenant-wide, the down name, the payload); on the link thread.
 DownRoute = Callable[[str | None, str, bytes], None]
 VersionSource = Callable[[], dict[str, dict[str, int]]]  # scope -> kind -> version held
+
+
 class StoreOutbox:
     """The drainer's `OutboxSource` over the agent's reader and writer (called on the link thread)."""
 

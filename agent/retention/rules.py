@@ -59,7 +59,7 @@ def prune_outbox(conn: sqlite3.Connection, cutoffs: Cutoffs, limit: int) -> int:
     acked_before = "(SELECT coalesce(max(through_seq), 0) FROM outbox_acks WHERE acked_at < ?)"
     cur = conn.execute(
         f"DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq <= {acked_before}"
-        " AND seq < (SELECT coalesce(max(through_seq), 0) FROM outbox_acks) AND kind != 'store_key'"
+        f" AND seq < {outbox.POSITION_SQL} AND kind != 'store_key'"
         " ORDER BY seq LIMIT ?)",
         (cutoffs.outbox_acked_before, limit))
     conn.execute(f"DELETE FROM outbox_acks WHERE through_seq < {acked_before}", (cutoffs.outbox_acked_before,))
